@@ -360,7 +360,7 @@ def parse_args(argv):
     g.add_argument("--depth", type=int, default=4, help="hidden layers of the MLP")
     g.add_argument("--steps", type=int, help="training steps per model")
     g.add_argument("--batch", type=int, help="batch size")
-    g.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (cosine decay)")
+    g.add_argument("--lr", type=float, default=3e-3, help="AdamW learning rate (cosine decay)")
     g = p.add_argument_group("evaluation")
     g.add_argument("--eval-every", type=int, help="evaluate every K steps")
     g.add_argument("--n-eval", type=int, help="samples drawn at each evaluation")

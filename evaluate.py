@@ -1,0 +1,512 @@
+"""evaluate.py -- metrics and benchmarks for PS-VAE, minimal.
+
+This file starts with the scene detector of the miniature world (DESIGN.md section 3): it reads
+a scene description back from pixels using nothing pretrained, and is what makes mini-GenEval
+("does the image satisfy its caption?") and mini-GEdit ("did the edit do what was asked, and
+nothing else?") possible without Inception, CLIP or a VLM judge.
+
+Sub-commands (each one is a function `cmd_<name>(args)` registered in `main`):
+    python evaluate.py detector --n 1000 --size 64   # detector accuracy on held-out scenes
+    python evaluate.py world-sheet --out results/      # contact sheets world.png and edits.png
+    python evaluate.py world-bench --size 64           # renderer speed (images/s)
+    python evaluate.py data --images PATH              # check a real-data folder before training
+"""
+import argparse
+import itertools
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+from scipy import ndimage as ndi
+from tqdm import tqdm
+
+import tokenizer
+
+# ----------------------------------------------------------------------------------------------
+# The scene detector. The world is designed so this can be exact (tokenizer.py, world section):
+# backgrounds are neutral grey levels, object colours are saturated and far apart in hue,
+# objects never touch and keep off the border. So:
+#   1. the 1-px border frame is pure background: it gives tone (colour cast), background colour,
+#      noise level and the background gradient;
+#   2. "object" = a pixel with chroma after removing the cast; connected components = objects;
+#   3. colour = nearest palette hue of the component's mean colour;
+#   4. shape and size = the ideal shape (fitted from the component's area and centroid) that
+#      best overlaps the component's mask;
+#   5. texture = how the pixel brightness varies along the object colour inside the object;
+#   6. style = whether the ring just outside each object is pushed away from the background.
+
+FG_CHROMA = 30.0  # chroma (max - min of RGB, cast removed) above which a pixel may be an object
+MIN_AREA = 0.006  # components smaller than this fraction of the image are noise specks
+LARGE_H = 0.152  # half-extent threshold between "small" and "large" (tokenizer.SIZES)
+TEXTURE_MIN = 0.12  # brightness variation inside an object above which it is textured
+OUTLINE_PUSH = 50.0  # grey levels by which an outline ring departs from the background
+DENOISE_SIGMA = 0.6  # px; Gaussian blur for noisy images (a 7-px object at 32 px survives it)
+
+
+def opponent(rgb):
+    """(..., 3) -> (..., 2) opponent colour axes whose angle is the hue."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return np.stack([r - 0.5 * (g + b), (math.sqrt(3) / 2) * (g - b)], -1)
+
+
+PALETTE = np.asarray(list(tokenizer.COLOURS.values()), np.float32)  # (6, 3)
+PALETTE_HUE = np.arctan2(*opponent(PALETTE)[:, ::-1].T)  # (6,)
+TONE_CAST = {t: np.asarray(v, np.float32) for t, v in tokenizer.TONES.items()}
+
+
+def as_uint8(image):
+    """Accept uint8 (H, W, 3) or a float tensor/array (3, H, W) in [-1, 1]."""
+    if isinstance(image, torch.Tensor):
+        return tokenizer.to_uint8(image)
+    image = np.asarray(image)
+    if image.dtype != np.uint8:  # float (3, H, W) in [-1, 1]
+        return tokenizer.to_uint8(torch.as_tensor(image))
+    return image
+
+
+def denoise(a):
+    """The blur applied to noisy images (and to the ideal shapes compared with them)."""
+    sigma = (DENOISE_SIGMA, DENOISE_SIGMA, 0)[:a.ndim]  # (H, W) or (H, W, 3): not across RGB
+    return ndi.gaussian_filter(a, sigma, mode="nearest", truncate=2.0)
+
+
+def frame(a):
+    """The 1-px border of an (H, W, ...) array, as (4H - 4, ...)."""
+    return np.concatenate([a[0], a[-1], a[1:-1, 0], a[1:-1, -1]])
+
+
+def fit_shape(alpha, oy, ox, size, blurred=False):
+    """Best ideal shape for a soft coverage map `alpha` (a window starting at pixel (oy, ox)):
+    each candidate takes its centre and half-extent from the area and centroid of alpha and is
+    scored by how far its own anti-aliased coverage (blurred like the image, if it was) is from
+    alpha. Returns (shape, x, y, h)."""
+    gy = (np.arange(alpha.shape[0]) + oy + 0.5)[:, None] / size
+    gx = (np.arange(alpha.shape[1]) + ox + 0.5)[None, :] / size
+    area = alpha.sum() / size**2
+    cx, cy = (alpha * gx).sum() / alpha.sum(), (alpha * gy).sum() / alpha.sum()
+    best = None
+    # area of each shape as a multiple of h^2, and its centroid's offset below the box centre
+    for shape, k, drop in (("circle", math.pi, 0), ("square", 4, 0), ("diamond", 2, 0),
+                           ("triangle", 2, 1 / 3)):
+        h = math.sqrt(area / k)
+        y0 = cy - drop * h
+        ideal = np.clip(0.5 - tokenizer.shape_sdf(shape, gx - cx, gy - y0, h) * size, 0, 1)
+        if blurred:
+            ideal = denoise(ideal)
+        err = np.abs(ideal - alpha).sum()
+        if best is None or err < best[0]:
+            best = (err, shape, cx, y0, h)
+    return best[1:]
+
+
+def read_background(img):
+    """Step 1, from the border frame of a float (H, W, 3) image. Returns the image with the
+    colour cast removed (and blurred if it is noisy), the tone and background names, the
+    background level as a plane fitted to the frame (H, W), and whether it was blurred."""
+    size = img.shape[0]
+    f = frame(img)
+    # noise level from neighbour differences along the frame (the smooth gradient cancels)
+    noise = np.median(np.abs(np.diff(f.mean(1)))) * 1.48 / math.sqrt(2)
+    blurred = noise > 5  # the world's own faint noise is 2 grey levels
+    if blurred:
+        img = denoise(img)
+        f = frame(img)
+    cast = np.median(f - f.mean(1, keepdims=True), 0)  # what is left of a neutral grey
+    tone = min(TONE_CAST, key=lambda t: np.abs(TONE_CAST[t] - TONE_CAST[t].mean() - cast).sum())
+    img = img - TONE_CAST[tone]
+    grey = frame(img).mean(1)
+    bg = min(tokenizer.BG_COLOURS, key=lambda c: abs(tokenizer.BG_COLOURS[c] - np.median(grey)))
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    A = np.stack([np.ones_like(frame(xx)), frame(xx), frame(yy)], 1)  # plane a + b x + c y
+    plane = np.linalg.lstsq(A, grey, rcond=None)[0]
+    return img, tone, bg, plane[0] + plane[1] * xx + plane[2] * yy, blurred
+
+
+def read_object(pix, c, own, free, origin, size, blurred):
+    """Steps 3-5 for one component: pix (h, w, 3) and chroma c (h, w) of a window starting at
+    pixel `origin`, `own` its pixels, `free` the background ones. Returns the object's
+    description and its coverage mask (for the style test)."""
+    # 3. colour: hue of the mean opponent colour over the component
+    a, b = opponent(pix[own]).mean(0)
+    ci = int(np.argmin(np.abs(np.angle(np.exp(1j * (PALETTE_HUE - math.atan2(b, a)))))))
+    ref = PALETTE[ci]
+    # 4. soft coverage = chroma relative to the object's chroma nearby (background and outlines
+    # have none; "nearby" follows the darker stripes), 1 well inside; then the best-fitting
+    # ideal shape
+    mask = own & (c > 0.5 * np.median(c[own]))  # ~ coverage > 0.5
+    inner = ndi.binary_erosion(mask, iterations=2 if blurred else 1)
+    near = own | (free & ndi.binary_dilation(own))  # the object and the 1-px ring around it
+    if inner.any():  # the shade's chroma at each pixel = that of the nearest inner pixel
+        iy, ix = ndi.distance_transform_edt(~inner, return_distances=False, return_indices=True)
+        local = c[iy, ix]
+    else:
+        local = np.full_like(c, ref.max() - ref.min())
+    alpha = np.where(inner, 1.0, np.clip(c / local, 0, 1) * near)
+    shape, x, y, h = fit_shape(alpha, origin[0], origin[1], size, blurred)
+    # 5. texture from the pixels at least 0.7 px (1.2 px after the blur) inside the fitted shape
+    # (coverage is exactly 1 from 0.5 px in)
+    gy = (np.arange(pix.shape[0]) + origin[0] + 0.5)[:, None] / size
+    gx = (np.arange(pix.shape[1]) + origin[1] + 0.5)[None, :] / size
+    depth = -tokenizer.shape_sdf(shape, gx - x, gy - y, h) * size  # px inside the edge
+    inside = depth > (1.2 if blurred else 0.7)
+    if np.count_nonzero(inside) < 4:
+        inside = depth > 0.5
+    obj = {"shape": shape, "colour": list(tokenizer.COLOURS)[ci],
+           "texture": classify_texture(pix[inside], ref),
+           "size": "large" if h > LARGE_H else "small", "x": x, "y": y,
+           "box": (x - h, y - h, x + h, y + h)}
+    return obj, mask, alpha, ref
+
+
+def detect(image):
+    """Scene description from pixels: {'bg_colour', 'tone', 'style', 'objects': [{'shape',
+    'colour', 'texture', 'size', 'x', 'y', 'box'}]}, the format of tokenizer.describe.
+    `image`: uint8 (H, W, 3), or float (3, H, W) in [-1, 1]; square, any size from 32 px."""
+    img = as_uint8(image).astype(np.float32)
+    size = img.shape[0]
+    if img.ndim != 3 or img.shape[1] != size or img.shape[2] != 3:
+        raise ValueError(f"detect needs a square RGB image, got shape {img.shape}; "
+                         "pass (H, H, 3) uint8 or (3, H, H) float")
+    img, tone, bg, bg_level, blurred = read_background(img)  # 1.
+    # 2. objects = connected chromatic components (8-connected: thin triangle tips stay attached)
+    chroma = img.max(2) - img.min(2)
+    labels, _ = ndi.label(chroma > FG_CHROMA, structure=np.ones((3, 3)))
+    objects, push = [], []
+    for k, sl in enumerate(ndi.find_objects(labels), 1):
+        if np.count_nonzero(labels[sl] == k) < MIN_AREA * size**2:
+            continue  # a noise speck
+        # grow the window by 3 px so the ring outside the object is inside it
+        sl = tuple(slice(max(0, s.start - 3), min(size, s.stop + 3)) for s in sl)
+        own, free = labels[sl] == k, labels[sl] == 0
+        obj, mask, alpha, ref = read_object(img[sl], chroma[sl], own, free,
+                                            (sl[0].start, sl[1].start), size, blurred)
+        objects.append(obj)
+        # 6. style evidence: the ring within 2 px outside the object, with the object's own
+        # share (alpha) taken out, pushed away from the background level (outlines are dark
+        # on white and grey backgrounds, light on black)
+        ring = ndi.binary_dilation(mask, iterations=2) & ~mask & (own | free) & (alpha < 0.7)
+        al = alpha[ring]
+        rest = (img[sl][ring].mean(1) - al * ref.mean()) / (1 - al)  # the neutral remainder
+        push.append((rest - bg_level[sl][ring]) * (1 if bg == "black" else -1))
+    push = np.concatenate(push) if push else np.zeros(0)
+    style = "outlined" if push.size and np.median(push) > OUTLINE_PUSH else "flat"
+    return {"bg_colour": bg, "tone": tone, "style": style, "objects": objects}
+
+
+def classify_texture(pix, ref):
+    """Solid / striped / dotted from the (n, 3) pixels inside an object of palette colour ref.
+    Stripes only darken (pixel = ref * (1 - D p)), dots only lighten towards white (pixel =
+    ref + L p (255 - ref)): project each pixel's departure from ref on those two directions."""
+    dark = (ref - pix) @ ref / (ref @ ref)  # = D p on stripes, <= 0 on dots
+    w = 255.0 - ref
+    light = (pix - ref) @ w / (w @ w)  # = L p on dots, <= 0 on stripes
+    if len(pix) == 0:  # nothing well inside (a speck of an object): call it plain
+        return "solid"
+    top = max(1, len(pix) // 5)  # mean of the strongest fifth: robust to noise, yet a few
+    lo, hi = np.sort(dark)[-top:].mean(), np.sort(light)[-top:].mean()  # dots are enough
+    if max(lo, hi) < TEXTURE_MIN:
+        return "solid"
+    return "striped" if lo > hi else "dotted"
+
+
+# ----------------------------------------------------------------------------------------------
+# Comparing scene descriptions: the helpers the world's benchmarks use (detector accuracy here,
+# mini-GenEval and mini-GEdit later). Objects are matched by box centre within POS_TOL.
+
+POS_TOL = 0.05  # normalised distance under which two object centres are "the same place"
+REL_MARGIN = 0.05  # "A left of B" needs A's centre at least this far left of B's
+ATTRS = ("shape", "colour", "texture", "size")
+RELATION_AXES = {"left of": (0, -1), "right of": (0, 1), "above": (1, -1), "below": (1, 1)}
+
+
+def match_objects(pred, true, tol=POS_TOL):
+    """Greedy nearest-centre matching; returns [(i_pred, i_true)] for pairs closer than tol."""
+    pairs = sorted((math.hypot(p["x"] - t["x"], p["y"] - t["y"]), i, j)
+                   for i, p in enumerate(pred) for j, t in enumerate(true))
+    used_p, used_t, out = set(), set(), []
+    for dist, i, j in pairs:
+        if dist < tol and i not in used_p and j not in used_t:
+            used_p.add(i), used_t.add(j), out.append((i, j))
+    return out
+
+
+def same_object(a, b):
+    return all(a[k] == b[k] for k in ATTRS)
+
+
+def same_scene(pred, true, tol=POS_TOL):
+    """Whole-scene agreement: background colour, tone, style, and every object (same place,
+    same shape, colour, texture and size), with nothing extra."""
+    if any(pred[k] != true[k] for k in ("bg_colour", "tone", "style")):
+        return False
+    if len(pred["objects"]) != len(true["objects"]):
+        return False
+    pairs = match_objects(pred["objects"], true["objects"], tol)
+    return len(pairs) == len(true["objects"]) and \
+        all(same_object(pred["objects"][i], true["objects"][j]) for i, j in pairs)
+
+
+def object_counts(pred, true, tol=POS_TOL):
+    """(true positives, n predicted, n true) for object-level precision / recall / F1."""
+    tp = sum(same_object(pred["objects"][i], true["objects"][j])
+             for i, j in match_objects(pred["objects"], true["objects"], tol))
+    return tp, len(pred["objects"]), len(true["objects"])
+
+
+def fits(obj, req):
+    """Does a described object have every attribute the requirement names?"""
+    return all(obj[k] == v for k, v in req.items() if k != "count")
+
+
+def check_caption(desc, spec):
+    """Does a scene description satisfy a caption's spec (tokenizer.make_caption)? GenEval
+    style: exact counts per named object, the total where given, background colour where
+    named, and the spatial relation between the two named objects."""
+    objs = desc["objects"]
+    if spec.get("n_objects") is not None and len(objs) != spec["n_objects"]:
+        return False
+    if spec.get("bg_colour") is not None and desc["bg_colour"] != spec["bg_colour"]:
+        return False
+    # identical requirements add up ("a square and a square" = two squares); each requirement's
+    # count is exact, and the named objects must be different objects (a matching)
+    reqs = {}
+    for req in spec["objects"]:
+        key = tuple(sorted((k, v) for k, v in req.items() if k != "count"))
+        reqs[key] = reqs.get(key, 0) + req["count"]
+    if any(sum(fits(o, dict(key)) for o in objs) != n for key, n in reqs.items()):
+        return False
+    slots = [dict(key) for key, n in reqs.items() for _ in range(n)]
+    if not any(all(fits(o, r) for o, r in zip(perm, slots))
+               for perm in itertools.permutations(objs, len(slots))):
+        return False
+    if spec.get("relation"):
+        i, rel, j = spec["relation"]
+        axis, sign = RELATION_AXES[rel]
+        key = "xy"[axis]
+        return any(a is not b and sign * (a[key] - b[key]) > REL_MARGIN
+                   for a in objs if fits(a, spec["objects"][i])
+                   for b in objs if fits(b, spec["objects"][j]))
+    return True
+
+
+def check_edit(src, out, spec, tol=POS_TOL):
+    """Does the edited image's description `out` equal the source description `src` changed
+    exactly as the edit spec says (tokenizer.make_edit), and in nothing else?"""
+    expected = {k: src[k] for k in ("bg_colour", "tone", "style")}
+    objs = [dict(o) for o in src["objects"]]
+    change, ref = spec["change"], spec["ref"]
+    if ref is not None:  # the named object must exist, once, in the source
+        hits = [k for k, o in enumerate(objs) if fits(o, ref)]
+        if len(hits) != 1:
+            return False
+        if spec["category"] == "subject-remove":
+            objs.pop(hits[0])
+        else:
+            objs[hits[0]].update(change)
+    elif spec["category"] != "subject-add":
+        expected.update(change)  # background, tone or style
+    if any(out[k] != v for k, v in expected.items()):
+        return False
+    # every expected object must be in its place, unchanged; what is left over must be exactly
+    # the added object (anywhere) for subject-add, and nothing otherwise
+    pairs = match_objects(out["objects"], objs, tol)
+    if len(pairs) != len(objs) or not all(same_object(out["objects"][i], objs[j])
+                                          for i, j in pairs):
+        return False
+    extra = [o for i, o in enumerate(out["objects"]) if i not in {p for p, _ in pairs}]
+    if spec["category"] == "subject-add":
+        return len(extra) == 1 and fits(extra[0], change)
+    return not extra
+
+
+# ----------------------------------------------------------------------------------------------
+# Sub-commands. Each prints progress and, as its last line, one JSON object (also written to
+# --json when given), so scripts and the README can quote the numbers.
+
+
+def add_noise(img, std, seed):
+    """Gaussian pixel noise of `std` on the [0, 1] intensity scale (std 0.05 = 12.75 grey
+    levels, i.e. 0.1 in the models' [-1, 1] units), re-quantised to uint8."""
+    noise = np.random.default_rng(seed).normal(0.0, std * 255.0, img.shape)
+    return np.clip(img + noise + 0.5, 0, 255).astype(np.uint8)
+
+
+def cmd_detector(args):
+    """Detector accuracy on held-out scenes, clean and noisy; captions and edits agreement."""
+    if args.n < 1 or not 16 <= args.size <= 1024:
+        raise ValueError(f"--n {args.n} --size {args.size} is not a test; use --n >= 1 and "
+                         "--size between 32 and 256")
+    bar = lambda it: tqdm(it, total=args.n, disable=not sys.stderr.isatty())  # noqa: E731
+    count = dict.fromkeys(["exact", "exact_noisy", "tp", "tp_noisy", "pred", "pred_noisy",
+                           "true", "captions", "edits", "seconds"], 0)
+    wrong = dict.fromkeys(["bg_colour", "tone", "style"], 0)
+    for i in bar(range(args.n)):
+        scene = tokenizer.sample_scene(tokenizer.scene_seed(args.split, i))
+        img, true = tokenizer.render(scene, args.size), tokenizer.describe(scene)
+        t0 = time.perf_counter()
+        clean = detect(img)
+        count["seconds"] += time.perf_counter() - t0
+        noisy = detect(add_noise(img, args.noise, seed=i))
+        for name, pred in (("", clean), ("_noisy", noisy)):
+            count["exact" + name] += same_scene(pred, true)
+            tp, n_pred, n_true = object_counts(pred, true)
+            count["tp" + name] += tp
+            count["pred" + name] += n_pred
+        count["true"] += n_true
+        for k in wrong:
+            wrong[k] += clean[k] != true[k]
+    # captions: does every render satisfy its own caption? edits: does every pair pass?
+    captions = tokenizer.WorldCaptions(args.split, args.n, args.size)
+    for scene, _, spec in map(captions.item, bar(range(args.n))):
+        count["captions"] += check_caption(detect(tokenizer.render(scene, args.size)), spec)
+    edits = tokenizer.WorldEdits(args.split, args.n, args.size)
+    for e in map(edits.item, bar(range(args.n))):
+        count["edits"] += check_edit(detect(tokenizer.render(e.source, args.size)),
+                                     detect(tokenizer.render(e.target, args.size)), e.spec)
+    n = args.n
+
+    def f1(name):  # micro F1 over all objects = 2 TP / (n predicted + n true)
+        return 2 * count["tp" + name] / max(1, count["pred" + name] + count["true"])
+
+    return {
+        "n": n, "size": args.size, "split": args.split, "noise_std": args.noise,
+        "exact_match": count["exact"] / n, "object_f1": f1(""),
+        "exact_match_noisy": count["exact_noisy"] / n, "object_f1_noisy": f1("_noisy"),
+        "scene_errors": wrong, "caption_agreement": count["captions"] / n,
+        "edit_agreement": count["edits"] / n,
+        "detect_ms_per_image": 1000 * count["seconds"] / n,  # clean images, this CPU
+    }
+
+
+def cmd_world_bench(args):
+    """Renderer speed in one process: scenes sampled and rendered, and dataset items."""
+    out = {"size": args.size, "n": args.n, "threads": torch.get_num_threads()}
+    t0 = time.perf_counter()
+    for i in range(args.n):
+        tokenizer.render(tokenizer.sample_scene(i), args.size)
+    out["render_images_per_s"] = args.n / (time.perf_counter() - t0)
+    data = tokenizer.WorldImages("train", args.n, args.size)
+    t0 = time.perf_counter()
+    for i in range(args.n):
+        data[i]
+    out["dataset_images_per_s"] = args.n / (time.perf_counter() - t0)
+    data = tokenizer.WorldImages("train", args.n, args.size, grid=args.size // 8)
+    t0 = time.perf_counter()
+    for i in range(args.n):
+        data[i]
+    out["dataset_with_targets_images_per_s"] = args.n / (time.perf_counter() - t0)
+    return out
+
+
+def cmd_world_sheet(args):
+    """Contact sheets: world.png (scenes and captions, per GenEval category) and edits.png
+    (source -> target with the instruction, per GEdit category)."""
+    import textwrap
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    os.makedirs(args.out, exist_ok=True)
+    cats, cols = tokenizer.CAPTION_CATEGORIES, args.per_category
+    fig, axes = plt.subplots(cols, len(cats), figsize=(2.3 * len(cats), 2.9 * cols),
+                             squeeze=False)
+    for c, cat in enumerate(cats):
+        for r in range(cols):
+            scene, text, _ = tokenizer.caption_scene(tokenizer.scene_seed("val", r), cat)
+            ax = axes[r, c]
+            ax.imshow(tokenizer.render(scene, args.size), interpolation="nearest")
+            ax.set_title("\n".join(textwrap.wrap(text, 26)), fontsize=7)
+            ax.set_xticks([]), ax.set_yticks([])
+        axes[0, c].set_title(f"[{cat}]\n" + axes[0, c].get_title(), fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "world.png"), dpi=90)
+    plt.close(fig)
+    cats = tokenizer.EDIT_CATEGORIES
+    fig, axes = plt.subplots(len(cats), 2 * cols, figsize=(2.0 * 2 * cols, 2.4 * len(cats)),
+                             squeeze=False)
+    for r, cat in enumerate(cats):
+        for k in range(cols):
+            e = tokenizer.make_edit(tokenizer.scene_seed("val", k), cat)
+            for j, (scene, title) in enumerate(((e.source, f"[{cat}] source"),
+                                                (e.target, e.instruction))):
+                ax = axes[r, 2 * k + j]
+                ax.imshow(tokenizer.render(scene, args.size), interpolation="nearest")
+                ax.set_title("\n".join(textwrap.wrap(title, 24)), fontsize=7)
+                ax.set_xticks([]), ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(os.path.join(args.out, "edits.png"), dpi=90)
+    plt.close(fig)
+    return {"world": os.path.join(args.out, "world.png"),
+            "edits": os.path.join(args.out, "edits.png")}
+
+
+def cmd_data(args):
+    """Open a real-data folder or file as training would and read a few items: a quick check
+    that --data is right before a long run."""
+    if sum(x is not None for x in (args.images, args.captions, args.edits)) != 1:
+        raise ValueError("give exactly one of --images, --captions, --edits")
+    if args.images is not None:
+        data = tokenizer.ImageFolderDataset(args.images, args.size)
+        out = {"kind": "images", "items": len(data), "classes": len(data.classes)}
+    elif args.captions is not None:
+        data = tokenizer.CaptionFolderDataset(args.captions, args.size)
+        out = {"kind": "captions", "items": len(data)}
+    else:
+        data = tokenizer.EditJsonlDataset(args.edits, args.size)
+        out = {"kind": "edits", "items": len(data)}
+    for i in range(min(args.read, len(data))):
+        data[i]
+    out["read"] = min(args.read, len(data))
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description="PS-VAE, minimal: evaluation and benchmarks")
+    # one parser block per sub-command; later benchmarks (recon, probe, geneval, gedit) add a
+    # cmd_<name>(args) -> dict and a block here, and get --json and clean errors for free
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("detector", help="scene-detector accuracy on held-out world scenes")
+    p.add_argument("--n", type=int, default=1000, help="number of held-out scenes")
+    p.add_argument("--size", type=int, default=64, help="render size in px (32..256)")
+    p.add_argument("--noise", type=float, default=0.05,
+                   help="std of the Gaussian pixel noise, on the [0, 1] scale")
+    p.add_argument("--split", default="val", help="world split the scenes come from")
+    p.set_defaults(func=cmd_detector)
+    p = sub.add_parser("world-bench", help="renderer speed (images/s, one process)")
+    p.add_argument("--n", type=int, default=3000, help="images to render")
+    p.add_argument("--size", type=int, default=64, help="render size in px")
+    p.set_defaults(func=cmd_world_bench)
+    p = sub.add_parser("world-sheet", help="contact sheets world.png and edits.png")
+    p.add_argument("--out", default="results", help="folder for the PNGs")
+    p.add_argument("--size", type=int, default=96, help="render size in px")
+    p.add_argument("--per-category", type=int, default=3, help="examples per category")
+    p.set_defaults(func=cmd_world_sheet)
+    p = sub.add_parser("data", help="check a real-data folder / file by reading a few items")
+    p.add_argument("--images", default=None, help="image folder in ImageNet layout")
+    p.add_argument("--captions", default=None, help="folder of images with same-named .txt")
+    p.add_argument("--edits", default=None, help="JSONL of input/instruction/output triplets")
+    p.add_argument("--size", type=int, default=64, help="resize + centre-crop size in px")
+    p.add_argument("--read", type=int, default=8, help="how many items to read")
+    p.set_defaults(func=cmd_data)
+    for p in sub.choices.values():
+        p.add_argument("--json", default=None, help="also write the result JSON to this file")
+    args = parser.parse_args(argv)
+    try:
+        result = args.func(args)
+    except (ValueError, FileNotFoundError) as e:  # bad paths / inputs: one sentence, no traceback
+        sys.exit(f"error: {e}")
+    if args.json:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+        tmp = args.json + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, args.json)  # atomic: a reader never sees half a file
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main()
