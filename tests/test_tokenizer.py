@@ -1,0 +1,201 @@
+"""tokenizer.py: stages 0/1/2 on the tiny preset -- learning, exact resume, 2 processes = 1 process,
+clear errors, loading a trained tokenizer.
+
+Run: python -m pytest tests/test_tokenizer.py          (the slow 2-process test: -m slow)
+Everything runs on CPU with one thread per process (the tiny models are faster that way).
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+import tokenizer as T
+
+TINY = ["--preset", "tiny", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def run(out, *args):
+    return T.main([*TINY, "--out", str(out), *map(str, args)])
+
+
+def metrics(out, stage, key="loss"):
+    recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    return {r["step"]: r[key] for r in recs if r["stage"] == stage and key in r}
+
+
+@pytest.fixture(scope="module")
+def stage0(tmp_path_factory):
+    """A tiny world encoder pre-trained for a few steps (stage 0), shared by the tests below."""
+    out = tmp_path_factory.mktemp("stage0")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run(out, "--stage", 0)
+    torch.set_num_threads(n)
+    return out
+
+
+def fresh(tmp_path, stage0, name="run"):
+    """A new run folder holding only the stage-0 checkpoint."""
+    out = tmp_path / name
+    out.mkdir()
+    shutil.copy(stage0 / "stage0.pt", out / "stage0.pt")
+    return out
+
+
+def test_stage0_learns_semantics_only(stage0):
+    ck = torch.load(stage0 / "stage0.pt", map_location="cpu", weights_only=True)
+    assert ck["script"] == "tokenizer.py" and ck["stage"] == 0 and ck["step"] == 6
+    assert set(ck["model"]) - {k for k in ck["model"] if k.startswith(("encoder.", "heads."))} == set()
+    losses = metrics(stage0, 0)
+    assert set(metrics(stage0, 0, "ce_shape")) == set(losses)  # cross-entropy terms, no pixel term
+    assert not any("rec" in k for k in json.loads(open(stage0 / "metrics.jsonl").readline()))
+
+
+def test_tiny_svae_lowers_its_loss(tmp_path, stage0):
+    out = fresh(tmp_path, stage0)
+    run(out, "--stage", 1, "--steps", 30, "--disc-start", 1000, "--ckpt-every", 30, "--n-train", 256)
+    L_s, rec = metrics(out, 1, "L_s"), metrics(out, 1, "rec")
+    first = lambda d: sum(d[s] for s in (1, 2, 3)) / 3  # noqa: E731
+    last = lambda d: sum(d[s] for s in (28, 29, 30)) / 3  # noqa: E731
+    assert last(L_s) < 0.7 * first(L_s), (first(L_s), last(L_s))
+    assert last(rec) < first(rec), (first(rec), last(rec))
+    # the frozen encoder did not move; E_s started as copies of its last three blocks
+    ck0 = torch.load(out / "stage0.pt", weights_only=True)["encoder"]
+    ck1 = torch.load(out / "stage1.pt", weights_only=True)["model"]
+    assert all(torch.equal(ck1["encoder." + k], v) for k, v in ck0.items())
+    assert os.path.isfile(out / "recon_stage1_step000030.png")
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stage0, stage):
+    """6 steps in one go vs 3 steps, stop, --resume to 6 (the GAN switches on at step 5)."""
+    a, b = fresh(tmp_path, stage0, "a"), fresh(tmp_path, stage0, "b")
+    for out in (a, b):
+        if stage == 2:
+            run(out, "--stage", 1, "--steps", 3)
+    run(a, "--stage", stage, "--steps", 6)
+    run(b, "--stage", stage, "--steps", 3)
+    run(b, "--stage", stage, "--steps", 6, "--resume")
+    la, lb = metrics(a, stage), metrics(b, stage)
+    assert sorted(lb) == list(range(1, 7))  # no duplicated records after the resume
+    assert la == lb
+    assert metrics(a, stage, "d_loss") == metrics(b, stage, "d_loss") and 6 in metrics(a, stage, "d_loss")
+    ca, cb = (torch.load(o / f"stage{stage}.pt", weights_only=True) for o in (a, b))
+    assert ca["step"] == cb["step"] == 6 and ca["data"] == cb["data"]
+    for part in ("model", "disc"):
+        assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(out, *args):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           os.path.join(ROOT, "tokenizer.py"), *TINY, "--out", str(out), *map(str, args)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    return r
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2])
+def test_two_processes_match_one(tmp_path, stage0, stage):
+    """torchrun (gloo, 2 processes, global batch 4 = 2 + 2) vs 1 process with batch 4: the same
+    first losses, GAN and adaptive weight included (disc-start 1)."""
+    one, two = fresh(tmp_path, stage0, "one"), fresh(tmp_path, stage0, "two")
+    args = ["--stage", stage, "--steps", 3, "--disc-start", 1, "--batch-size", 4]
+    if stage == 2:  # both start from the same stage-1 checkpoint
+        run(one, "--stage", 1, "--steps", 2)
+        shutil.copy(one / "stage1.pt", two / "stage1.pt")
+    run(one, *args)
+    torchrun(two, *args)
+    for key in (["loss", "ce_count"] if stage == 0 else ["loss", "L_s", "rec", "d_loss", "w_gan"]):
+        m1, m2 = metrics(one, stage, key), metrics(two, stage, key)
+        assert sorted(m1) == sorted(m2) and len(m1) >= (3 if key in ("loss", "L_s", "ce_count") else 1)
+        for s in m1:
+            assert m2[s] == pytest.approx(m1[s], rel=1e-4, abs=1e-5), (key, s, m1[s], m2[s])
+
+
+# ---- bad input: one clear sentence each, nothing good overwritten --------------------------
+
+def error_of(out, *args):
+    with pytest.raises(SystemExit) as e:
+        run(out, *args)
+    msg = str(e.value)
+    assert msg.startswith("tokenizer.py: error: ") and "\n" not in msg and "Traceback" not in msg
+    return msg
+
+
+def test_stage2_without_stage1_checkpoint(tmp_path, stage0):
+    out = fresh(tmp_path, stage0)
+    msg = error_of(out, "--stage", 2)
+    assert "stage1.pt does not exist" in msg and "--stage 1" in msg
+    assert "does not exist" in error_of(out, "--stage", 2, "--init", tmp_path / "nope.pt")
+    assert "does not exist" in error_of(out, "--stage", 1, "--resume")
+    assert "--data" in error_of(out, "--stage", 1, "--data", tmp_path / "no_such_folder")
+
+
+def test_checkpoint_from_another_script_or_not_a_checkpoint(tmp_path, stage0):
+    out = fresh(tmp_path, stage0)
+    other = tmp_path / "gen.pt"
+    torch.save({"script": "generator.py", "stage": 1, "model": {}}, other)
+    assert "written by generator.py, not tokenizer.py" in error_of(out, "--stage", 2, "--init", other)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    assert "cannot read" in error_of(out, "--stage", 2, "--init", junk)
+    assert "stage-0 checkpoint" in error_of(out, "--stage", 2, "--init", out / "stage0.pt")
+
+
+def test_mismatched_latent_channels(tmp_path, stage0):
+    out = fresh(tmp_path, stage0)
+    run(out, "--stage", 1, "--steps", 1)
+    msg = error_of(out, "--stage", 2, "--latent-channels", 8)
+    assert "latent_channels=4" in msg and "--latent-channels 4" in msg
+    assert "--image-size" in error_of(out, "--stage", 1, "--image-size", 48)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, stage0):
+    """lr 1e30 blows the weights up after step 1 (checkpointed); step 2's loss is not finite."""
+    out = fresh(tmp_path, stage0)
+    with pytest.raises(SystemExit) as e:
+        run(out, "--stage", 1, "--steps", 4, "--ckpt-every", 1, "--lr", 1e30)
+    msg = str(e.value)
+    assert "at step 2" in msg and "stage1.pt" in msg and "--lr" in msg, msg
+    before = (out / "stage1.pt").read_bytes()
+    assert torch.load(out / "stage1.pt", weights_only=True)["step"] == 1
+    # resuming into the same blow-up does not overwrite the good checkpoint either
+    with pytest.raises(SystemExit):
+        run(out, "--stage", 1, "--steps", 4, "--ckpt-every", 1, "--lr", 1e30, "--resume")
+    assert (out / "stage1.pt").read_bytes() == before
+    assert not os.path.exists(str(out / "stage1.pt") + ".tmp")
+
+
+def test_load_tokenizer_encode_decode(tmp_path, stage0):
+    out = fresh(tmp_path, stage0)
+    run(out, "--stage", 1, "--steps", 2)
+    tok = T.load_tokenizer(str(out / "stage1.pt"))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = T.encode(tok, x)
+    assert z.shape == (2, 4, 4, 4) and not z.requires_grad
+    y = T.decode(tok, z)
+    assert y.shape == x.shape and y.abs().max() <= 1
+    assert torch.equal(z, T.encode(tok, x))  # the posterior mean: deterministic
+    with pytest.raises(T.TokenizerError, match="stage-0"):
+        T.load_tokenizer(str(out / "stage0.pt"))
