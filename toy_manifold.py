@@ -31,8 +31,11 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from scipy.spatial import cKDTree
+from tqdm import tqdm
 
 # -----------------------------------------------------------------------------
 # Presets: a preset is a dict of defaults; any flag given on the command line wins.
@@ -201,7 +204,6 @@ def tail_stats(dist, far):
 def train_one(dim, seed, cfg, ref_tree, log=print, show_progress=False):
     """Train one model in `dim` dimensions; evaluate every cfg.eval_every steps.
     Returns the curve, the last samples (projected) and timings."""
-    from tqdm import tqdm
     g = torch.Generator().manual_seed(1000 * seed + dim)   # data, Q and noise of this run
     torch.manual_seed(1000 * seed + dim)                     # the network's initialisation
     Q = random_isometry(dim, g).float()                      # (dim, 2)
@@ -289,7 +291,6 @@ def plot_figure3(runs, summary, cfg, path):
     fig = plt.figure(figsize=(3.2 * n + 4.6, 3.6))
     grid = fig.add_gridspec(1, n + 1, width_ratios=[1] * n + [1.5])
     first_seed = min(r["seed"] for r in runs)
-    from scipy.spatial import cKDTree
     tree = cKDTree(ref)
     for i, dim in enumerate(cfg.dims):
         ax = fig.add_subplot(grid[0, i])
@@ -329,14 +330,12 @@ def plot_figure3(runs, summary, cfg, path):
 
 def dist_init():
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        import torch.distributed as dist
         dist.init_process_group("gloo")
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
 
 
 def dist_cleanup():
-    import torch.distributed as dist
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -410,7 +409,6 @@ def main(argv=None):
             except OSError as e:
                 raise SystemExit(f"error: cannot write to --out {args.out!r} ({e.strerror}); "
                                  f"choose a writable folder with --out.")
-        from scipy.spatial import cKDTree
         ref = sample_ps(args.n_ref, torch.Generator().manual_seed(12345)).numpy()
         ref_tree = cKDTree(ref)
         jobs = [(d, args.seed + s) for s in range(args.seeds) for d in args.dims]
@@ -422,7 +420,6 @@ def main(argv=None):
                           log=lambda m: print(m, flush=True) if rank == 0 else None)
                 for d, s in mine]
         if world > 1:
-            import torch.distributed as dist
             gathered = [None] * world
             dist.all_gather_object(gathered, runs)
             runs = [r for part in gathered for r in part]
