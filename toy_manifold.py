@@ -194,11 +194,11 @@ def nn_distances(samples_2d, ref_tree):
     return ref_tree.query(samples_2d, k=1)[0]
 
 
-def tail_stats(dist, far):
-    k = max(1, int(math.ceil(0.05 * len(dist))))
-    top = np.sort(dist)[-k:]
-    return dict(top5_mean=float(top.mean()), mean=float(dist.mean()),
-                frac_far=float((dist > far).mean()))
+def tail_stats(d, far):
+    """d: (n,) nearest-neighbour distances. Mean of the top 5%, mean, share beyond `far`."""
+    k = max(1, int(math.ceil(0.05 * len(d))))
+    top = np.sort(d)[-k:]
+    return dict(top5_mean=float(top.mean()), mean=float(d.mean()), frac_far=float((d > far).mean()))
 
 
 def train_one(dim, seed, cfg, ref_tree, log=print, show_progress=False):
