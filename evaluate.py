@@ -10,7 +10,6 @@ Sub-commands (each one is a function `cmd_<name>(args)` registered in `main`):
     python evaluate.py world-sheet --out results/      # contact sheets world.png and edits.png
     python evaluate.py world-bench --size 64           # renderer speed (images/s)
     python evaluate.py data --images PATH              # check a real-data folder before training
-    python evaluate.py geneval --ckpt runs/generator-cpu  # mini-GenEval of a generator run
 """
 import argparse
 import itertools
@@ -464,68 +463,6 @@ def cmd_data(args):
     return out
 
 
-# ----------------------------------------------------------------------------------------------
-# mini-GenEval (Sec. 4.1 reports GenEval): captions of the six GenEval categories, several images
-# per caption from the generator, and the scene detector as the judge (check_caption). Accuracy
-# per category = share of images that satisfy their caption; overall = the mean over categories
-# (as GenEval's overall score).
-#
-# The prompt suite, version 1: prompt k of category c is tokenizer.caption_scene(
-# tokenizer.scene_seed("test", k), c) for k < n: the held-out test split, which training never
-# reads. It is a pure function of (k, c); its sha1 is printed so a changed world shows up.
-
-GENEVAL_VERSION = "mini-geneval-v1"
-GENEVAL_SIZES = {  # prompts per category, images per prompt
-    "tiny": (2, 2),  # tests: a few
-    "cpu": (50, 2),  # the laptop demo
-    "world": (100, 4),  # GenEval's 4 images per prompt
-}
-
-
-def geneval_suite(per_category):
-    """[(category, caption, spec)] of suite v1, category by category."""
-    return [(c, *tokenizer.caption_scene(tokenizer.scene_seed("test", k), c)[1:])
-            for c in tokenizer.CAPTION_CATEGORIES for k in range(per_category)]
-
-
-def cmd_geneval(args):
-    """mini-GenEval of a generator run: per-category and overall accuracy."""
-    import hashlib
-    import generator
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    try:
-        model, cfg, tok_path = generator.load_generator(args.ckpt, device)
-        tok = generator.open_tokenizer(args.tokenizer or tok_path, device, cfg["tokenizer_sha1"])[0]
-    except tokenizer.TokenizerError as e:
-        raise ValueError(str(e)) from None
-    preset = args.preset or (cfg["preset"] if cfg["preset"] in GENEVAL_SIZES else "world")
-    per_cat, per_prompt = GENEVAL_SIZES[preset]
-    per_cat, per_prompt = args.prompts or per_cat, args.images or per_prompt
-    suite = geneval_suite(per_cat)
-    sha = hashlib.sha1(json.dumps([p[1] for p in suite]).encode()).hexdigest()[:12]
-    kw = dict(steps=args.steps or cfg["sample_steps"], shift=args.sample_shift or cfg["sample_shift"],
-              cfg=args.cfg if args.cfg is not None else cfg["cfg"])
-    print(f"{GENEVAL_VERSION} ({sha}): {per_cat} prompts x {len(tokenizer.CAPTION_CATEGORIES)} categories x "
-          f"{per_prompt} images, {kw['steps']} Euler steps, shift {kw['shift']}, CFG {kw['cfg']}", flush=True)
-    jobs = [(c, text, spec, r) for c, text, spec in suite for r in range(per_prompt)]
-    hits = dict.fromkeys(tokenizer.CAPTION_CATEGORIES, 0)
-    total = dict.fromkeys(tokenizer.CAPTION_CATEGORIES, 0)
-    t0 = time.time()
-    for b in tqdm(range(0, len(jobs), args.batch), disable=not sys.stderr.isatty()):
-        part = jobs[b:b + args.batch]
-        # image r of prompt k draws its noise from (seed, position in the job list): reproducible
-        imgs = generator.generate(model, tok, [j[1] for j in part], seed=hash((args.seed, b)) % 2**31,
-                                  batch=args.batch, **kw)
-        for (c, _, spec, _), img in zip(part, imgs):
-            hits[c] += check_caption(detect(img), spec)
-            total[c] += 1
-    per_category = {c: hits[c] / total[c] for c in hits}
-    return {"suite": GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
-            "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs),
-            "per_category": per_category, "overall": sum(per_category.values()) / len(per_category),
-            **kw, "seconds": round(time.time() - t0, 1)}
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description="PS-VAE, minimal: evaluation and benchmarks")
     # one parser block per sub-command; later benchmarks (recon, probe, geneval, gedit) add a
@@ -554,20 +491,6 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64, help="resize + centre-crop size in px")
     p.add_argument("--read", type=int, default=8, help="how many items to read")
     p.set_defaults(func=cmd_data)
-    p = sub.add_parser("geneval", help="mini-GenEval of a generator run (the detector judges)")
-    p.add_argument("--ckpt", required=True, help="generator run folder or its generator.pt")
-    p.add_argument("--preset", choices=list(GENEVAL_SIZES), default=None,
-                   help="suite size: tiny (tests), cpu, world (default: the run's preset)")
-    p.add_argument("--prompts", type=int, default=None, help="prompts per category (overrides the preset)")
-    p.add_argument("--images", type=int, default=None, help="images per prompt (overrides the preset)")
-    p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the run's)")
-    p.add_argument("--sample-shift", type=float, default=None, help="inference shift (default: the run's)")
-    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the run's)")
-    p.add_argument("--batch", type=int, default=100, help="images generated at once")
-    p.add_argument("--seed", type=int, default=0, help="noise seed")
-    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the run's)")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
-    p.set_defaults(func=cmd_geneval)
     for p in sub.choices.values():
         p.add_argument("--json", default=None, help="also write the result JSON to this file")
     args = parser.parse_args(argv)

@@ -1036,10 +1036,10 @@ class SemanticEncoder(nn.Module):
     """E_s: three transformer blocks copied from the representation encoder's last blocks, then
     an MLP projection to 2C (mean, log-variance) per token. (B, L, D) -> 2 x (B, C, h, w)."""
 
-    def __init__(self, encoder, C, depth=3):
+    def __init__(self, encoder, C):
         super().__init__()
         D = encoder.embed_dim
-        self.blocks = copy.deepcopy(encoder.blocks[len(encoder.blocks) - depth:])  # depth 0: Table 5's MLP
+        self.blocks = copy.deepcopy(encoder.blocks[-3:])
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.proj = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, 2 * C))
 
@@ -1057,11 +1057,11 @@ class SemanticDecoder(nn.Module):
     """D_s, symmetric to E_s: MLP from C, three blocks (copies of the encoder's last blocks) and
     a copy of the encoder's final norm, so it predicts the normalised features. -> (B, L, D)."""
 
-    def __init__(self, encoder, C, depth=3):
+    def __init__(self, encoder, C):
         super().__init__()
         D = encoder.embed_dim
         self.proj = nn.Sequential(nn.Linear(C, D), nn.GELU(), nn.Linear(D, D))
-        self.blocks = copy.deepcopy(encoder.blocks[len(encoder.blocks) - depth:])
+        self.blocks = copy.deepcopy(encoder.blocks[-3:])
         self.norm = copy.deepcopy(encoder.norm)
 
     def forward(self, z):
@@ -1165,106 +1165,26 @@ class PixelDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class ConvEncoder(nn.Module):
-    """The pixel VAE's encoder (recipe vae, the MAR-VAE role in Table 4): PixelDecoder mirrored,
-    strided convolutions down to the same stride as the patch grid. (B, 3, S, S) -> 2 x (B, C, h, w)."""
-
-    def __init__(self, C, cfg):
-        super().__init__()
-        cin, layers = cfg.ch, [nn.Conv2d(3, cfg.ch, 3, padding=1)]
-        for i, m in enumerate(cfg.ch_mult):
-            for _ in range(cfg.num_res_blocks):
-                layers.append(ResnetBlock(cin, cfg.ch * m))
-                cin = cfg.ch * m
-            if i != len(cfg.ch_mult) - 1:
-                layers.append(nn.Conv2d(cin, cin, 3, stride=2, padding=1))  # halve h, w
-        layers += [ResnetBlock(cin, cin), AttnBlock(cin), ResnetBlock(cin, cin), Norm(cin), nn.SiLU(),
-                   nn.Conv2d(cin, 2 * C, 3, padding=1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        mean, logvar = self.net(x).chunk(2, dim=1)
-        return mean, logvar.clamp(-30.0, 20.0)
-
-
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Recipes: the latent spaces of Table 4 and their relatives. For each stage: the modules that
-# learn, the loss terms, and whether L_p sees a detached latent (S-VAE, Sec 3.3). Stage 0 (the
-# world encoder) is shared. "L_s" is against the frozen features, or a frozen copy of the encoder
-# when the encoder itself learns (MSE + cos; plain MSE for RPiAE's pivot and bridge losses).
-RECIPES = {
-    "psvae": {1: ("E_s D_s pixel_decoder", "L_s kl L_p", True),      # S-VAE, then Sec 3.3 stage 2
-              2: ("encoder E_s D_s pixel_decoder", "L_s kl L_p", False)},
-    "svae": {1: ("E_s D_s pixel_decoder", "L_s kl L_p", True)},      # stage 1 only
-    "pvae": {1: ("encoder E_s pixel_decoder", "kl L_p", False)},     # same networks, pixels only (no D_s)
-    "vae": {1: ("conv_encoder pixel_decoder", "kl L_p", False)},     # convolutional KL-VAE from pixels
-    "rae": {1: ("pixel_decoder", "L_p", False)},                      # frozen features are the latent
-    # RPiAE: (I) encoder tuned for pixels with a pivot MSE to its frozen copy, decoder on features;
-    # (II) variational bridge E_s/D_s on the frozen encoder, pixel L1 through the frozen decoder;
-    # (III) the pixel decoder retrained on D_s's output, encoder and bridge frozen.
-    "rpiae": {1: ("encoder pixel_decoder", "L_s L_p", False), 2: ("E_s D_s", "L_s kl L_p", False),
-              3: ("pixel_decoder", "L_p", False)},
-}
-MODULES = ("encoder", "conv_encoder", "E_s", "D_s", "pixel_decoder")
-
-
-def stage_plan(cfg, stage):
-    """(trainable module names, loss terms, detach) of the recipe's stage; --rae-hd (Table 6)
-    makes RAE's encoder learn too, held near its frozen copy by L_s."""
-    train, losses, detach = RECIPES[cfg.get("recipe", "psvae")][stage]
-    train, losses = set(train.split()), set(losses.split())
-    if cfg.get("rae_hd"):
-        train, losses = train | {"encoder"}, losses | {"L_s"}
-    return train, losses, detach
 
 
 class Tokenizer(nn.Module):
     """Representation encoder + E_s + D_s + pixel decoder. Images are (B, 3, S, S) in [-1, 1];
-    the encoder sees them resized to encoder_size and ImageNet-normalised (as DINOv2 expects).
-    The recipe decides which parts exist (RECIPES): rae has no E_s/D_s (the latent is the
-    features), pvae no D_s, vae a ConvEncoder instead of the ViT (encoder=None). The pixel decoder
-    reads the latent z, or D features (rae, rpiae, --pixel-from-ds: D_s's output, Table 5)."""
+    the encoder sees them resized to encoder_size and ImageNet-normalised (as DINOv2 expects)."""
 
-    def __init__(self, encoder, encoder_size, latent_channels, decoder_cfg, recipe="psvae", svae_arch="blocks3",
-                 pixel_from_ds=False):
+    def __init__(self, encoder, encoder_size, latent_channels, decoder_cfg):
         super().__init__()
-        self.encoder, self.recipe = encoder, recipe
+        self.encoder = encoder
         self.encoder_size = encoder_size
-        stride = encoder.patch_size if encoder is not None else 2 ** (len(decoder_cfg.ch_mult) - 1)
-        self.grid = (encoder_size // stride,) * 2
-        depth = 0 if svae_arch == "mlp2" else 3
-        has = lambda *r: recipe in r  # noqa: E731
-        self.E_s = SemanticEncoder(encoder, latent_channels, depth) if has("psvae", "svae", "pvae", "rpiae") else None
-        self.D_s = SemanticDecoder(encoder, latent_channels, depth) if has("psvae", "svae", "rpiae") else None
-        self.conv_encoder = ConvEncoder(latent_channels, decoder_cfg) if has("vae") else None
-        self.feat_in = has("rae", "rpiae") or pixel_from_ds  # the pixel decoder reads D-dim features
-        self.latent_dim = encoder.embed_dim if has("rae") else latent_channels
-        self.pixel_decoder = PixelDecoder(encoder.embed_dim if self.feat_in else latent_channels, decoder_cfg)
+        self.grid = (encoder_size // encoder.patch_size,) * 2
+        self.E_s = SemanticEncoder(encoder, latent_channels)
+        self.D_s = SemanticDecoder(encoder, latent_channels)
+        self.pixel_decoder = PixelDecoder(latent_channels, decoder_cfg)
         self.encoder_ref = None  # stage 2: frozen copy of the original encoder, target of L_s
-        self.bridge = True  # False in RPiAE stage I: no E_s/D_s yet, the features are the latent
-        self.frozen, self.detach = [], True
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        if encoder is not None:
-            encoder.mask_token.requires_grad_(False)  # never used in training; DDP needs every trainable param used
-            if recipe == "rae":
-                encoder.norm.requires_grad_(False)  # RAE drops the final norm's affine: unused
-
-    def configure(self, train, detach):
-        """Freeze every module not named in `train`; frozen ones stay in eval mode (see train())."""
-        self.frozen = [n for n in MODULES if getattr(self, n) is not None and n not in train]
-        for n in self.frozen:
-            getattr(self, n).requires_grad_(False)
-        self.detach = detach
-        return self.train()
-
-    def train(self, mode=True):
-        super().train(mode)
-        for n in self.frozen if mode else ():
-            getattr(self, n).eval()
-        return self
+        encoder.mask_token.requires_grad_(False)  # never used in training; DDP needs every trainable param used
 
     def add_reference(self):
         self.encoder_ref = copy.deepcopy(self.encoder).requires_grad_(False).eval()
@@ -1274,54 +1194,32 @@ class Tokenizer(nn.Module):
         if x.shape[-1] != self.encoder_size:  # e.g. paper: 256 px data -> 224 px encoder input
             x = F.interpolate(x, size=(self.encoder_size,) * 2, mode="bicubic", antialias=True, align_corners=False)
         x = ((x + 1) / 2 - self.mean) / self.std
-        out = (encoder or self.encoder).forward_features(x)
-        if self.recipe == "rae":  # RAE: final LayerNorm without its affine, cls/register tokens dropped
-            f = out["x_prenorm"][:, 1 + self.encoder.num_register_tokens:]
-            return F.layer_norm(f, f.shape[-1:], eps=1e-6)
-        return out["x_norm_patchtokens"]
-
-    def to_map(self, f):
-        return f.transpose(1, 2).reshape(len(f), -1, *self.grid)  # (B, L, D) -> (B, D, h, w)
-
-    def posterior(self, x, f):
-        """(mean, logvar) of the latent, logvar None where the latent is deterministic features."""
-        if self.conv_encoder is not None:
-            return self.conv_encoder(x)
-        if self.E_s is None or not self.bridge:
-            return self.to_map(f), None
-        return self.E_s(f, self.grid)
+        return (encoder or self.encoder).forward_features(x)["x_norm_patchtokens"]
 
     def forward(self, x, eps, stage):
-        """One training forward. eps: (B, latent_dim, h, w) noise: the reparameterisation noise,
-        or for RAE the noise augmentation itself (already scaled by sigma)."""
-        f = target = None
-        if self.encoder is not None:
-            if "encoder" in self.frozen:  # frozen encoder: its features are both the input and the L_s target
-                with torch.no_grad():
-                    target = f = self.features(x)
-            else:
-                f = self.features(x)
-                with torch.no_grad():
-                    target = self.features(x, self.encoder_ref) if self.encoder_ref is not None else None
-        mean, logvar = self.posterior(x, f)
-        z = mean + eps if self.recipe == "rae" else mean if logvar is None else mean + torch.exp(0.5 * logvar) * eps
-        f_rec = self.D_s(z) if self.D_s is not None and self.bridge else f  # (B, L, D)
-        h = self.to_map(f_rec) if self.feat_in and self.bridge and self.D_s is not None else z
-        # S-VAE (stage 1): the pixel decoder learns from the detached latent, so L_p cannot change E_s
-        x_rec = self.pixel_decoder(h.detach() if self.detach else h)
+        """One training forward. eps: (B, C, h, w) noise for the reparameterisation."""
+        if stage == 1:  # frozen encoder: its features are both the input and the L_s target
+            with torch.no_grad():
+                target = f = self.features(x)
+        else:
+            f = self.features(x)
+            with torch.no_grad():
+                target = self.features(x, self.encoder_ref)
+        mean, logvar = self.E_s(f, self.grid)
+        z = mean + torch.exp(0.5 * logvar) * eps  # (B, C, h, w)
+        f_rec = self.D_s(z)
+        # stage 1: the pixel decoder learns from the detached latent, so L_p cannot change E_s
+        x_rec = self.pixel_decoder(z.detach() if stage == 1 else z)
         return dict(target=target, f_rec=f_rec, mean=mean, logvar=logvar, x_rec=x_rec)
 
     @torch.no_grad()
     def encode(self, x):
-        """images (B, 3, S, S) in [-1, 1] -> latent (B, C, h, w): the posterior mean (RAE: the
-        features, (B, D, h, w), without noise)."""
-        return self.posterior(x, self.features(x) if self.encoder is not None else None)[0]
+        """images (B, 3, S, S) in [-1, 1] -> latent (B, C, h, w): the posterior mean."""
+        return self.E_s(self.features(x), self.grid)[0]
 
     @torch.no_grad()
     def decode(self, z):
         """latent (B, C, h, w) -> images (B, 3, S_out, S_out) in [-1, 1]."""
-        if self.feat_in and self.bridge and self.D_s is not None:
-            z = self.to_map(self.D_s(z))
         return self.pixel_decoder(z).clamp(-1, 1)
 
 
