@@ -161,7 +161,7 @@ def _free_port():
 
 
 def test_torchrun_two_processes_split_the_runs_and_match_one_process(tmp_path):
-    args = ["--preset", "tiny", "--seeds", "2"]
+    args = ["--preset", "tiny", "--seeds", "1"]
     one = tm.main(args + ["--out", str(tmp_path / "one")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            f"--master_port={_free_port()}", os.path.join(ROOT, "toy_manifold.py"),
@@ -171,7 +171,7 @@ def test_torchrun_two_processes_split_the_runs_and_match_one_process(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     two = json.loads((tmp_path / "two" / "figure3.json").read_text())
     assert two["world_size"] == 2
-    assert sorted((x["dim"], x["seed"]) for x in two["runs"]) == [(2, 0), (2, 1), (8, 0), (8, 1)]
+    assert sorted((x["dim"], x["seed"]) for x in two["runs"]) == [(2, 0), (8, 0)]
     # every (dim, seed) run is seeded on its own, so where it ran does not matter
     for dim in ("2", "8"):
         np.testing.assert_allclose(two["final_per_seed"][dim], one["final_per_seed"][dim],
