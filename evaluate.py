@@ -10,6 +10,10 @@ Sub-commands (each one is a function `cmd_<name>(args)` registered in `main`):
     python evaluate.py world-sheet --out results/      # contact sheets world.png and edits.png
     python evaluate.py world-bench --size 64           # renderer speed (images/s)
     python evaluate.py data --images PATH              # check a real-data folder before training
+    python evaluate.py recon --ckpt runs/tokenizer-cpu  # PSNR, SSIM, LPIPS, rFID of a tokenizer
+    python evaluate.py probe --ckpt runs/tokenizer-cpu  # linear probe of its latent
+    python evaluate.py table4 --preset cpu             # every recipe: results/table4_recon.md
+    python evaluate.py geneval --ckpt runs/generator-cpu  # mini-GenEval of a generator run
 """
 import argparse
 import itertools
@@ -463,6 +467,346 @@ def cmd_data(args):
     return out
 
 
+# ----------------------------------------------------------------------------------------------
+# Reconstruction and semantics of a tokenizer (Table 4's reconstruction half: PSNR, SSIM, LPIPS,
+# rFID, linear probe). rFID needs a feature network: Inception-v3 in the paper; here a small CNN
+# that evaluate.py trains once on world scenes (seeded, cached), never the encoder under test.
+
+def gaussian_window(size=11, sigma=1.5):
+    """The SSIM paper's window (Wang et al. 2004): 11x11 circular Gaussian, sigma 1.5, sum 1."""
+    g = torch.exp(-(torch.arange(size, dtype=torch.float64) - (size - 1) / 2) ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return g[:, None] * g[None, :]  # (size, size)
+
+
+def ssim(x, y, k1=0.01, k2=0.03):
+    """Mean SSIM per image of images in [-1, 1] (mapped to [0, 1], dynamic range L = 1):
+    local means, variances and covariance under the Gaussian window over every window that fits
+    inside the image, SSIM map averaged over positions and channels. (B, C, H, W) x 2 -> (B,)."""
+    x, y = (t.double().clamp(-1, 1).add(1).div(2) for t in (x, y))
+    C = x.shape[1]
+    w = gaussian_window().to(x.device).expand(C, 1, 11, 11)
+    f = lambda t: torch.nn.functional.conv2d(t, w, groups=C)  # noqa: E731  (B, C, H-10, W-10)
+    mx, my = f(x), f(y)
+    vx, vy, cxy = f(x * x) - mx ** 2, f(y * y) - my ** 2, f(x * y) - mx * my
+    c1, c2 = k1 ** 2, k2 ** 2
+    s = (2 * mx * my + c1) * (2 * cxy + c2) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    return s.mean((1, 2, 3)).float()
+
+
+def frechet_distance(mu1, cov1, mu2, cov2):
+    """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (the FID formula)."""
+    import scipy.linalg
+    covmean = scipy.linalg.sqrtm(cov1 @ cov2)
+    if not np.isfinite(covmean).all():  # singular product: nudge the diagonals (as pytorch-fid does)
+        off = np.eye(len(cov1)) * 1e-6
+        covmean = scipy.linalg.sqrtm((cov1 + off) @ (cov2 + off))
+    covmean = np.real(covmean)  # tiny imaginary parts are numerical error
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+
+
+class WorldEvaluator(torch.nn.Module):
+    """rFID's feature network for the world: 4 convolutions (64 px -> 8x8 map), trained on world
+    scenes to predict the semantic targets (per-cell shape/colour/texture, count, background).
+    Features: channel means and standard deviations of the last map, (B, 8 * width); width 16
+    keeps its one-off training at 400 steps near a minute on one CPU core."""
+
+    def __init__(self, width=16):
+        super().__init__()
+        nn, c = torch.nn, width
+        self.body = nn.Sequential(nn.Conv2d(3, c, 3, 1, 1), nn.SiLU(), nn.Conv2d(c, 2 * c, 4, 2, 1), nn.SiLU(),
+                                  nn.Conv2d(2 * c, 4 * c, 4, 2, 1), nn.SiLU(), nn.Conv2d(4 * c, 4 * c, 4, 2, 1), nn.SiLU())
+        self.heads = nn.ModuleDict({k: nn.Linear(4 * c, n) if k in ("count", "bg_colour") else nn.Conv2d(4 * c, n, 1)
+                                    for k, n in sorted(tokenizer.TARGET_CLASSES.items())})
+
+    def forward(self, x):
+        if x.shape[-1] != 64:
+            x = torch.nn.functional.interpolate(x, size=(64, 64), mode="bilinear", antialias=True)
+        return self.body(x)  # (B, 4c, 8, 8)
+
+    def features(self, x):
+        h = self(x)
+        return torch.cat([h.mean((2, 3)), h.std((2, 3))], 1)
+
+    def logits(self, x):
+        h = self(x)
+        return {k: head(h.mean((2, 3))) if isinstance(head, torch.nn.Linear) else head(h)
+                for k, head in self.heads.items()}
+
+
+def world_evaluator(steps=400, seed=0, cache="runs/evaluator", verbose=True, width=16):
+    """The rFID feature network, trained once (seeded) and cached as
+    <cache>/world_w<width>_s<steps>_seed<seed>.pt."""
+    path = os.path.join(cache, f"world_w{width}_s{steps}_seed{seed}.pt")
+    net = WorldEvaluator(width)
+    if os.path.isfile(path):
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+        return net.eval().requires_grad_(False)
+    torch.manual_seed(seed)
+    net = WorldEvaluator(width)
+    data = torch.utils.data.DataLoader(tokenizer.WorldImages("train", steps * 64, 64, grid=8), batch_size=64)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    for i, (x, t) in enumerate(data):
+        loss = sum(torch.nn.functional.cross_entropy(lg, t[k]) for k, lg in net.logits(x).items())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if verbose and (i + 1) % 100 == 0:
+            print(f"evaluator step {i + 1}/{steps} loss {loss.item():.3f}", flush=True)
+    os.makedirs(cache, exist_ok=True)
+    torch.save({"script": "evaluate.py", "steps": steps, "seed": seed, "model": net.state_dict()}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+    return net.eval().requires_grad_(False)
+
+
+def fid_of_features(a, b):
+    """Fréchet distance between two feature sets (N, d), each summarised by mean and covariance."""
+    a, b = a.double().numpy(), b.double().numpy()
+    return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+
+
+def tokenizer_run(path, device="cpu"):
+    """(checkpoint path, loaded tokenizer): a run folder gives its last stage (3, 2, then 1)."""
+    if os.path.isdir(path):
+        found = [os.path.join(path, f"stage{s}.pt") for s in (3, 2, 1)
+                 if os.path.isfile(os.path.join(path, f"stage{s}.pt"))]
+        if not found:
+            raise ValueError(f"{path} holds no stage1/2/3.pt; train a tokenizer into it (tokenizer.py --out {path})")
+        path = found[0]
+    try:
+        return path, tokenizer.load_tokenizer(path, device)
+    except tokenizer.TokenizerError as e:
+        raise ValueError(str(e))
+
+
+def cmd_recon(args):
+    """PSNR, SSIM, LPIPS and rFID of a tokenizer's reconstructions of held-out images."""
+    t0 = time.time()
+    path, tok = tokenizer_run(args.ckpt)
+    cfg = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    size = cfg["image_size"]
+    data = tokenizer.ImageFolderDataset(args.data, size) if args.data else tokenizer.WorldImages(args.split, args.n, size)
+    n = min(args.n, len(data))
+    lp = tokenizer.make_lpips("cpu") if size >= 64 else None
+    ev = world_evaluator(args.evaluator_steps, cache=args.evaluator_cache)
+    ps, ss, lps, fa, fb = [], [], [], [], []
+    with torch.no_grad():
+        for i in range(0, n, args.batch):
+            items = [data[j] for j in range(i, min(n, i + args.batch))]
+            x = torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])  # (b, 3, S, S)
+            y = tokenizer.decode(tok, tokenizer.encode(tok, x))
+            if x.shape[-1] != y.shape[-1]:  # e.g. 224 px in, 256 px out: compare at the output size
+                x = torch.nn.functional.interpolate(x, size=y.shape[-2:], mode="bilinear", antialias=True)
+            ps.append(tokenizer.psnr(y, x))
+            ss.append(ssim(y, x))
+            if lp is not None:
+                lps.append(lp(y, x).flatten())
+            fa.append(ev.features(x))
+            fb.append(ev.features(y))
+    out = {"ckpt": path, "recipe": cfg.get("recipe", "psvae"), "n": n, "data": args.data or f"world/{args.split}",
+           "psnr": torch.cat(ps).mean().item(), "ssim": torch.cat(ss).mean().item(),
+           "lpips": torch.cat(lps).mean().item() if lps else None,
+           "rfid": fid_of_features(torch.cat(fa), torch.cat(fb)),
+           "rfid_features": f"WorldEvaluator trained {args.evaluator_steps} steps on world scenes"}
+    if lp is None:
+        out["lpips_reason"] = ("images under 64 px (AlexNet)" if size < 64 else
+                               "the lpips package's AlexNet weights could not be loaded (offline)")
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def linear_probe(ftr, ytr, fte, yte, steps=100):
+    """Accuracy on (fte, yte) of a softmax-regression probe fit on standardised (ftr, ytr) with
+    L-BFGS from zero weights (deterministic). f: (N, d) float, y: (N,) long."""
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
+    ftr, fte = (ftr - mu) / sd, (fte - mu) / sd
+    lin = torch.nn.Linear(ftr.shape[1], int(max(ytr.max(), yte.max())) + 1)
+    torch.nn.init.zeros_(lin.weight), torch.nn.init.zeros_(lin.bias)
+    opt = torch.optim.LBFGS(lin.parameters(), max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(lin(ftr), ytr) + 1e-4 * lin.weight.pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    with torch.no_grad():
+        return (lin(fte).argmax(1) == yte).float().mean().item()
+
+
+def cmd_probe(args):
+    """Linear-probe accuracy of the latent on the world's semantics: per token (shape, colour,
+    texture of the cell) and mean-pooled (object count, background colour)."""
+    t0 = time.time()
+    path, tok = tokenizer_run(args.ckpt)
+    cfg = torch.load(path, map_location="cpu", weights_only=True)["config"]
+    feats = {}
+    for split, n in (("train", args.n_train), ("val", args.n_test)):
+        data = tokenizer.WorldImages(split, n, cfg["image_size"], grid=tok.grid[0])
+        z, t = [], []
+        with torch.no_grad():
+            for i in range(0, n, args.batch):
+                items = [data[j] for j in range(i, min(n, i + args.batch))]
+                z.append(tokenizer.encode(tok, torch.stack([x for x, _ in items])).float())  # (b, C, h, w)
+                t.append({k: torch.stack([y[k] for _, y in items]) for k in items[0][1]})
+        feats[split] = (torch.cat(z), {k: torch.cat([d[k] for d in t]) for k in t[0]})
+    (ztr, ttr), (zte, tte) = feats["train"], feats["val"]
+    per_token = lambda z: z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1])  # noqa: E731  (N*h*w, C)
+    acc = {f"token_{k}": linear_probe(per_token(ztr), ttr[k].flatten(), per_token(zte), tte[k].flatten())
+           for k in ("shape", "colour", "texture")}
+    acc.update({f"pooled_{k}": linear_probe(ztr.mean((2, 3)), ttr[k], zte.mean((2, 3)), tte[k])
+                for k in ("count", "bg_colour")})
+    tokens = [v for k, v in acc.items() if k.startswith("token_")]
+    pooled = [v for k, v in acc.items() if k.startswith("pooled_")]
+    return {"ckpt": path, "recipe": cfg.get("recipe", "psvae"), "latent": list(ztr.shape[1:]),
+            "n_train": args.n_train, "n_test": args.n_test, **acc, "probe_token": sum(tokens) / len(tokens),
+            "probe_pooled": sum(pooled) / len(pooled), "probe": sum(tokens + pooled) / len(tokens + pooled),
+            "seconds": round(time.time() - t0, 1)}
+
+
+# Table 4 in miniature: every recipe trained by tokenizer.py on the same world data, encoder
+# (one stage 0) and per-stage budget, then measured by recon and probe. The S-VAE row is the
+# PS-VAE run's stage-1 checkpoint (what --recipe svae trains). Fig. 11 left: PS-VAE against C.
+TABLE4_ROWS = [("PS-VAE", "psvae", 2), ("S-VAE", "psvae", 1), ("RAE", "rae", 1), ("P-VAE", "pvae", 1),
+               ("VAE (MAR-VAE role)", "vae", 1), ("RPiAE", "rpiae", 3)]
+TABLE4_SIZES = {  # recon images, probe train/test scenes, evaluator steps, channels for Fig. 11
+    "tiny": dict(n=16, n_train=32, n_test=16, evaluator_steps=20, channels=(2, 8)),
+    "cpu": dict(n=256, n_train=512, n_test=256, evaluator_steps=400, channels=(8, 48)),
+    "world": dict(n=1000, n_train=2000, n_test=1000, evaluator_steps=3000, channels=(8, 48, 96)),
+}
+
+
+def cmd_table4(args):
+    """Train (or reuse) every recipe, measure recon + probe, write the table and channels figure."""
+    t0 = time.time()
+    sz, runs = TABLE4_SIZES[args.preset], args.runs or os.path.join("runs", f"table4-{args.preset}")
+    base = ["--preset", args.preset] + (["--device", args.device] if args.device else [])
+    s0 = os.path.join(runs, "stage0", "stage0.pt")
+
+    def train(out, recipe, last, *extra):  # reuse finished stages, train the missing ones
+        for stage in range(1, last + 1):
+            if not os.path.isfile(os.path.join(out, f"stage{stage}.pt")):
+                tokenizer.main([*base, "--stage", str(stage), "--recipe", recipe, "--out", out,
+                                "--encoder-ckpt", s0, *extra])
+        return os.path.join(out, f"stage{last}.pt")
+
+    if not os.path.isfile(s0):
+        tokenizer.main([*base, "--stage", "0", "--out", os.path.dirname(s0)])
+    ev = dict(split="val", n=sz["n"], batch=32, data=None, evaluator_steps=sz["evaluator_steps"],
+              evaluator_cache=os.path.join(runs, "evaluator"), n_train=sz["n_train"], n_test=sz["n_test"])
+    rows = []
+    for name, recipe, last in TABLE4_ROWS:
+        a = argparse.Namespace(ckpt=train(os.path.join(runs, recipe), recipe, last), **ev)
+        rows.append((name, cmd_recon(a), cmd_probe(a)))
+        print(f"table4 {name}: {json.dumps({**rows[-1][1], **rows[-1][2]})}", flush=True)
+    C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
+    chans = []
+    for C in sorted(set(sz["channels"]) | {C0}):
+        out = os.path.join(runs, "psvae" if C == C0 else f"psvae-c{C}")
+        a = argparse.Namespace(ckpt=train(out, "psvae", 2, "--latent-channels", str(C)), **ev)
+        chans.append((C, cmd_recon(a)["psnr"], cmd_probe(a)["probe"]))
+    fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
+    lines = [f"# Table 4 (reconstruction half) in miniature: preset {args.preset}", "",
+             f"`python evaluate.py table4 --preset {args.preset}`; runs in `{runs}`; {sz['n']} held-out world "
+             f"scenes; probe: {sz['n_train']} train / {sz['n_test']} held-out scenes; rFID features: "
+             f"WorldEvaluator ({sz['evaluator_steps']} steps). LPIPS: "
+             f"{rows[0][1].get('lpips_reason', 'lpips package, AlexNet')}.", "",
+             "| latent | recipe (stage) | latent shape | PSNR | SSIM | LPIPS | rFID | probe per token | probe pooled | probe |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for (name, r, p), (_, recipe, last) in zip(rows, TABLE4_ROWS):
+        C, h, w = p["latent"]  # written h x w x C, as the README's presets
+        lines.append(f"| {name} | {recipe} ({last}) | {h}x{w}x{C} | {r['psnr']:.2f} | "
+                     f"{r['ssim']:.3f} | {fmt(r['lpips'], 3)} | {r['rfid']:.3f} | {p['probe_token']:.3f} | "
+                     f"{p['probe_pooled']:.3f} | {p['probe']:.3f} |")
+    lines += ["", "Figure 11 (left), PS-VAE against latent channels C:", "", "| C | PSNR | probe |", "|---|---|---|"]
+    lines += [f"| {C} | {ps:.2f} | {pr:.3f} |" for C, ps, pr in chans]
+    lines += ["", f"Total time: {time.time() - t0:.0f} s."]
+    os.makedirs(args.results, exist_ok=True)
+    suffix = {"cpu": "", "world": "_world"}.get(args.preset, f"_{args.preset}")
+    md = os.path.join(args.results, f"table4_recon{suffix}.md")
+    with open(md + ".tmp", "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(md + ".tmp", md)
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(7, 2.8))
+    Cs = [c for c, _, _ in chans]
+    ax[0].plot(Cs, [p for _, p, _ in chans], "o-"), ax[0].set_ylabel("PSNR (dB)")
+    ax[1].plot(Cs, [p for _, _, p in chans], "o-"), ax[1].set_ylabel("linear probe")
+    for a in ax:
+        a.set_xscale("log", base=2), a.set_xlabel("latent channels C"), a.set_xticks(Cs, [str(c) for c in Cs])
+    fig.suptitle(f"PS-VAE against C (Fig. 11 left), preset {args.preset}", fontsize=9)
+    fig.tight_layout()
+    png = os.path.join(args.results, f"channels{suffix}.png")
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return {"table": md, "figure": png, "rows": {n: {**r, **p} for n, r, p in rows},
+            "channels": chans, "seconds": round(time.time() - t0, 1)}
+
+
+# ----------------------------------------------------------------------------------------------
+# mini-GenEval (Sec. 4.1 reports GenEval): captions of the six GenEval categories, several images
+# per caption from the generator, and the scene detector as the judge (check_caption). Accuracy
+# per category = share of images that satisfy their caption; overall = the mean over categories
+# (as GenEval's overall score).
+#
+# The prompt suite, version 1: prompt k of category c is tokenizer.caption_scene(
+# tokenizer.scene_seed("test", k), c) for k < n: the held-out test split, which training never
+# reads. It is a pure function of (k, c); its sha1 is printed so a changed world shows up.
+
+GENEVAL_VERSION = "mini-geneval-v1"
+GENEVAL_SIZES = {  # prompts per category, images per prompt
+    "tiny": (2, 2),  # tests: a few
+    "cpu": (50, 2),  # the laptop demo
+    "world": (100, 4),  # GenEval's 4 images per prompt
+}
+
+
+def geneval_suite(per_category):
+    """[(category, caption, spec)] of suite v1, category by category."""
+    return [(c, *tokenizer.caption_scene(tokenizer.scene_seed("test", k), c)[1:])
+            for c in tokenizer.CAPTION_CATEGORIES for k in range(per_category)]
+
+
+def cmd_geneval(args):
+    """mini-GenEval of a generator run: per-category and overall accuracy."""
+    import hashlib
+    import generator
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        model, cfg, tok_path = generator.load_generator(args.ckpt, device)
+        tok = generator.open_tokenizer(args.tokenizer or tok_path, device, cfg["tokenizer_sha1"])[0]
+    except tokenizer.TokenizerError as e:
+        raise ValueError(str(e)) from None
+    preset = args.preset or (cfg["preset"] if cfg["preset"] in GENEVAL_SIZES else "world")
+    per_cat, per_prompt = GENEVAL_SIZES[preset]
+    per_cat, per_prompt = args.prompts or per_cat, args.images or per_prompt
+    suite = geneval_suite(per_cat)
+    sha = hashlib.sha1(json.dumps([p[1] for p in suite]).encode()).hexdigest()[:12]
+    kw = dict(steps=args.steps or cfg["sample_steps"], shift=args.sample_shift or cfg["sample_shift"],
+              cfg=args.cfg if args.cfg is not None else cfg["cfg"])
+    print(f"{GENEVAL_VERSION} ({sha}): {per_cat} prompts x {len(tokenizer.CAPTION_CATEGORIES)} categories x "
+          f"{per_prompt} images, {kw['steps']} Euler steps, shift {kw['shift']}, CFG {kw['cfg']}", flush=True)
+    jobs = [(c, text, spec, r) for c, text, spec in suite for r in range(per_prompt)]
+    hits = dict.fromkeys(tokenizer.CAPTION_CATEGORIES, 0)
+    total = dict.fromkeys(tokenizer.CAPTION_CATEGORIES, 0)
+    t0 = time.time()
+    for b in tqdm(range(0, len(jobs), args.batch), disable=not sys.stderr.isatty()):
+        part = jobs[b:b + args.batch]
+        # image r of prompt k draws its noise from (seed, position in the job list): reproducible
+        imgs = generator.generate(model, tok, [j[1] for j in part], seed=hash((args.seed, b)) % 2**31,
+                                  batch=args.batch, **kw)
+        for (c, _, spec, _), img in zip(part, imgs):
+            hits[c] += check_caption(detect(img), spec)
+            total[c] += 1
+    per_category = {c: hits[c] / total[c] for c in hits}
+    return {"suite": GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
+            "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs),
+            "per_category": per_category, "overall": sum(per_category.values()) / len(per_category),
+            **kw, "seconds": round(time.time() - t0, 1)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="PS-VAE, minimal: evaluation and benchmarks")
     # one parser block per sub-command; later benchmarks (recon, probe, geneval, gedit) add a
@@ -491,6 +835,39 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=64, help="resize + centre-crop size in px")
     p.add_argument("--read", type=int, default=8, help="how many items to read")
     p.set_defaults(func=cmd_data)
+    for name, func, what in (("recon", cmd_recon, "PSNR, SSIM, LPIPS, rFID of a tokenizer's reconstructions"),
+                             ("probe", cmd_probe, "linear-probe accuracy of a tokenizer's latent on world semantics")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--ckpt", required=True, help="tokenizer run folder (its last stage) or a stage<N>.pt")
+        p.add_argument("--data", default=None, help="recon: image folder instead of held-out world scenes")
+        p.add_argument("--split", default="val", help="recon: world split of the held-out scenes")
+        p.add_argument("--n", type=int, default=256, help="recon: number of images")
+        p.add_argument("--n-train", type=int, default=512, help="probe: world scenes the probe is fit on")
+        p.add_argument("--n-test", type=int, default=256, help="probe: held-out (val) scenes it is scored on")
+        p.add_argument("--batch", type=int, default=32, help="images per forward pass")
+        p.add_argument("--evaluator-steps", type=int, default=400, help="rFID network: training steps")
+        p.add_argument("--evaluator-cache", default="runs/evaluator", help="rFID network: cache folder")
+        p.set_defaults(func=func)
+    p = sub.add_parser("table4", help="Table 4's reconstruction half: train every recipe, recon + probe")
+    p.add_argument("--preset", choices=list(TABLE4_SIZES), default="cpu", help="tokenizer preset and table size")
+    p.add_argument("--runs", default=None, help="run folder (default runs/table4-<preset>); finished stages are reused")
+    p.add_argument("--results", default="results", help="folder for table4_recon*.md and channels*.png")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="training device")
+    p.set_defaults(func=cmd_table4)
+    p = sub.add_parser("geneval", help="mini-GenEval of a generator run (the detector judges)")
+    p.add_argument("--ckpt", required=True, help="generator run folder or its generator.pt")
+    p.add_argument("--preset", choices=list(GENEVAL_SIZES), default=None,
+                   help="suite size: tiny (tests), cpu, world (default: the run's preset)")
+    p.add_argument("--prompts", type=int, default=None, help="prompts per category (overrides the preset)")
+    p.add_argument("--images", type=int, default=None, help="images per prompt (overrides the preset)")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the run's)")
+    p.add_argument("--sample-shift", type=float, default=None, help="inference shift (default: the run's)")
+    p.add_argument("--cfg", type=float, default=None, help="guidance scale (default: the run's)")
+    p.add_argument("--batch", type=int, default=100, help="images generated at once")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the run's)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
+    p.set_defaults(func=cmd_geneval)
     for p in sub.choices.values():
         p.add_argument("--json", default=None, help="also write the result JSON to this file")
     args = parser.parse_args(argv)

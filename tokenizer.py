@@ -17,12 +17,13 @@ Part I, the miniature world (the embedded default data)
 Part II, the codec
   8. distributed helpers (reused by generator.py and edit.py)
   9. DinoVisionTransformer: a drop-in for the official DINOv2 ViT (same keys, same outputs)
-  10. the S-VAE: E_s and D_s, the LDM-style pixel decoder, the Tokenizer that holds them
+  10. the S-VAE: E_s and D_s, the LDM-style pixel decoder, the Tokenizer that holds them;
+      RECIPES: the other latent spaces (RAE, S-VAE, P-VAE, pixel VAE, RPiAE; Table 4)
   11. losses: L_s, KL, L_p (L1 + LPIPS + hinge PatchGAN with the LDM adaptive weight)
   12. presets, model building, checkpoints
   13. data: the world by default, an image folder with --data; an exact, resumable order
   14. evaluation and reconstruction grids
-  15. the loop: stages 0 / 1 / 2
+  15. the loop: stages 0 / 1 / 2 (/ 3 for RPiAE)
   16. command line
 
 The world is built for the paper's question: *semantics* (which objects, colours, textures,
@@ -37,8 +38,11 @@ so that it plays DINOv2's role. Stage 1 (S-VAE): encoder frozen; E_s/D_s learn a
 KL-regularised latent that reconstructs the encoder features (L_s + KL), and a pixel decoder
 learns to draw images from the *detached* latent (L_p). Stage 2 (PS-VAE): everything trains;
 L_p now reaches the encoder, and L_s is measured against a frozen copy of the original encoder.
+`--recipe` swaps in the baselines (RECIPES says what each stage trains and which losses apply),
+all with the same pixel decoder and pixel loss.
 
   python tokenizer.py --stage 0 --preset cpu     # then --stage 1, then --stage 2
+  python tokenizer.py --stage 1 --preset cpu --recipe rae --encoder-ckpt runs/tokenizer-cpu/stage0.pt
   torchrun --nproc_per_node=2 tokenizer.py --stage 1 --preset tiny
 """
 import argparse
@@ -1036,10 +1040,10 @@ class SemanticEncoder(nn.Module):
     """E_s: three transformer blocks copied from the representation encoder's last blocks, then
     an MLP projection to 2C (mean, log-variance) per token. (B, L, D) -> 2 x (B, C, h, w)."""
 
-    def __init__(self, encoder, C):
+    def __init__(self, encoder, C, depth=3):
         super().__init__()
         D = encoder.embed_dim
-        self.blocks = copy.deepcopy(encoder.blocks[-3:])
+        self.blocks = copy.deepcopy(encoder.blocks[len(encoder.blocks) - depth:])  # depth 0: Table 5's MLP
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.proj = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, 2 * C))
 
@@ -1057,11 +1061,11 @@ class SemanticDecoder(nn.Module):
     """D_s, symmetric to E_s: MLP from C, three blocks (copies of the encoder's last blocks) and
     a copy of the encoder's final norm, so it predicts the normalised features. -> (B, L, D)."""
 
-    def __init__(self, encoder, C):
+    def __init__(self, encoder, C, depth=3):
         super().__init__()
         D = encoder.embed_dim
         self.proj = nn.Sequential(nn.Linear(C, D), nn.GELU(), nn.Linear(D, D))
-        self.blocks = copy.deepcopy(encoder.blocks[-3:])
+        self.blocks = copy.deepcopy(encoder.blocks[len(encoder.blocks) - depth:])
         self.norm = copy.deepcopy(encoder.norm)
 
     def forward(self, z):
@@ -1165,26 +1169,106 @@ class PixelDecoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
+class ConvEncoder(nn.Module):
+    """The pixel VAE's encoder (recipe vae, the MAR-VAE role in Table 4): PixelDecoder mirrored,
+    strided convolutions down to the same stride as the patch grid. (B, 3, S, S) -> 2 x (B, C, h, w)."""
+
+    def __init__(self, C, cfg):
+        super().__init__()
+        cin, layers = cfg.ch, [nn.Conv2d(3, cfg.ch, 3, padding=1)]
+        for i, m in enumerate(cfg.ch_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers.append(ResnetBlock(cin, cfg.ch * m))
+                cin = cfg.ch * m
+            if i != len(cfg.ch_mult) - 1:
+                layers.append(nn.Conv2d(cin, cin, 3, stride=2, padding=1))  # halve h, w
+        layers += [ResnetBlock(cin, cin), AttnBlock(cin), ResnetBlock(cin, cin), Norm(cin), nn.SiLU(),
+                   nn.Conv2d(cin, 2 * C, 3, padding=1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        mean, logvar = self.net(x).chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Recipes: the latent spaces of Table 4 and their relatives. For each stage: the modules that
+# learn, the loss terms, and whether L_p sees a detached latent (S-VAE, Sec 3.3). Stage 0 (the
+# world encoder) is shared. "L_s" is against the frozen features, or a frozen copy of the encoder
+# when the encoder itself learns (MSE + cos; plain MSE for RPiAE's pivot and bridge losses).
+RECIPES = {
+    "psvae": {1: ("E_s D_s pixel_decoder", "L_s kl L_p", True),      # S-VAE, then Sec 3.3 stage 2
+              2: ("encoder E_s D_s pixel_decoder", "L_s kl L_p", False)},
+    "svae": {1: ("E_s D_s pixel_decoder", "L_s kl L_p", True)},      # stage 1 only
+    "pvae": {1: ("encoder E_s pixel_decoder", "kl L_p", False)},     # same networks, pixels only (no D_s)
+    "vae": {1: ("conv_encoder pixel_decoder", "kl L_p", False)},     # convolutional KL-VAE from pixels
+    "rae": {1: ("pixel_decoder", "L_p", False)},                      # frozen features are the latent
+    # RPiAE: (I) encoder tuned for pixels with a pivot MSE to its frozen copy, decoder on features;
+    # (II) variational bridge E_s/D_s on the frozen encoder, pixel L1 through the frozen decoder;
+    # (III) the pixel decoder retrained on D_s's output, encoder and bridge frozen.
+    "rpiae": {1: ("encoder pixel_decoder", "L_s L_p", False), 2: ("E_s D_s", "L_s kl L_p", False),
+              3: ("pixel_decoder", "L_p", False)},
+}
+MODULES = ("encoder", "conv_encoder", "E_s", "D_s", "pixel_decoder")
+
+
+def stage_plan(cfg, stage):
+    """(trainable module names, loss terms, detach) of the recipe's stage; --rae-hd (Table 6)
+    makes RAE's encoder learn too, held near its frozen copy by L_s."""
+    train, losses, detach = RECIPES[cfg.get("recipe", "psvae")][stage]
+    train, losses = set(train.split()), set(losses.split())
+    if cfg.get("rae_hd"):
+        train, losses = train | {"encoder"}, losses | {"L_s"}
+    return train, losses, detach
 
 
 class Tokenizer(nn.Module):
     """Representation encoder + E_s + D_s + pixel decoder. Images are (B, 3, S, S) in [-1, 1];
-    the encoder sees them resized to encoder_size and ImageNet-normalised (as DINOv2 expects)."""
+    the encoder sees them resized to encoder_size and ImageNet-normalised (as DINOv2 expects).
+    The recipe decides which parts exist (RECIPES): rae has no E_s/D_s (the latent is the
+    features), pvae no D_s, vae a ConvEncoder instead of the ViT (encoder=None). The pixel decoder
+    reads the latent z, or D features (rae, rpiae, --pixel-from-ds: D_s's output, Table 5)."""
 
-    def __init__(self, encoder, encoder_size, latent_channels, decoder_cfg):
+    def __init__(self, encoder, encoder_size, latent_channels, decoder_cfg, recipe="psvae", svae_arch="blocks3",
+                 pixel_from_ds=False):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.recipe = encoder, recipe
         self.encoder_size = encoder_size
-        self.grid = (encoder_size // encoder.patch_size,) * 2
-        self.E_s = SemanticEncoder(encoder, latent_channels)
-        self.D_s = SemanticDecoder(encoder, latent_channels)
-        self.pixel_decoder = PixelDecoder(latent_channels, decoder_cfg)
+        stride = encoder.patch_size if encoder is not None else 2 ** (len(decoder_cfg.ch_mult) - 1)
+        self.grid = (encoder_size // stride,) * 2
+        depth = 0 if svae_arch == "mlp2" else 3
+        has = lambda *r: recipe in r  # noqa: E731
+        self.E_s = SemanticEncoder(encoder, latent_channels, depth) if has("psvae", "svae", "pvae", "rpiae") else None
+        self.D_s = SemanticDecoder(encoder, latent_channels, depth) if has("psvae", "svae", "rpiae") else None
+        self.conv_encoder = ConvEncoder(latent_channels, decoder_cfg) if has("vae") else None
+        self.feat_in = has("rae", "rpiae") or pixel_from_ds  # the pixel decoder reads D-dim features
+        self.latent_dim = encoder.embed_dim if has("rae") else latent_channels
+        self.pixel_decoder = PixelDecoder(encoder.embed_dim if self.feat_in else latent_channels, decoder_cfg)
         self.encoder_ref = None  # stage 2: frozen copy of the original encoder, target of L_s
+        self.bridge = True  # False in RPiAE stage I: no E_s/D_s yet, the features are the latent
+        self.frozen, self.detach = [], True
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-        encoder.mask_token.requires_grad_(False)  # never used in training; DDP needs every trainable param used
+        if encoder is not None:
+            encoder.mask_token.requires_grad_(False)  # never used in training; DDP needs every trainable param used
+            if recipe == "rae":
+                encoder.norm.requires_grad_(False)  # RAE drops the final norm's affine: unused
+
+    def configure(self, train, detach):
+        """Freeze every module not named in `train`; frozen ones stay in eval mode (see train())."""
+        self.frozen = [n for n in MODULES if getattr(self, n) is not None and n not in train]
+        for n in self.frozen:
+            getattr(self, n).requires_grad_(False)
+        self.detach = detach
+        return self.train()
+
+    def train(self, mode=True):
+        super().train(mode)
+        for n in self.frozen if mode else ():
+            getattr(self, n).eval()
+        return self
 
     def add_reference(self):
         self.encoder_ref = copy.deepcopy(self.encoder).requires_grad_(False).eval()
@@ -1194,32 +1278,54 @@ class Tokenizer(nn.Module):
         if x.shape[-1] != self.encoder_size:  # e.g. paper: 256 px data -> 224 px encoder input
             x = F.interpolate(x, size=(self.encoder_size,) * 2, mode="bicubic", antialias=True, align_corners=False)
         x = ((x + 1) / 2 - self.mean) / self.std
-        return (encoder or self.encoder).forward_features(x)["x_norm_patchtokens"]
+        out = (encoder or self.encoder).forward_features(x)
+        if self.recipe == "rae":  # RAE: final LayerNorm without its affine, cls/register tokens dropped
+            f = out["x_prenorm"][:, 1 + self.encoder.num_register_tokens:]
+            return F.layer_norm(f, f.shape[-1:], eps=1e-6)
+        return out["x_norm_patchtokens"]
+
+    def to_map(self, f):
+        return f.transpose(1, 2).reshape(len(f), -1, *self.grid)  # (B, L, D) -> (B, D, h, w)
+
+    def posterior(self, x, f):
+        """(mean, logvar) of the latent, logvar None where the latent is deterministic features."""
+        if self.conv_encoder is not None:
+            return self.conv_encoder(x)
+        if self.E_s is None or not self.bridge:
+            return self.to_map(f), None
+        return self.E_s(f, self.grid)
 
     def forward(self, x, eps, stage):
-        """One training forward. eps: (B, C, h, w) noise for the reparameterisation."""
-        if stage == 1:  # frozen encoder: its features are both the input and the L_s target
-            with torch.no_grad():
-                target = f = self.features(x)
-        else:
-            f = self.features(x)
-            with torch.no_grad():
-                target = self.features(x, self.encoder_ref)
-        mean, logvar = self.E_s(f, self.grid)
-        z = mean + torch.exp(0.5 * logvar) * eps  # (B, C, h, w)
-        f_rec = self.D_s(z)
-        # stage 1: the pixel decoder learns from the detached latent, so L_p cannot change E_s
-        x_rec = self.pixel_decoder(z.detach() if stage == 1 else z)
+        """One training forward. eps: (B, latent_dim, h, w) noise: the reparameterisation noise,
+        or for RAE the noise augmentation itself (already scaled by sigma)."""
+        f = target = None
+        if self.encoder is not None:
+            if "encoder" in self.frozen:  # frozen encoder: its features are both the input and the L_s target
+                with torch.no_grad():
+                    target = f = self.features(x)
+            else:
+                f = self.features(x)
+                with torch.no_grad():
+                    target = self.features(x, self.encoder_ref) if self.encoder_ref is not None else None
+        mean, logvar = self.posterior(x, f)
+        z = mean + eps if self.recipe == "rae" else mean if logvar is None else mean + torch.exp(0.5 * logvar) * eps
+        f_rec = self.D_s(z) if self.D_s is not None and self.bridge else f  # (B, L, D)
+        h = self.to_map(f_rec) if self.feat_in and self.bridge and self.D_s is not None else z
+        # S-VAE (stage 1): the pixel decoder learns from the detached latent, so L_p cannot change E_s
+        x_rec = self.pixel_decoder(h.detach() if self.detach else h)
         return dict(target=target, f_rec=f_rec, mean=mean, logvar=logvar, x_rec=x_rec)
 
     @torch.no_grad()
     def encode(self, x):
-        """images (B, 3, S, S) in [-1, 1] -> latent (B, C, h, w): the posterior mean."""
-        return self.E_s(self.features(x), self.grid)[0]
+        """images (B, 3, S, S) in [-1, 1] -> latent (B, C, h, w): the posterior mean (RAE: the
+        features, (B, D, h, w), without noise)."""
+        return self.posterior(x, self.features(x) if self.encoder is not None else None)[0]
 
     @torch.no_grad()
     def decode(self, z):
         """latent (B, C, h, w) -> images (B, 3, S_out, S_out) in [-1, 1]."""
+        if self.feat_in and self.bridge and self.D_s is not None:
+            z = self.to_map(self.D_s(z))
         return self.pixel_decoder(z).clamp(-1, 1)
 
 
@@ -1353,26 +1459,42 @@ PRESETS = {
                   n_val=256, log_every=100, ckpt_every=5000, disc_start=50000),
 }
 # config keys that fix tensor shapes: a checkpoint must agree on them
-SHAPE_KEYS = ("encoder", "encoder_size", "image_size", "latent_channels", "decoder")
+SHAPE_KEYS = ("encoder", "encoder_size", "image_size", "latent_channels", "decoder", "recipe", "svae_arch",
+              "pixel_from_ds")
+# what a checkpoint written before --recipe existed was (a PS-VAE / S-VAE one)
+RECIPE_DEFAULTS = dict(recipe="psvae", svae_arch="blocks3", pixel_from_ds=False, rae_hd=False)
 
 
-def build_tokenizer(cfg):
-    """A Tokenizer with fresh weights from a config dict (argparse vars or a checkpoint's)."""
-    enc = build_encoder(cfg["encoder"])
-    return Tokenizer(enc, cfg["encoder_size"], cfg["latent_channels"], DECODERS[cfg["decoder"]])
+def build_tokenizer(cfg, encoder=None, stage=None):
+    """A Tokenizer with fresh weights from a config dict (argparse vars or a checkpoint's); the
+    recipe and its variant flags come from the config, so a checkpoint needs no flags."""
+    c = {**RECIPE_DEFAULTS, **cfg}
+    vae = c["recipe"] == "vae"  # no ViT: the conv encoder sees the images at their own size
+    enc = None if vae else encoder or build_encoder(c["encoder"])
+    model = Tokenizer(enc, c["image_size"] if vae else c["encoder_size"], c["latent_channels"], DECODERS[c["decoder"]],
+                      c["recipe"], c["svae_arch"], c["pixel_from_ds"])
+    model.bridge = not (c["recipe"] == "rpiae" and stage == 1)
+    return model
 
 
 def param_counts(model, disc=None):
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    counts = {"encoder": n(model.encoder), "E_s": n(model.E_s), "D_s": n(model.D_s),
-              "pixel_decoder": n(model.pixel_decoder)}
+    counts = {k: n(getattr(model, k)) for k in MODULES if getattr(model, k) is not None}
     if disc is not None:
         counts["discriminator"] = n(disc)
     return counts
 
 
 def check_config(cfg):
-    """Shape rules, each broken one as a sentence."""
+    """Shape and recipe rules, each broken one as a sentence."""
+    r, stage = cfg["recipe"], cfg["stage"]
+    if stage and stage not in RECIPES[r]:
+        raise TokenizerError(f"--recipe {r} trains in stage(s) {', '.join(map(str, RECIPES[r]))}, not --stage {stage}")
+    for flag, ok, on in (("--svae-arch mlp2", ("psvae", "svae"), cfg["svae_arch"] == "mlp2"),
+                         ("--pixel-from-ds", ("psvae", "svae"), cfg["pixel_from_ds"]),
+                         ("--rae-hd", ("rae",), cfg["rae_hd"])):
+        if on and r not in ok:
+            raise TokenizerError(f"{flag} is a variant of --recipe {' / '.join(ok)}, not of --recipe {r}")
     enc = ENCODERS[cfg["encoder"]]
     if cfg["encoder_size"] % enc.patch_size:
         raise TokenizerError(f"--encoder-size {cfg['encoder_size']} is not a multiple of the patch size {enc.patch_size}")
@@ -1423,18 +1545,19 @@ def load_checkpoint(path, what="checkpoint"):
 
 def check_shapes(ck, cfg, path, keys=SHAPE_KEYS):
     for k in keys:
-        if ck["config"].get(k) != cfg[k]:
+        if ck["config"].get(k, RECIPE_DEFAULTS.get(k)) != cfg[k]:
             flag = "--" + k.replace("_", "-")
             raise TokenizerError(f"{path} has {k}={ck['config'].get(k)!r} but this run asks for {cfg[k]!r}; "
                                  f"pass {flag} {ck['config'].get(k)} or use a new --out")
 
 
 def load_tokenizer(path, device="cpu"):
-    """A trained tokenizer (eval mode) from a stage-1/2 checkpoint; works on CPU for GPU-trained ones."""
+    """A trained tokenizer (eval mode) from a stage-1/2/3 checkpoint of any recipe (recorded in the
+    checkpoint); works on CPU for GPU-trained ones."""
     ck = load_checkpoint(path)
-    if ck["stage"] not in (1, 2):
-        raise TokenizerError(f"{path} is a stage-{ck['stage']} checkpoint; load_tokenizer needs stage 1 or 2")
-    model = build_tokenizer(ck["config"])
+    if ck["stage"] not in (1, 2, 3):
+        raise TokenizerError(f"{path} is a stage-{ck['stage']} checkpoint; load_tokenizer needs stage 1, 2 or 3")
+    model = build_tokenizer(ck["config"], stage=ck["stage"])
     model.load_state_dict(ck["model"])
     return model.to(device).eval()
 
@@ -1546,15 +1669,17 @@ def evaluate(model, val, stage, device, bs):
         z = model.encode(x)
         x_rec = model.decode(z)
         ps.append(psnr(x_rec, x))
-        # semantic preservation: D_s(E_s) features against the ORIGINAL encoder (the ref in stage 2)
-        f0 = model.features(x, model.encoder_ref)
-        cos.append(F.cosine_similarity(model.D_s(z), f0, dim=-1).mean(1))
+        if model.D_s is not None and model.bridge:
+            # semantic preservation: D_s(E_s) features against the ORIGINAL encoder (the ref in stage 2)
+            f0 = model.features(x, model.encoder_ref)
+            cos.append(F.cosine_similarity(model.D_s(z), f0, dim=-1).mean(1))
         if first is None:
             first = (x[:8].cpu(), x_rec[:8].cpu())
-    model.train()
-    if model.encoder_ref is None:
-        model.encoder.eval()
-    return {"val_psnr": torch.cat(ps).mean().item(), "val_feature_cos": torch.cat(cos).mean().item()}, first
+    model.train()  # frozen parts stay in eval mode (Tokenizer.train)
+    ev = {"val_psnr": torch.cat(ps).mean().item()}
+    if cos:
+        ev["val_feature_cos"] = torch.cat(cos).mean().item()
+    return ev, first
 
 
 def save_recon_grid(path, x, x_rec, title):
@@ -1646,6 +1771,11 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
                    if k not in ("resume", "steps") and ck["config"].get(k) != v}
         if changed:
             print0("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    elif stage and os.path.isfile(ckpt_path):  # never overwrite another recipe's checkpoint
+        old = load_checkpoint(ckpt_path)["config"].get("recipe", "psvae")
+        if old != cfg["recipe"]:
+            raise TokenizerError(f"{ckpt_path} holds a --recipe {old} checkpoint; give this --recipe {cfg['recipe']} "
+                                 f"run its own --out")
 
     # ---- model: the same initial weights on every rank (DDP also broadcasts rank 0's)
     torch.manual_seed(cfg["seed"])
@@ -1655,34 +1785,39 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
     else:
         dcfg = DECODERS[cfg["decoder"]]
         disc = PatchDiscriminator(dcfg.disc_ch, dcfg.disc_layers)
-        if ck is not None or stage == 2:  # weights come from a checkpoint below
+        if cfg["recipe"] == "vae":  # no representation encoder at all
+            enc = None
+        elif ck is not None or stage >= 2:  # weights come from a checkpoint below
             enc = build_encoder(cfg["encoder"])
         else:
             enc = init_encoder(cfg)
-        model = Tokenizer(enc, cfg["encoder_size"], cfg["latent_channels"], dcfg)
-        if stage == 2 and ck is None and cfg["init"] != "random":
-            init = cfg["init"] or os.path.join(out, "stage1.pt")
+        model = build_tokenizer(cfg, enc, stage)
+        prev = stage - 1
+        if stage >= 2 and ck is None and cfg["init"] != "random":
+            init = cfg["init"] or os.path.join(out, f"stage{prev}.pt")
             if not os.path.isfile(init):
-                raise TokenizerError(f"stage 2 starts from a stage-1 checkpoint but {init} does not exist; run "
-                                     f"--stage 1 with the same --out first, or pass --init PATH")
-            ck1 = load_checkpoint(init, "stage-1 checkpoint")
-            if ck1["stage"] != 1:
-                raise TokenizerError(f"--init {init} is a stage-{ck1['stage']} checkpoint; stage 2 starts from stage 1")
+                raise TokenizerError(f"stage {stage} starts from a stage-{prev} checkpoint but {init} does not exist; "
+                                     f"run --stage {prev} with the same --out first, or pass --init PATH")
+            ck1 = load_checkpoint(init, f"stage-{prev} checkpoint")
+            if ck1["stage"] != prev:
+                raise TokenizerError(f"--init {init} is a stage-{ck1['stage']} checkpoint; stage {stage} starts "
+                                     f"from stage {prev}")
             check_shapes(ck1, cfg, init)
             model.load_state_dict(ck1["model"])
             disc.load_state_dict(ck1["disc"])
-        elif stage == 2 and ck is None:
-            print0("warning: stage 2 from random weights (--init random): only for smoke tests and measurements")
+        elif stage >= 2 and ck is None:
+            print0(f"warning: stage {stage} from random weights (--init random): only for smoke tests and measurements")
     if ck is not None:
         model.load_state_dict(ck["model"])
         if disc is not None:
             disc.load_state_dict(ck["disc"])
-    if stage == 1:
-        model.encoder.requires_grad_(False).eval()  # frozen: DDP skips parameters without grads
-    if stage == 2:
-        model.add_reference()  # frozen copy of the original encoder: the target of L_s
-        if ck is not None:
-            model.encoder_ref.load_state_dict(ck["encoder_ref"])
+    if stage:
+        train_set, losses, detach = stage_plan(cfg, stage)
+        model.configure(train_set, detach)  # frozen parts: no grads (DDP skips them), eval mode
+        if "encoder" in train_set and "L_s" in losses:
+            model.add_reference()  # frozen copy of the original encoder: the target of L_s
+            if ck is not None:
+                model.encoder_ref.load_state_dict(ck["encoder_ref"])
     model.to(device)
     counts = param_counts(model, disc) if stage else {"encoder": sum(p.numel() for p in model.encoder.parameters())}
     print0(f"stage {stage} | {world} process(es) on {device} | parameters " +
@@ -1736,7 +1871,7 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
     last_good = ckpt_path if os.path.isfile(ckpt_path) else None
     steps, amp = cfg["steps"], device.type == "cuda"
     grid = model.grid if stage else None
-    C = cfg["latent_channels"]
+    C = model.latent_dim if stage else None
     pbar = tqdm(total=steps, initial=step, disable=not (is_rank0() and sys.stderr.isatty()), desc=f"stage {stage}")
     t_last, seen, summary = time.time(), 0, {}
 
@@ -1744,7 +1879,7 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
         (epoch, pos), batch = next(data)
         idx, x, targets = unpack(batch)
         x = x.to(device, non_blocking=True)
-        gan = stage > 0 and step >= cfg["disc_start"]
+        gan = stage > 0 and step >= cfg["disc_start"] and "pixel_decoder" in train_set
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             if stage == 0:
                 # semantics only: cross-entropy of linear heads, never a pixel loss
@@ -1753,14 +1888,21 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
                 loss = sum(terms.values())
             else:
                 eps = latent_noise(idx, (C, *grid), cfg["seed"], stage, step).to(device)
+                if cfg["recipe"] == "rae":  # RAE's noise augmentation: sigma = tau * U(0, 1) per image
+                    u = torch.special.ndtr(latent_noise(idx, (1, 1, 1), cfg["seed"], 100 + stage, step))
+                    eps = eps * cfg["rae_noise"] * u.to(device)
                 o = fwd(x, eps, stage)
                 x_rec = o["x_rec"].float()
-                L_s = semantic_loss(o["f_rec"].float(), o["target"].float())
-                KL = kl_loss(o["mean"].float(), o["logvar"].float())
+                terms = {}
+                if "L_s" in losses:  # RPiAE's pivot / bridge losses are plain feature MSE
+                    L_fn = F.mse_loss if cfg["recipe"] == "rpiae" else semantic_loss
+                    terms["L_s"] = L_s = L_fn(o["f_rec"].float(), o["target"].float())
+                if "kl" in losses:
+                    terms["kl"] = KL = kl_loss(o["mean"].float(), o["logvar"].float())
                 rec = (x_rec - x).abs().mean()  # L1
                 if lp is not None:
                     rec = rec + cfg["lpips_weight"] * lp(x_rec, x).mean()
-                terms = {"L_s": L_s, "kl": KL, "rec": rec}
+                terms["rec"] = rec
                 L_p = rec
                 if gan:  # hinge PatchGAN, generator side; the discriminator gets no gradient here
                     disc.requires_grad_(False)
@@ -1773,7 +1915,8 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
                 # Sec 4.1: L = 1 * L_s + 0.1 * L_p (+ KL). Sec 4.4 instead speaks of a semantic:pixel
                 # ratio of 0.1:1 (DINOv2) and 0.05:1 (SigLIP2); the paper contradicts itself, so both
                 # weights are flags and the defaults follow Sec 4.1.
-                loss = cfg["semantic_weight"] * L_s + cfg["kl_weight"] * KL + cfg["pixel_weight"] * L_p
+                loss = cfg["semantic_weight"] * terms.get("L_s", 0.0) + cfg["kl_weight"] * terms.get("kl", 0.0) \
+                    + cfg["pixel_weight"] * L_p
         terms["loss"] = loss
         logged = all_mean(torch.stack([v.detach().float() for v in terms.values()]))
         if not torch.isfinite(logged).all():
@@ -1833,7 +1976,7 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
                 ckpt["encoder"] = model.encoder.state_dict()
             else:
                 ckpt.update(disc=disc.state_dict(), opt_d=opt_d.state_dict())
-            if stage == 2:
+            if stage and model.encoder_ref is not None:
                 ckpt["encoder_ref"] = model.encoder_ref.state_dict()
             save_checkpoint(ckpt_path, ckpt)
             last_good = ckpt_path
@@ -1849,8 +1992,9 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="PS-VAE tokenizer: stage 0 (world encoder), 1 (S-VAE), 2 (PS-VAE)")
     g = p.add_argument_group("run")
-    g.add_argument("--stage", type=int, choices=(0, 1, 2), required=True, help="0: pre-train the world encoder "
-                   "on semantics; 1: S-VAE with the encoder frozen; 2: PS-VAE, everything trained")
+    g.add_argument("--stage", type=int, choices=(0, 1, 2, 3), required=True, help="0: pre-train the world encoder "
+                   "on semantics; 1: S-VAE with the encoder frozen; 2: PS-VAE, everything trained "
+                   "(other recipes: see RECIPES; rpiae has stages 1-3)")
     g.add_argument("--preset", choices=list(PRESETS), default="cpu", help="a dict of defaults; flags override it")
     g.add_argument("--out", default=None, help="run folder for all stages (default runs/tokenizer-<preset>)")
     g.add_argument("--resume", action="store_true", help="continue exactly from <out>/stage<N>.pt")
@@ -1867,6 +2011,15 @@ def parse_args(argv=None):
     g.add_argument("--image-size", type=int, help="data and reconstruction size in px (paper 256)")
     g.add_argument("--latent-channels", type=int, help="C of the (C, h, w) latent (paper 96)")
     g.add_argument("--decoder", choices=list(DECODERS), help="pixel decoder size")
+    g = p.add_argument_group("recipe (Table 4: the latent space; Tables 5, 6: variants)")
+    g.add_argument("--recipe", choices=list(RECIPES), default="psvae", help="psvae (stages 1-2), svae (stage 1), "
+                   "rae (frozen features), pvae (pixel loss only), vae (conv KL-VAE), rpiae (stages 1-3)")
+    g.add_argument("--svae-arch", choices=("blocks3", "mlp2"), default="blocks3", help="E_s/D_s: three "
+                   "transformer blocks + MLP (paper), or the 2-layer MLP of Table 5")
+    g.add_argument("--pixel-from-ds", action="store_true", help="Table 5: the pixel decoder reads D_s's output")
+    g.add_argument("--rae-hd", action="store_true", help="Table 6: RAE whose encoder learns too, L_s against "
+                   "its frozen copy")
+    g.add_argument("--rae-noise", type=float, default=0.8, help="RAE noise augmentation: sigma = tau * U(0, 1), tau")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="image folder (ImageNet layout) instead of the world")
     g.add_argument("--n-train", type=int, help="number of world training scenes")
@@ -1894,9 +2047,10 @@ def parse_args(argv=None):
     p.set_defaults(**PRESETS[pre.preset] if pre.preset else {})
     args = p.parse_args(argv)
     if isinstance(args.steps, (tuple, list)):  # the preset's per-stage default
-        args.steps = args.steps[args.stage]
+        args.steps = args.steps[min(args.stage, 2)]  # rpiae's stage 3 takes stage 2's budget
     if args.out is None:
-        args.out = os.path.join("runs", f"tokenizer-{args.preset}")
+        name = f"tokenizer-{args.preset}" + ("" if args.recipe == "psvae" else f"-{args.recipe}")
+        args.out = os.path.join("runs", name)
     return vars(args)
 
 

@@ -1,0 +1,290 @@
+"""generator.py: the flow maths, the masks, the zero-initialised DDT head, learning, exact resume,
+2 processes = 1 process, the latent cache, sampling, clear errors.
+
+Run: python -m pytest tests/test_generator.py          (the 2-process test is included; ~15 s)
+A tiny tokenizer (stages 0 and 1 of tokenizer.py, tiny preset) is trained once per module.
+"""
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+import evaluate
+import generator as G
+import tokenizer as T
+
+TINY = ["--preset", "tiny", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    """A tiny stage-1 tokenizer checkpoint: (4, 4, 4) latents of 32 px images."""
+    out = tmp_path_factory.mktemp("tok")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for stage in (0, 1):
+        T.main(["--preset", "tiny", "--device", "cpu", "--out", str(out), "--stage", str(stage)])
+    torch.set_num_threads(n)
+    return str(out / "stage1.pt")
+
+
+def train(out, tok, *args, cache=None):
+    return G.main([*TINY, "--tokenizer", tok, "--out", str(out), "--cache", str(cache or out / "cache"),
+                   *map(str, args)])
+
+
+def losses(out):
+    return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl")))}
+
+
+def random_model(head="ddt", text_len=6, shape=(4, 4, 4), patch=1, seed=0):
+    """A tiny generator whose zero-initialised parts are randomised too (every path live)."""
+    torch.manual_seed(seed)
+    m = G.Generator(G.MODELS["tiny"], shape, patch, text_len, head, len(G.TextTokenizer()))
+    with torch.no_grad():
+        for p in m.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
+    return m.eval()
+
+
+# ---- the flow maths ----------------------------------------------------------------------------
+
+def test_shift_rule():
+    assert G.shift_factor(16, 2) == pytest.approx(2.0)       # Flux-VAE
+    assert G.shift_factor(768, 1) == pytest.approx(6.93, abs=5e-3)  # DINOv2-B
+    assert G.shift_factor(96, 1) == pytest.approx(2.45, abs=5e-3)   # PS-VAE 96c
+    # t' = s t / (1 + (s - 1) t): by hand, s = 3, t = 0.5 -> 1.5 / 2; ends fixed; s = 1 identity
+    assert G.shift_t(torch.tensor(0.5), 3.0).item() == pytest.approx(0.75)
+    t = torch.linspace(0, 1, 11)
+    assert torch.allclose(G.shift_t(t, 1.0), t)
+    assert G.shift_t(torch.tensor([0.0, 1.0]), 6.93).tolist() == pytest.approx([0.0, 1.0])
+
+
+def test_euler_sampler_is_exact_on_a_point_mass():
+    """For data = one point c the true velocity is (x_t - c) / t (straight paths), which Euler
+    integrates exactly on any grid: every sample lands on c, with or without guidance."""
+    c = torch.randn(4, 2, 2)
+
+    def field(x, t, cond):
+        return (x - c) / t.view(-1, 1, 1, 1)
+
+    noise = torch.randn(3, 4, 2, 2)
+    cond = torch.zeros(3, 5, dtype=torch.long)
+    for steps, shift, cfg in ((1, 1.0, 1.0), (7, 3.0, 1.0), (50, 3.0, 6.5)):
+        x = G.flow_sample(field, noise, cond, steps, shift, cfg, null=cond)
+        assert x.shape == noise.shape
+        assert torch.allclose(x, c.expand_as(x), atol=1e-5)
+
+
+def test_flow_loss_target_is_eps_minus_x0():
+    """A model that returns eps - x0 exactly (it can: (x_t - x0) / t when x0 is known) has zero
+    loss; one that returns x0 - eps has loss 4 mean (eps - x0)^2."""
+    x0, eps, t = torch.randn(5, 3, 2, 2), torch.randn(5, 3, 2, 2), torch.rand(5) * 0.8 + 0.1
+    perfect = lambda x_t, tt, cond: (x_t - x0) / tt.view(-1, 1, 1, 1)  # noqa: E731
+    assert G.flow_loss(perfect, x0, None, t, eps).item() == pytest.approx(0.0, abs=1e-9)
+    wrong = lambda x_t, tt, cond: x0 - eps  # noqa: E731
+    assert G.flow_loss(wrong, x0, None, t, eps).item() == pytest.approx(4 * (eps - x0).pow(2).mean().item())
+
+
+# ---- the network -------------------------------------------------------------------------------
+
+def test_attention_mask_layout():
+    m = random_model(text_len=3, shape=(4, 2, 2))  # 3 text + 4 image tokens
+    M = m.mask.int().tolist()
+    assert M == [[1, 0, 0, 0, 0, 0, 0],
+                 [1, 1, 0, 0, 0, 0, 0],
+                 [1, 1, 1, 0, 0, 0, 0]] + [[1] * 7] * 4
+
+
+@pytest.mark.parametrize("head", ["ddt", "none"])
+def test_masks_in_the_outputs(head):
+    """Changing the image leaves every text output unchanged; changing text token k leaves the
+    text outputs before k unchanged, and changes the image outputs."""
+    m = random_model(head)
+    x, t = torch.randn(2, 4, 4, 4), torch.rand(2)
+    ids = torch.randint(2, len(G.TextTokenizer()), (2, 6))
+    h = m.backbone(x, t, ids)
+    h2 = m.backbone(x + torch.randn_like(x), t, ids)
+    assert torch.allclose(h[:, :6], h2[:, :6], atol=1e-6)
+    assert not torch.allclose(h[:, 6:], h2[:, 6:], atol=1e-3)
+    k = 3
+    ids2 = ids.clone()
+    ids2[:, k] = (ids[:, k] + 7) % len(G.TextTokenizer())
+    h3 = m.backbone(x, t, ids2)
+    assert torch.allclose(h[:, :k], h3[:, :k], atol=1e-6)
+    assert not torch.allclose(h[:, k:6], h3[:, k:6], atol=1e-3)
+    assert not torch.allclose(m(x, t, ids), m(x, t, ids2), atol=1e-4)
+
+
+def test_zero_init_ddt_head_ignores_the_backbone_at_first():
+    torch.manual_seed(0)
+    m = G.Generator(G.MODELS["tiny"], (4, 4, 4), 1, 6, "ddt", len(G.TextTokenizer())).eval()
+    x, t = torch.randn(2, 4, 4, 4), torch.rand(2)
+    a, b = torch.randint(2, 300, (2, 6)), torch.randint(2, 300, (2, 6))
+    assert m(x, t, a).abs().max() == 0  # zero output layer
+    # give the output layer weights: with the modulation still zero, the head is a function of
+    # x_t alone (its own embedder), whatever the text and whatever the backbone weights
+    with torch.no_grad():
+        m.head.out.weight.normal_()
+        y = m(x, t, a)
+        assert torch.allclose(y, m(x, t, b)) and torch.allclose(y, m(x, torch.rand(2), a))
+        for p in m.layers.parameters():
+            p.add_(torch.randn_like(p))
+        assert torch.allclose(y, m(x, t, a), atol=1e-6)
+        assert not torch.allclose(y, m(x + 1, t, a))
+        # and once the modulation is non-zero, the backbone reaches the output
+        m.head.final_mod[-1].weight.normal_()
+        assert not torch.allclose(m(x, t, a), m(x, t, b))
+
+
+def test_patchify_roundtrip_and_patch_sizes():
+    x = torch.randn(2, 3, 4, 6)
+    assert torch.equal(G.unpatchify(G.patchify(x, 2), 3, 4, 6, 2), x)
+    assert G.patchify(x, 2).shape == (2, 6, 12)
+    m = random_model(shape=(4, 4, 4), patch=2)
+    assert m(torch.randn(1, 4, 4, 4), torch.rand(1), torch.zeros(1, 6, dtype=torch.long)).shape == (1, 4, 4, 4)
+
+
+def test_text_tokenizer_world_words_and_byte_fallback():
+    tt = G.TextTokenizer()
+    for w in ("circle", "red", "two", "left"):
+        assert len(tt.encode(w)) == 1 and tt.encode(w.upper()) == tt.encode(w)
+    ids = tt.encode("a photo of a zebra")
+    assert len(ids) == 4 + len(" zebra".encode())  # four world words, then six bytes
+    assert tt.decode(ids) == "a photo of a zebra"
+    assert tt.decode(tt.encode("ünïcode ok")) == "ünïcode ok"
+    batch = tt(["two red circles", ""], 8)
+    assert batch.shape == (2, 8) and batch[:, 0].tolist() == [G.BOS, G.BOS] and batch[1, 1:].eq(G.PAD).all()
+    assert max(len(tt.encode(T.caption_scene(i)[1])) for i in range(300)) < 20  # cpu/world --text-len 20
+
+
+# ---- training ----------------------------------------------------------------------------------
+
+def test_tiny_run_lowers_the_loss_and_samples(tmp_path, tok):
+    out = tmp_path / "run"
+    train(out, tok, "--steps", 120, "--ckpt-every", 1000)
+    L = losses(out)
+    first = sum(L[s] for s in range(1, 11)) / 10
+    last = sum(L[s] for s in range(101, 121)) / 20
+    assert last < 0.85 * first, (first, last)
+    ck = torch.load(out / "generator.pt", weights_only=True)
+    assert ck["script"] == "generator.py" and ck["step"] == 120
+    assert any(not torch.equal(ck["ema"][k], ck["model"][k]) for k in ck["model"])  # EMA moved apart
+    assert os.path.isfile(out / "samples.png")
+    # sampling: the latent's shape, decoded to the tokenizer's images, and a PNG via the CLI
+    model, cfg, tok_path = G.load_generator(str(out))
+    z = G.generate_latents(model, ["two red circles", "a blue square"], steps=4)
+    assert z.shape == (2, 4, 4, 4) and torch.isfinite(z).all()
+    png = tmp_path / "grid.png"
+    G.main(["sample", "--ckpt", str(out), "--prompt", "two red circles", "--n", "3", "--out", str(png),
+            "--steps", "3"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # mini-GenEval on it: per-category and overall accuracy, the last line a JSON object
+    res = evaluate.main(["geneval", "--ckpt", str(out), "--preset", "tiny", "--steps", "3"])
+    assert set(res["per_category"]) == set(T.CAPTION_CATEGORIES)
+    assert 0 <= res["overall"] <= 1 and res["n_images"] == 6 * res["images_per_prompt"] * res["prompts_per_category"]
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tok):
+    a, b = tmp_path / "a", tmp_path / "b"
+    cache = tmp_path / "cache"
+    common = ("--n-train", 16, "--n-samples", 0, "--ckpt-every", 3)  # 2 batches per epoch: crosses epochs
+    train(a, tok, "--steps", 6, *common, cache=cache)
+    train(b, tok, "--steps", 3, *common, cache=cache)
+    train(b, tok, "--steps", 6, "--resume", *common, cache=cache)
+    la, lb = losses(a), losses(b)
+    assert sorted(lb) == list(range(1, 7)) and la == lb
+    ca, cb = (torch.load(o / "generator.pt", weights_only=True) for o in (a, b))
+    assert ca["step"] == cb["step"] == 6 and ca["data"] == cb["data"]
+    for part in ("model", "ema"):
+        assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part])
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one(tmp_path, tok):
+    """torchrun (gloo, 2 processes, global batch 8 = 4 + 4) vs 1 process with batch 8."""
+    cache = tmp_path / "cache"
+    args = ["--steps", 4, "--n-samples", 0, "--batch-size", 8]
+    train(tmp_path / "one", tok, *args, cache=cache)  # also makes the cache the two processes read
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           os.path.join(ROOT, "generator.py"), *TINY, "--tokenizer", tok, "--out", str(tmp_path / "two"),
+           "--cache", str(cache), *map(str, args)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+    for s in l1:
+        assert l2[s] == pytest.approx(l1[s], rel=1e-4, abs=1e-6), (s, l1[s], l2[s])
+    c1, c2 = (torch.load(tmp_path / o / "generator.pt", weights_only=True)["model"] for o in ("one", "two"))
+    assert all(torch.allclose(c1[k], c2[k], atol=1e-5) for k in c1)
+
+
+def test_latent_cache_is_made_once_and_follows_the_tokenizer(tmp_path, tok):
+    cfg = G.parse_args([*TINY, "--n-train", "8", "--cache", str(tmp_path / "cache")])
+    model, shape, size = G.open_tokenizer(tok)
+    c1, p1 = G.latent_cache(cfg, model, tok, size, "cpu")
+    x = torch.stack([T.WorldCaptions("train", 8, size)[i][0] for i in range(8)])
+    one_by_one = torch.cat([T.encode(model, x[i:i + 1]) for i in range(8)])
+    assert torch.allclose(c1["latents"], one_by_one, atol=1e-5)  # encoded in batches = one by one
+    assert c1["captions"][0] == T.WorldCaptions("train", 8, size)[0][1]
+    mtime = os.path.getmtime(p1)
+    assert G.latent_cache(cfg, model, tok, size, "cpu")[1] == p1 and os.path.getmtime(p1) == mtime  # reused
+    other = tmp_path / "retrained.pt"  # the same tokenizer with one weight changed: a new cache
+    ck = torch.load(tok, weights_only=True)
+    k = next(iter(ck["model"]))
+    ck["model"][k] = ck["model"][k] + 1
+    torch.save(ck, other)
+    assert G.latent_cache(cfg, T.load_tokenizer(str(other)), str(other), size, "cpu")[1] != p1
+
+
+# ---- bad input: one clear sentence each --------------------------------------------------------
+
+def error_of(argv):
+    with pytest.raises(SystemExit) as e:
+        G.main(argv)
+    msg = str(e.value)
+    assert msg.startswith("generator.py: error: ") and "\n" not in msg and "Traceback" not in msg, msg
+    return msg
+
+
+def test_bad_inputs(tmp_path, tok):
+    out = tmp_path / "run"
+    train(out, tok, "--steps", 2, "--n-samples", 0)
+    sample = ["sample", "--ckpt", str(out), "--n", "1", "--out", str(tmp_path / "g.png"), "--steps", "2"]
+    assert "prompt is empty" in error_of(sample + ["--prompt", "   "])
+    long = " ".join(["red circle"] * 20)
+    msg = error_of(sample + ["--prompt", long])
+    assert "40 tokens" in msg and "holds 15" in msg and "shorten" in msg
+    missing = str(tmp_path / "no_such_tokenizer.pt")
+    assert "does not exist" in error_of([*TINY, "--tokenizer", missing, "--out", str(tmp_path / "x")])
+    assert "does not exist" in error_of(sample + ["--prompt", "a red circle", "--tokenizer", missing])
+    junk = tmp_path / "junk.pt"
+    junk.write_text("not a checkpoint")
+    assert "cannot read" in error_of([*TINY, "--tokenizer", str(junk), "--out", str(tmp_path / "x")])
+    msg = error_of([*TINY, "--tokenizer", str(out / "generator.pt"), "--out", str(tmp_path / "x")])
+    assert "written by generator.py, not tokenizer.py" in msg
+    assert "written by tokenizer.py, not generator.py" in error_of(
+        ["sample", "--ckpt", tok, "--prompt", "a red circle"])
+    assert "does not exist" in error_of(["sample", "--ckpt", str(tmp_path / "nope"), "--prompt", "x"])

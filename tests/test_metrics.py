@@ -1,0 +1,145 @@
+"""evaluate.py's reconstruction metrics (PSNR, SSIM, rFID), linear probe, and the recon / probe /
+table4 sub-commands, checked against independent computations.
+
+Run: python -m pytest tests/test_metrics.py       (about 20 s on 2 cores; the tiny Table 4: -m slow)
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import evaluate as E
+import tokenizer as T
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_psnr_of_a_known_shift():
+    """y = x + 0.1 in [-1, 1] units is a 0.05 error on the [0, 1] scale: PSNR = 20 log10(1 / 0.05)."""
+    x = torch.rand(3, 3, 16, 16) * 1.6 - 0.8
+    assert torch.allclose(T.psnr(x + 0.1, x), torch.full((3,), 20 * math.log10(20.0)), atol=1e-3)
+    # clipping to [-1, 1] first: an all-white image against all-black is the largest error, 0 dB
+    assert T.psnr(torch.ones(1, 3, 8, 8), -torch.ones(1, 3, 8, 8)).item() == pytest.approx(0.0, abs=1e-5)
+
+
+def test_ssim_of_identical_and_constant_images():
+    x = torch.rand(2, 3, 24, 24) * 2 - 1
+    assert torch.allclose(E.ssim(x, x), torch.ones(2), atol=1e-6)
+    # constant images a, b (on [0, 1]): no variance, so SSIM = (2ab + C1) / (a^2 + b^2 + C1), C1 = 0.01^2
+    for a, b in ((0.2, 0.7), (0.5, 0.5), (0.0, 1.0)):
+        want = (2 * a * b + 1e-4) / (a * a + b * b + 1e-4)
+        got = E.ssim(torch.full((1, 1, 16, 16), 2 * a - 1), torch.full((1, 1, 16, 16), 2 * b - 1))
+        assert got.item() == pytest.approx(want, abs=1e-6), (a, b)
+
+
+def test_ssim_equals_a_window_by_window_computation():
+    """Wang et al. 2004, written out: for every 11x11 window that fits, Gaussian-weighted means,
+    variances and covariance; SSIM averaged over windows and channels."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (3, 14, 13))
+    y = np.clip(0.7 * x + 0.2 + 0.1 * rng.normal(size=x.shape), 0, 1)
+    ax = np.arange(11) - 5.0
+    w = np.exp(-(ax[:, None] ** 2 + ax[None, :] ** 2) / (2 * 1.5 ** 2))
+    w /= w.sum()
+    vals = []
+    for c in range(3):
+        for i in range(14 - 10):
+            for j in range(13 - 10):
+                a, b = x[c, i:i + 11, j:j + 11], y[c, i:i + 11, j:j + 11]
+                ma, mb = (w * a).sum(), (w * b).sum()
+                va, vb = (w * (a - ma) ** 2).sum(), (w * (b - mb) ** 2).sum()
+                cab = (w * (a - ma) * (b - mb)).sum()
+                vals.append((2 * ma * mb + 1e-4) * (2 * cab + 9e-4) / ((ma ** 2 + mb ** 2 + 1e-4) * (va + vb + 9e-4)))
+    to_t = lambda a: torch.from_numpy(a)[None] * 2 - 1  # noqa: E731  [0, 1] -> [-1, 1], (1, 3, H, W)
+    assert E.ssim(to_t(y), to_t(x)).item() == pytest.approx(float(np.mean(vals)), abs=1e-6)
+    # and it falls as the second image gets noisier
+    noisy = [E.ssim(to_t(x), to_t(np.clip(x + s * rng.normal(size=x.shape), 0, 1))).item() for s in (0.02, 0.1, 0.3)]
+    assert 1 > noisy[0] > noisy[1] > noisy[2]
+
+
+def test_frechet_distance_of_diagonal_gaussians():
+    """For diagonal covariances FD = |mu1 - mu2|^2 + sum_i (sqrt(a_i) - sqrt(b_i))^2."""
+    mu1, mu2 = np.array([0.0, 1.0, 2.0]), np.array([1.0, 1.0, 0.0])
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 0.25])
+    want = 5.0 + (1 + 1 + 0)
+    assert E.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want, abs=1e-8)
+    S = np.array([[2.0, 0.5], [0.5, 1.0]])
+    assert E.frechet_distance(np.ones(2), S, np.ones(2), S) == pytest.approx(0.0, abs=1e-8)
+
+
+@pytest.fixture(scope="module")
+def evaluator(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("evaluator")
+    return cache, E.world_evaluator(steps=5, cache=str(cache), verbose=False)
+
+
+def test_evaluator_is_seeded_and_cached(evaluator, tmp_path):
+    cache, net = evaluator
+    again = E.world_evaluator(steps=5, cache=str(cache))  # loaded from the cache
+    fresh = E.world_evaluator(steps=5, cache=str(tmp_path), verbose=False)  # trained again, same seed
+    for p, q, r in zip(net.state_dict().values(), again.state_dict().values(), fresh.state_dict().values()):
+        assert torch.equal(p, q)  # the cache returns the very same weights
+        # retraining with the same seed gives the same weights, up to the summation order of the
+        # CPU kernels (other tests change the thread count, which changes the last bits)
+        torch.testing.assert_close(p.float(), r.float(), rtol=1e-4, atol=1e-5)
+
+
+def test_rfid_is_zero_for_identical_sets_and_grows_with_noise(evaluator):
+    _, net = evaluator
+    x = torch.stack([T.WorldImages("val", 96, 64)[i] for i in range(96)])
+    g = torch.Generator().manual_seed(0)
+    feats = lambda im: net.features(im.clamp(-1, 1))  # noqa: E731
+    fx = feats(x)
+    same = E.fid_of_features(fx, fx)  # 0 up to sqrtm's error on a rank-deficient covariance (96 < 256)
+    assert abs(same) < 1e-6 * fx.var(0).sum().item()
+    d = [E.fid_of_features(fx, feats(x + s * torch.randn(x.shape, generator=g))) for s in (0.1, 0.3, 0.6)]
+    assert 10 * abs(same) < d[0] < d[1] < d[2], (same, d)
+
+
+def test_linear_probe_separable_and_random_labels():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 4, (400,), generator=g)
+    f = 0.3 * torch.randn(400, 6, generator=g)
+    f[torch.arange(400), y] += 3.0  # 4 well-separated clusters: a linear probe is exact
+    assert E.linear_probe(f[:300], y[:300], f[300:], y[300:]) == 1.0
+    f = torch.randn(400, 6, generator=g)
+    r = torch.randint(0, 4, (400,), generator=g)  # labels unrelated to the features: near chance
+    assert E.linear_probe(f[:300], r[:300], f[300:], r[300:]) < 0.45
+
+
+def test_recon_and_probe_commands_on_a_tiny_tokenizer(tmp_path, evaluator, capsys):
+    cache, _ = evaluator
+    out = tmp_path / "run"
+    T.main(["--preset", "tiny", "--device", "cpu", "--out", str(out), "--stage", "0"])
+    T.main(["--preset", "tiny", "--device", "cpu", "--out", str(out), "--stage", "1", "--recipe", "rae",
+            "--steps", "2"])
+    capsys.readouterr()
+    E.main(["recon", "--ckpt", str(out), "--n", "8", "--evaluator-steps", "5", "--evaluator-cache", str(cache)])
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["recipe"] == "rae" and r["ckpt"].endswith("stage1.pt") and r["n"] == 8
+    assert 0 < r["psnr"] < 60 and -1 <= r["ssim"] <= 1 and r["rfid"] > 0
+    assert r["lpips"] is None and r["lpips_reason"]
+    E.main(["probe", "--ckpt", str(out / "stage1.pt"), "--n-train", "16", "--n-test", "8"])
+    p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert p["latent"] == [32, 4, 4] and 0 <= p["probe"] <= 1
+    assert set(p) >= {"token_shape", "token_colour", "token_texture", "pooled_count", "pooled_bg_colour"}
+    with pytest.raises(SystemExit, match="holds no stage1/2/3.pt"):
+        E.main(["recon", "--ckpt", str(tmp_path)])
+
+
+@pytest.mark.slow
+def test_table4_tiny(tmp_path):
+    """The whole Table 4 command at the tiny preset: every recipe trained, one row each."""
+    r = E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)])
+    text = open(r["table"]).read()
+    for name, _, _ in E.TABLE4_ROWS:
+        assert f"| {name} |" in text
+    assert (tmp_path / "channels_tiny.png").stat().st_size > 0 and len(r["channels"]) == 3

@@ -1,0 +1,202 @@
+"""tokenizer.py --recipe: the latent spaces of Table 4 (PS-VAE, S-VAE, P-VAE, pixel VAE, RAE) and
+RPiAE, with the variant flags of Tables 5/6 and Figure 11, at the tiny preset.
+
+Run: python -m pytest tests/test_recipes.py        (about a minute on 2 cores: a 2-process
+torchrun per recipe; psvae's and svae's are marked slow: -m slow). One thread per process, CPU.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+import tokenizer as T
+
+TINY = ["--preset", "tiny", "--device", "cpu"]
+D = 32  # embed dim of the world-tiny encoder: RAE's latent channels
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def stage0(tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage0")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    T.main([*TINY, "--out", str(out), "--stage", "0"])
+    torch.set_num_threads(n)
+    return out / "stage0.pt"
+
+
+def run(out, stage0, *args):
+    return T.main([*TINY, "--out", str(out), "--encoder-ckpt", str(stage0), *map(str, args)])
+
+
+def metrics(out, stage, key):
+    recs = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    return {r["step"]: r[key] for r in recs if r["stage"] == stage and key in r}
+
+
+def ck(out, stage):
+    return torch.load(os.path.join(out, f"stage{stage}.pt"), map_location="cpu", weights_only=True)
+
+
+def part(sd, prefix):
+    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+
+
+def same(a, b):
+    return set(a) == set(b) and len(a) > 0 and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# (recipe, variant flags folded into its torchrun run): every recipe and every variant flag is
+# trained once by 2 processes
+TORCHRUN = {"psvae": ["--latent-channels", 8], "svae": ["--svae-arch", "mlp2", "--pixel-from-ds"],
+            "pvae": [], "vae": [], "rae": ["--rae-hd"], "rpiae": []}
+
+
+# psvae / svae share their DDP path with tests/test_tokenizer.py's 2-process tests: slow here
+@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r in ("psvae", "svae") else r
+                                    for r in TORCHRUN])
+def test_recipe_under_torchrun_matches_one_process(tmp_path, stage0, recipe):
+    """Earlier stages in one process, the recipe's last stage by torchrun (gloo, 2 x batch 2) and
+    by one process (batch 4): the same losses; the checkpoint then loads without any flag."""
+    flags = ["--recipe", recipe, *TORCHRUN[recipe]]
+    last = max(T.RECIPES[recipe])
+    one, two = tmp_path / "one", tmp_path / "two"
+    for s in range(1, last):
+        run(one, stage0, "--stage", s, "--steps", 2, *flags)
+    if last > 1:
+        two.mkdir()
+        shutil.copy(one / f"stage{last - 1}.pt", two / f"stage{last - 1}.pt")
+    args = ["--stage", last, "--steps", 3, "--disc-start", 1, "--batch-size", 4, *flags]
+    run(one, stage0, *args)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+           os.path.join(ROOT, "tokenizer.py"), *TINY, "--out", str(two), "--encoder-ckpt", str(stage0),
+           *map(str, args)]
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    for key in ("loss", "rec", "d_loss"):
+        m1, m2 = metrics(one, last, key), metrics(two, last, key)
+        assert sorted(m1) == sorted(m2) == [1, 2, 3][key == "d_loss":], (key, m1, m2)  # GAN from step 2
+        for s in m1:
+            assert m2[s] == pytest.approx(m1[s], rel=1e-4, abs=1e-5), (key, s, m1[s], m2[s])
+    c = ck(two, last)
+    assert c["config"]["recipe"] == recipe and c["step"] == 3 and c["world_size"] == 2
+    # load_tokenizer needs no flags: the recipe and its variants come from the checkpoint
+    tok = T.load_tokenizer(str(two / f"stage{last}.pt"))
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = T.encode(tok, x)
+    C = {"psvae": 8, "rae": D}.get(recipe, 4)
+    assert z.shape == (2, C, 4, 4) and torch.isfinite(z).all()
+    y = T.decode(tok, z)
+    assert y.shape == (2, 3, 32, 32) and y.abs().max() <= 1
+    assert torch.equal(z, T.encode(tok, x))  # deterministic (posterior mean; RAE: no noise at test)
+
+
+def test_what_each_recipe_trains_and_holds(tmp_path, stage0):
+    """Which modules exist, which move, which loss terms are logged -- per recipe and stage."""
+    enc0 = torch.load(stage0, weights_only=True)["encoder"]
+    steps = ["--steps", 2, "--disc-start", 100]
+    out = {r: tmp_path / r for r in ("svae", "pvae", "vae", "rae", "rpiae")}
+    for r in ("svae", "pvae", "vae", "rae"):
+        run(out[r], stage0, "--stage", 1, "--recipe", r, *steps)
+    for s in (1, 2, 3):
+        run(out["rpiae"], stage0, "--stage", s, "--recipe", "rpiae", *steps)
+    sd = {r: ck(out[r], 1)["model"] for r in ("svae", "pvae", "vae", "rae")}
+    # S-VAE: encoder frozen; P-VAE: encoder trained, no D_s, no L_s; RAE: encoder frozen, no E_s/D_s,
+    # no KL; VAE: no ViT at all
+    assert same(part(sd["svae"], "encoder."), enc0)
+    assert not same(part(sd["pvae"], "encoder."), enc0) and not part(sd["pvae"], "D_s.")
+    assert same(part(sd["rae"], "encoder."), enc0) and not part(sd["rae"], "E_s.") and not part(sd["rae"], "D_s.")
+    assert not part(sd["vae"], "encoder.") and part(sd["vae"], "conv_encoder.")
+    assert metrics(out["svae"], 1, "L_s") and not metrics(out["pvae"], 1, "L_s") and metrics(out["pvae"], 1, "kl")
+    assert not metrics(out["rae"], 1, "L_s") and not metrics(out["rae"], 1, "kl")
+    assert sd["rae"]["pixel_decoder.conv_in.weight"].shape[1] == D  # the decoder reads D-dim features
+    # RPiAE: I moves the encoder (pivot MSE logged as L_s), II only the bridge, III only the decoder
+    r1, r2, r3 = (ck(out["rpiae"], s) for s in (1, 2, 3))
+    assert not same(part(r1["model"], "encoder."), enc0) and same(r1["encoder_ref"], enc0)
+    assert same(part(r2["model"], "encoder."), part(r1["model"], "encoder."))
+    assert same(part(r2["model"], "pixel_decoder."), part(r1["model"], "pixel_decoder."))
+    assert not same(part(r2["model"], "E_s."), part(r1["model"], "E_s."))
+    assert same(part(r3["model"], "E_s."), part(r2["model"], "E_s."))
+    assert same(part(r3["model"], "D_s."), part(r2["model"], "D_s."))
+    assert not same(part(r3["model"], "pixel_decoder."), part(r2["model"], "pixel_decoder."))
+    assert metrics(out["rpiae"], 2, "kl") and not metrics(out["rpiae"], 3, "L_s")
+
+
+def test_variant_flags(tmp_path, stage0):
+    """--svae-arch mlp2 (no transformer blocks in E_s/D_s), --pixel-from-ds (decoder reads D
+    features), --rae-hd (the encoder learns, its frozen copy is kept), --latent-channels."""
+    steps = ["--steps", 2, "--disc-start", 100]
+    run(tmp_path / "mlp", stage0, "--stage", 1, "--recipe", "svae", "--svae-arch", "mlp2", *steps)
+    run(tmp_path / "ds", stage0, "--stage", 1, "--pixel-from-ds", *steps)
+    run(tmp_path / "hd", stage0, "--stage", 1, "--recipe", "rae", "--rae-hd", *steps)
+    run(tmp_path / "c16", stage0, "--stage", 1, "--recipe", "pvae", "--latent-channels", 16, *steps)
+    mlp, ds, hd, c16 = (ck(tmp_path / n, 1) for n in ("mlp", "ds", "hd", "c16"))
+    assert not any(".blocks." in k for k in mlp["model"] if k.startswith(("E_s.", "D_s.")))
+    assert mlp["model"]["E_s.proj.2.weight"].shape == (8, D)
+    assert ds["model"]["pixel_decoder.conv_in.weight"].shape[1] == D
+    enc0 = torch.load(stage0, weights_only=True)["encoder"]
+    assert not same(part(hd["model"], "encoder."), enc0) and same(hd["encoder_ref"], enc0)
+    assert metrics(tmp_path / "hd", 1, "L_s")
+    assert c16["model"]["E_s.proj.2.weight"].shape[0] == 32  # 2C: mean and log-variance
+    assert T.load_tokenizer(str(tmp_path / "c16" / "stage1.pt")).encode(torch.zeros(1, 3, 32, 32)).shape == (1, 16, 4, 4)
+
+
+def test_rae_latent_is_the_unaffine_layernorm_of_the_patch_tokens(stage0):
+    """RAE's latent: the encoder's last hidden tokens, cls dropped, LayerNorm without affine,
+    computed here by hand from forward_features."""
+    cfg = {**vars_of_tiny(), "recipe": "rae"}
+    enc = T.build_encoder("world-tiny")
+    enc.load_state_dict(torch.load(stage0, weights_only=True)["encoder"])
+    tok = T.build_tokenizer(cfg, enc).eval()
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    h = enc.forward_features(((x + 1) / 2 - tok.mean) / tok.std)["x_prenorm"][:, 1:]  # (2, 16, D)
+    mu, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
+    want = ((h - mu) / torch.sqrt(var + 1e-6)).transpose(1, 2).reshape(2, D, 4, 4)
+    assert torch.allclose(tok.encode(x), want, atol=1e-5)
+
+
+def vars_of_tiny():
+    return T.parse_args([*TINY, "--stage", "1"])
+
+
+def error_of(out, stage0, *args):
+    with pytest.raises(SystemExit) as e:
+        run(out, stage0, *args)
+    msg = str(e.value)
+    assert msg.startswith("tokenizer.py: error: ") and "\n" not in msg
+    return msg
+
+
+def test_recipe_errors_and_vae_needs_no_encoder(tmp_path, stage0):
+    out = tmp_path / "r"
+    assert "not --stage 2" in error_of(out, stage0, "--stage", 2, "--recipe", "svae")
+    assert "--rae-hd is a variant of --recipe rae" in error_of(out, stage0, "--stage", 1, "--rae-hd")
+    assert "--pixel-from-ds" in error_of(out, stage0, "--stage", 1, "--recipe", "vae", "--pixel-from-ds")
+    msg = error_of(out, stage0, "--stage", 3, "--recipe", "rpiae")
+    assert "stage2.pt does not exist" in msg and "--stage 2" in msg
+    run(out, stage0, "--stage", 1, "--steps", 1)  # a PS-VAE run, then another recipe into the same folder
+    assert "holds a --recipe psvae checkpoint" in error_of(out, stage0, "--stage", 1, "--recipe", "rae")
+    # the pixel VAE has no representation encoder: it trains in a folder without stage0.pt
+    T.main([*TINY, "--out", str(tmp_path / "vae"), "--stage", "1", "--recipe", "vae", "--steps", "1"])
+    assert ck(tmp_path / "vae", 1)["config"]["recipe"] == "vae"
