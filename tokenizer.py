@@ -1896,9 +1896,9 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
                 terms = {}
                 if "L_s" in losses:  # RPiAE's pivot / bridge losses are plain feature MSE
                     L_fn = F.mse_loss if cfg["recipe"] == "rpiae" else semantic_loss
-                    terms["L_s"] = L_s = L_fn(o["f_rec"].float(), o["target"].float())
+                    terms["L_s"] = L_fn(o["f_rec"].float(), o["target"].float())
                 if "kl" in losses:
-                    terms["kl"] = KL = kl_loss(o["mean"].float(), o["logvar"].float())
+                    terms["kl"] = kl_loss(o["mean"].float(), o["logvar"].float())
                 rec = (x_rec - x).abs().mean()  # L1
                 if lp is not None:
                     rec = rec + cfg["lpips_weight"] * lp(x_rec, x).mean()

@@ -2,9 +2,16 @@
 import os
 import sys
 
+import torch
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 # ../shared/fixtures beside the project root (reference data from official code)
 FIXTURES = os.path.join(ROOT, "..", "shared", "fixtures")
+
+# One thread per test process: the models here are tiny, and on a busy 2-core machine torch's
+# default of one thread per core makes them wait on each other (10x slower or worse). It also
+# keeps the summation order of the CPU kernels fixed, so bit-exact comparisons stay exact.
+torch.set_num_threads(1)

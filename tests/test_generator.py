@@ -5,9 +5,7 @@ Run: python -m pytest tests/test_generator.py          (the 2-process test is in
 A tiny tokenizer (stages 0 and 1 of tokenizer.py, tiny preset) is trained once per module.
 """
 import json
-import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -21,14 +19,6 @@ import generator as G
 import tokenizer as T
 
 TINY = ["--preset", "tiny", "--device", "cpu"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

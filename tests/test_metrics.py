@@ -14,14 +14,6 @@ import evaluate as E
 import tokenizer as T
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_psnr_of_a_known_shift():
     """y = x + 0.1 in [-1, 1] units is a 0.05 error on the [0, 1] scale: PSNR = 20 log10(1 / 0.05)."""
     x = torch.rand(3, 3, 16, 16) * 1.6 - 0.8

@@ -21,14 +21,6 @@ TINY = ["--preset", "tiny", "--device", "cpu"]
 D = 32  # embed dim of the world-tiny encoder: RAE's latent channels
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def stage0(tmp_path_factory):
     out = tmp_path_factory.mktemp("stage0")

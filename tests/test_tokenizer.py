@@ -20,14 +20,6 @@ import tokenizer as T
 TINY = ["--preset", "tiny", "--device", "cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run(out, *args):
     return T.main([*TINY, "--out", str(out), *map(str, args)])
 

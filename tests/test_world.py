@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import os
-import time
 
 import numpy as np
 import pytest
