@@ -1,5 +1,6 @@
 """Shared pytest set-up: run from the project root with `python -m pytest`."""
 import os
+import socket
 import sys
 
 import torch
@@ -10,6 +11,13 @@ if ROOT not in sys.path:
 
 # ../shared/fixtures beside the project root (reference data from official code)
 FIXTURES = os.path.join(ROOT, "..", "shared", "fixtures")
+
+
+def free_port():
+    """A free TCP port on the loopback, for torchrun's --master_port in the 2-process tests."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 # One thread per test process: the models here are tiny, and on a busy 2-core machine torch's
 # default of one thread per core makes them wait on each other (10x slower or worse). It also

@@ -6,14 +6,13 @@ A tiny tokenizer (stages 0 and 1 of tokenizer.py, tiny preset) is trained once p
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 import evaluate
 import generator as G
 import tokenizer as T
@@ -204,12 +203,6 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tok):
     assert ca["step"] == cb["step"] == 6 and ca["data"] == cb["data"]
     for part in ("model", "ema"):
         assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part])
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_processes_match_one(tmp_path, tok):

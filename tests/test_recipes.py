@@ -7,14 +7,13 @@ torchrun per recipe; psvae's and svae's are marked slow: -m slow). One thread pe
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 import tokenizer as T
 
 TINY = ["--preset", "tiny", "--device", "cpu"]
@@ -50,12 +49,6 @@ def part(sd, prefix):
 
 def same(a, b):
     return set(a) == set(b) and len(a) > 0 and all(torch.equal(a[k], b[k]) for k in a)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # (recipe, variant flags folded into its torchrun run): every recipe and every variant flag is

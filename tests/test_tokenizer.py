@@ -7,14 +7,13 @@ Everything runs on CPU with one thread per process (the tiny models are faster t
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, free_port
 import tokenizer as T
 
 TINY = ["--preset", "tiny", "--device", "cpu"]
@@ -90,12 +89,6 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stage0, stage):
     assert ca["step"] == cb["step"] == 6 and ca["data"] == cb["data"]
     for part in ("model", "disc"):
         assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part])
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def torchrun(out, *args):

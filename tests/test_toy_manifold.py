@@ -4,7 +4,6 @@ Run: python -m pytest tests/test_toy_manifold.py
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -13,9 +12,7 @@ import pytest
 import torch
 
 import toy_manifold as tm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from conftest import ROOT, free_port
 
 def _dist_to_strokes(pts):
     """Distance of each point to the nearest stroke centre line (densely sampled)."""
@@ -154,17 +151,11 @@ def test_unwritable_out_folder_is_reported(tmp_path):
     assert "cannot write to --out" in str(e.value.code)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_processes_split_the_runs_and_match_one_process(tmp_path):
     args = ["--preset", "tiny", "--seeds", "1"]
     one = tm.main(args + ["--out", str(tmp_path / "one")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={_free_port()}", os.path.join(ROOT, "toy_manifold.py"),
+           f"--master_port={free_port()}", os.path.join(ROOT, "toy_manifold.py"),
            *args, "--out", str(tmp_path / "two")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
