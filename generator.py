@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import tokenizer
-from tokenizer import TokenizerError, compute_cleanup, compute_init, print0, save_checkpoint
+from tokenizer import TokenizerError, all_mean, compute_cleanup, compute_init, print0, save_checkpoint
 
 SCRIPT = "generator.py"  # written into every checkpoint, checked when one is loaded
 
@@ -536,14 +536,6 @@ def batch_indices(n, global_bs, rank, world, seed, epoch, pos):
 def build_model(cfg, latent_shape):
     mcfg = MODELS[cfg["model"]]
     return Generator(mcfg, latent_shape, cfg["patch"], cfg["text_len"], cfg["head"], len(TextTokenizer()))
-
-
-def all_mean(x):
-    if dist.is_initialized():
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= dist.get_world_size()
-    return x
 
 
 @torch.no_grad()
