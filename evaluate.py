@@ -14,6 +14,7 @@ Sub-commands (each one is a function `cmd_<name>(args)` registered in `main`):
     python evaluate.py probe --ckpt runs/tokenizer-cpu  # linear probe of its latent
     python evaluate.py table4 --preset cpu             # every recipe: results/table4_recon.md
     python evaluate.py geneval --ckpt runs/generator-cpu  # mini-GenEval of a generator run
+    python evaluate.py gedit --ckpt runs/edit-cpu         # mini-GEdit of an edit run
 """
 import argparse
 import itertools
@@ -664,63 +665,128 @@ def cmd_probe(args):
             "seconds": round(time.time() - t0, 1)}
 
 
-# Table 4 in miniature: every recipe trained by tokenizer.py on the same world data, encoder
-# (one stage 0) and per-stage budget, then measured by recon and probe. The S-VAE row is the
-# PS-VAE run's stage-1 checkpoint (what --recipe svae trains). Fig. 11 left: PS-VAE against C.
-TABLE4_ROWS = [("PS-VAE", "psvae", 2), ("S-VAE", "psvae", 1), ("RAE", "rae", 1), ("P-VAE", "pvae", 1),
+# Table 4 in miniature: every latent space trained by tokenizer.py on the same world data and
+# stage-0 encoder, with the same total number of training steps B (a two-stage recipe splits it
+# 60/40, RPiAE's three stages 40/30/30), then measured by recon and probe on the same held-out
+# scenes. Equal budgets matter: with stage budgets instead, PS-VAE would beat S-VAE partly
+# because it trained longer. Fig. 11 left: PS-VAE against C at the same budget.
+TABLE4_ROWS = [("PS-VAE", "psvae", 2), ("S-VAE", "svae", 1), ("RAE", "rae", 1), ("P-VAE", "pvae", 1),
                ("VAE (MAR-VAE role)", "vae", 1), ("RPiAE", "rpiae", 3)]
-TABLE4_SIZES = {  # recon images, probe train/test scenes, evaluator steps, channels for Fig. 11
-    "tiny": dict(n=16, n_train=32, n_test=16, evaluator_steps=20, channels=(2, 8)),
-    "cpu": dict(n=256, n_train=512, n_test=256, evaluator_steps=400, channels=(8, 48)),
-    "world": dict(n=1000, n_train=2000, n_test=1000, evaluator_steps=3000, channels=(8, 48, 96)),
+TABLE4_SPLITS = {1: (1.0,), 2: (0.6, 0.4), 3: (0.4, 0.3, 0.3)}  # share of the budget per stage
+TABLE4_SIZES = {  # budget B, recon images, probe train/test scenes, evaluator steps, channels (Fig. 11)
+    "tiny": dict(budget=12, n=16, n_train=32, n_test=16, evaluator_steps=20, channels=(2, 8)),
+    "cpu": dict(budget=600, n=256, n_train=512, n_test=256, evaluator_steps=400, channels=(8, 48)),
+    "world": dict(budget=60000, n=1000, n_train=2000, n_test=1000, evaluator_steps=3000, channels=(8, 48, 96)),
 }
 
 
+def table4_steps(budget, stages):
+    """Steps of each stage: the budget split by TABLE4_SPLITS, summing exactly to the budget."""
+    steps = [max(1, round(budget * f)) for f in TABLE4_SPLITS[stages]]
+    steps[0] += budget - sum(steps)
+    return steps
+
+
+def _table4_job(job):
+    """One pool job, in its own process: stage 0, the evaluator, or one latent space (train its
+    missing stages, then recon + probe). Its log goes to <out>/table4.log."""
+    import contextlib
+    kind, out, threads = job["kind"], job["out"], job["threads"]
+    torch.set_num_threads(threads)
+    os.makedirs(out, exist_ok=True)
+    t0 = time.time()
+    with open(os.path.join(out, "table4.log"), "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log):
+        if kind == "evaluator":
+            world_evaluator(job["steps"], cache=out)
+            return {"seconds": round(time.time() - t0, 1)}
+        for stage, steps in job["stages"]:
+            if not os.path.isfile(os.path.join(out, f"stage{stage}.pt")):
+                tokenizer.main([*job["base"], "--stage", str(stage), "--steps", str(steps), "--out", out,
+                                *job["extra"]])
+        if kind == "stage0":
+            return {"seconds": round(time.time() - t0, 1)}
+        a = argparse.Namespace(ckpt=out, **job["ev"])
+        return {"recon": cmd_recon(a), "probe": cmd_probe(a), "seconds": round(time.time() - t0, 1)}
+
+
+def run_jobs(jobs, n_proc):
+    """Run pool jobs n_proc at a time (in this process when n_proc is 1); results in job order."""
+    if n_proc <= 1:
+        return [_table4_job(j) for j in jobs]
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_table4_job, j) for j in jobs]
+        for j, f in zip(jobs, futures):
+            r = f.result()
+            print(f"table4: {j['name']} done in {r['seconds']:.0f} s", flush=True)
+        return [f.result() for f in futures]
+
+
 def cmd_table4(args):
-    """Train (or reuse) every recipe, measure recon + probe, write the table and channels figure."""
+    """Train (or reuse) every latent space at one budget, measure recon + probe, write the table
+    and the channels figure. Jobs run --jobs at a time, each with cpu_count / jobs threads."""
     t0 = time.time()
     sz, runs = TABLE4_SIZES[args.preset], args.runs or os.path.join("runs", f"table4-{args.preset}")
+    B = args.budget or sz["budget"]
+    n_proc = args.jobs or (1 if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) != "cpu" else 2)
+    threads = max(1, (os.cpu_count() or 1) // n_proc)
     base = ["--preset", args.preset] + (["--device", args.device] if args.device else [])
     s0 = os.path.join(runs, "stage0", "stage0.pt")
-
-    def train(out, recipe, last, *extra):  # reuse finished stages, train the missing ones
-        for stage in range(1, last + 1):
-            if not os.path.isfile(os.path.join(out, f"stage{stage}.pt")):
-                tokenizer.main([*base, "--stage", str(stage), "--recipe", recipe, "--out", out,
-                                "--encoder-ckpt", s0, *extra])
-        return os.path.join(out, f"stage{last}.pt")
-
-    if not os.path.isfile(s0):
-        tokenizer.main([*base, "--stage", "0", "--out", os.path.dirname(s0)])
+    ev_cache = os.path.join(runs, "evaluator")
     ev = dict(split="val", n=sz["n"], batch=32, data=None, evaluator_steps=sz["evaluator_steps"],
-              evaluator_cache=os.path.join(runs, "evaluator"), n_train=sz["n_train"], n_test=sz["n_test"])
+              evaluator_cache=ev_cache, n_train=sz["n_train"], n_test=sz["n_test"])
+    print(f"table4 preset {args.preset}: budget {B} steps per latent, {n_proc} jobs at a time, "
+          f"{threads} thread(s) each, runs in {runs}", flush=True)
+    run_jobs([dict(kind="stage0", name="stage 0", out=os.path.dirname(s0), threads=threads, base=base,
+                   stages=[(0, tokenizer.PRESETS[args.preset]["steps"][0])], extra=[]),
+              dict(kind="evaluator", name="rFID evaluator", out=ev_cache, threads=threads,
+                   steps=sz["evaluator_steps"])], n_proc)
+    C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
+    Cs = sorted(set(sz["channels"]) | {C0})
+    jobs = []
+    for name, recipe, last in TABLE4_ROWS:
+        jobs.append(dict(kind="latent", name=name, out=os.path.join(runs, recipe), recipe=recipe, last=last))
+    for C in Cs:
+        if C != C0:
+            jobs.append(dict(kind="latent", name=f"PS-VAE C={C}", out=os.path.join(runs, f"psvae-c{C}"),
+                             recipe="psvae", last=2, channels=C))
+    for j in jobs:
+        extra = ["--latent-channels", str(j["channels"])] if "channels" in j else []
+        j.update(threads=threads, base=base + ["--recipe", j["recipe"]], ev=ev,
+                 extra=extra + ["--encoder-ckpt", s0],
+                 stages=list(zip(range(1, j["last"] + 1), table4_steps(B, j["last"]))))
+    results = dict(zip([j["name"] for j in jobs], run_jobs(jobs, n_proc)))
     rows = []
     for name, recipe, last in TABLE4_ROWS:
-        a = argparse.Namespace(ckpt=train(os.path.join(runs, recipe), recipe, last), **ev)
-        rows.append((name, cmd_recon(a), cmd_probe(a)))
-        print(f"table4 {name}: {json.dumps({**rows[-1][1], **rows[-1][2]})}", flush=True)
-    C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
+        r = results[name]
+        rows.append((name, r["recon"], r["probe"]))
+        print(f"table4 {name}: {json.dumps({**r['recon'], **r['probe']})}", flush=True)
     chans = []
-    for C in sorted(set(sz["channels"]) | {C0}):
-        out = os.path.join(runs, "psvae" if C == C0 else f"psvae-c{C}")
-        a = argparse.Namespace(ckpt=train(out, "psvae", 2, "--latent-channels", str(C)), **ev)
-        chans.append((C, cmd_recon(a)["psnr"], cmd_probe(a)["probe"]))
+    for C in Cs:
+        r = results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]
+        chans.append((C, r["recon"]["psnr"], r["probe"]["probe"]))
     fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     lines = [f"# Table 4 (reconstruction half) in miniature: preset {args.preset}", "",
-             f"`python evaluate.py table4 --preset {args.preset}`; runs in `{runs}`; {sz['n']} held-out world "
-             f"scenes; probe: {sz['n_train']} train / {sz['n_test']} held-out scenes; rFID features: "
-             f"WorldEvaluator ({sz['evaluator_steps']} steps). LPIPS: "
+             f"`python evaluate.py table4 --preset {args.preset}`; runs in `{runs}`; every latent trained for "
+             f"{B} steps in all (stages split {B}: " +
+             ", ".join(f"{k} stage(s) {'+'.join(map(str, table4_steps(B, k)))}" for k in (2, 3)) +
+             f"); {sz['n']} held-out world scenes; probe: {sz['n_train']} train / {sz['n_test']} held-out scenes; "
+             f"rFID features: WorldEvaluator ({sz['evaluator_steps']} steps). LPIPS: "
              f"{rows[0][1].get('lpips_reason', 'lpips package, AlexNet')}.", "",
-             "| latent | recipe (stage) | latent shape | PSNR | SSIM | LPIPS | rFID | probe per token | probe pooled | probe |",
+             "| latent | recipe (stages) | latent shape | PSNR | SSIM | LPIPS | rFID | probe per token | "
+             "probe pooled | probe |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for (name, r, p), (_, recipe, last) in zip(rows, TABLE4_ROWS):
         C, h, w = p["latent"]  # written h x w x C, as the README's presets
-        lines.append(f"| {name} | {recipe} ({last}) | {h}x{w}x{C} | {r['psnr']:.2f} | "
-                     f"{r['ssim']:.3f} | {fmt(r['lpips'], 3)} | {r['rfid']:.3f} | {p['probe_token']:.3f} | "
-                     f"{p['probe_pooled']:.3f} | {p['probe']:.3f} |")
+        lines.append(f"| {name} | {recipe} ({'+'.join(map(str, table4_steps(B, last)))}) | {h}x{w}x{C} | "
+                     f"{r['psnr']:.2f} | {r['ssim']:.3f} | {fmt(r['lpips'], 3)} | {r['rfid']:.3f} | "
+                     f"{p['probe_token']:.3f} | {p['probe_pooled']:.3f} | {p['probe']:.3f} |")
     lines += ["", "Figure 11 (left), PS-VAE against latent channels C:", "", "| C | PSNR | probe |", "|---|---|---|"]
     lines += [f"| {C} | {ps:.2f} | {pr:.3f} |" for C, ps, pr in chans]
-    lines += ["", f"Total time: {time.time() - t0:.0f} s."]
+    lines += ["", f"Total time: {time.time() - t0:.0f} s ({n_proc} jobs at a time, {threads} thread(s) each, "
+              f"{os.cpu_count()} CPU cores, device {args.device or 'default'})."]
     os.makedirs(args.results, exist_ok=True)
     suffix = {"cpu": "", "world": "_world"}.get(args.preset, f"_{args.preset}")
     md = os.path.join(args.results, f"table4_recon{suffix}.md")
@@ -807,6 +873,102 @@ def cmd_geneval(args):
             **kw, "seconds": round(time.time() - t0, 1)}
 
 
+# ----------------------------------------------------------------------------------------------
+# mini-GEdit (Sec. 4.1 reports GEdit-Bench): edits of the eight GEdit categories, scored two ways.
+#   adherence: the detector reads the edited image and check_edit asks whether it equals the
+#     source changed exactly as the instruction says, and in nothing else (GEdit's semantic
+#     consistency, judged without a VLM);
+#   consistency: PSNR between the output and the world's exact target render, over the pixels
+#     outside the edited objects' boxes (GEdit's perceptual consistency: what should not change
+#     did not). Background, style and tone edits touch every pixel, so there it is the whole
+#     image. The tokenizer's own reconstruction PSNR is the ceiling of this number.
+# Per category the mean over its edits; overall the mean over categories.
+#
+# The suite, version 1: edit k of category c is tokenizer.make_edit(tokenizer.scene_seed("test",
+# k), c) for k < n: held-out test scenes. Its sha1 is printed so a changed world shows up.
+
+GEDIT_VERSION = "mini-gedit-v1"
+GEDIT_SIZES = {"tiny": 2, "cpu": 30, "world": 50}  # edits per category
+
+
+def gedit_suite(per_category):
+    return [tokenizer.make_edit(tokenizer.scene_seed("test", k), c)
+            for c in tokenizer.EDIT_CATEGORIES for k in range(per_category)]
+
+
+def consistency_region(pair, size, margin=None):
+    """(size, size) bool: where the consistency PSNR is measured. For an object edit, the pixels
+    outside the boxes of the objects it changes (present in only one of source and target),
+    padded by `margin` of the side (default 0.04 + 1.5 px: outlines, mitred corners and
+    anti-aliasing). Background, style and tone edits change every pixel: there, the whole image
+    (compared with the exact target)."""
+    margin = 0.04 + 1.5 / size if margin is None else margin
+    region = np.ones((size, size), bool)
+    if pair.spec["ref"] is None and pair.category != "subject-add":
+        return region
+    c = (np.arange(size) + 0.5) / size
+    yy, xx = np.meshgrid(c, c, indexing="ij")
+    for o in set(pair.source.objects) ^ set(pair.target.objects):
+        region &= ~((np.abs(xx - o.x) <= o.h + margin) & (np.abs(yy - o.y) <= o.h + margin))
+    return region
+
+
+def masked_psnr(a, b, mask):
+    """PSNR of images a, b (3, S, S) in [-1, 1] over the pixels where mask (S, S) is True, on the
+    [0, 1] scale (as tokenizer.psnr)."""
+    m = torch.as_tensor(mask)
+    mse = (((a.float() - b.float()) / 2) ** 2)[:, m].mean().item()
+    return 10 * math.log10(1.0 / max(mse, 1e-10))
+
+
+def cmd_gedit(args):
+    """mini-GEdit of an edit run: per-category adherence and consistency, and overall."""
+    import hashlib
+    import edit
+    import generator
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        model, cfg, tok_path = edit.load_edit_model(args.ckpt, device)
+        tok, _, size = generator.open_tokenizer(args.tokenizer or tok_path, device, cfg["tokenizer_sha1"])
+    except tokenizer.TokenizerError as e:
+        raise ValueError(str(e)) from None
+    preset = args.preset or (cfg["preset"] if cfg["preset"] in GEDIT_SIZES else "world")
+    per_cat = args.edits or GEDIT_SIZES[preset]
+    suite = gedit_suite(per_cat)
+    sha = hashlib.sha1(json.dumps([e.instruction for e in suite]).encode()).hexdigest()[:12]
+    kw = dict(steps=args.steps or cfg["sample_steps"], shift=args.sample_shift or cfg["sample_shift"],
+              cfg_text=args.cfg_text if args.cfg_text is not None else cfg["cfg_text"],
+              cfg_image=args.cfg_image if args.cfg_image is not None else cfg["cfg_image"])
+    print(f"{GEDIT_VERSION} ({sha}): {per_cat} edits x {len(tokenizer.EDIT_CATEGORIES)} categories, "
+          f"{kw['steps']} Euler steps, shift {kw['shift']}, text CFG {kw['cfg_text']}, image CFG {kw['cfg_image']}",
+          flush=True)
+    adh = {c: [] for c in tokenizer.EDIT_CATEGORIES}
+    con = {c: [] for c in tokenizer.EDIT_CATEGORIES}
+    t0, shown = time.time(), []
+    for b in tqdm(range(0, len(suite), args.batch), disable=not sys.stderr.isatty()):
+        part = suite[b:b + args.batch]
+        src = torch.stack([tokenizer.to_tensor(tokenizer.render(e.source, size)) for e in part])
+        out = edit.edit_images(model, tok, src, [e.instruction for e in part], seed=hash((args.seed, b)) % 2**31,
+                               batch=args.batch, **kw)
+        for e, x, y in zip(part, src, out):
+            adh[e.category].append(float(check_edit(tokenizer.describe(e.source), detect(y), e.spec)))
+            tgt = tokenizer.to_tensor(tokenizer.render(e.target, size))
+            con[e.category].append(masked_psnr(y, tgt, consistency_region(e, size)))
+            if args.grid and len([s for s in shown if s[3] == e.category]) < 2:
+                shown.append((x, y, e.instruction, e.category, tgt))
+    if args.grid:
+        shown.sort(key=lambda s: tokenizer.EDIT_CATEGORIES.index(s[3]))
+        edit.save_pairs(args.grid, [s[0] for s in shown], [s[1] for s in shown], [s[2] for s in shown],
+                        f"{GEDIT_VERSION}: {args.ckpt}", targets=[s[4] for s in shown])
+    per_category = {c: {"adherence": sum(adh[c]) / len(adh[c]), "consistency_psnr": sum(con[c]) / len(con[c])}
+                    for c in adh}
+    return {"suite": GEDIT_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
+            "edits_per_category": per_cat, "n_edits": len(suite), "per_category": per_category,
+            "adherence": sum(v["adherence"] for v in per_category.values()) / len(per_category),
+            "consistency_psnr": sum(v["consistency_psnr"] for v in per_category.values()) / len(per_category),
+            **kw, "grid": args.grid, "seconds": round(time.time() - t0, 1)}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description="PS-VAE, minimal: evaluation and benchmarks")
     # one parser block per sub-command; later benchmarks (recon, probe, geneval, gedit) add a
@@ -853,6 +1015,8 @@ def main(argv=None):
     p.add_argument("--runs", default=None, help="run folder (default runs/table4-<preset>); finished stages are reused")
     p.add_argument("--results", default="results", help="folder for table4_recon*.md and channels*.png")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="training device")
+    p.add_argument("--budget", type=int, default=None, help="training steps per latent (default: the preset's)")
+    p.add_argument("--jobs", type=int, default=None, help="trainings at a time (default 2 on CPU, 1 on GPU)")
     p.set_defaults(func=cmd_table4)
     p = sub.add_parser("geneval", help="mini-GenEval of a generator run (the detector judges)")
     p.add_argument("--ckpt", required=True, help="generator run folder or its generator.pt")
@@ -868,6 +1032,21 @@ def main(argv=None):
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the run's)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
     p.set_defaults(func=cmd_geneval)
+    p = sub.add_parser("gedit", help="mini-GEdit of an edit run (adherence by the detector, consistency PSNR)")
+    p.add_argument("--ckpt", required=True, help="edit run folder or its edit.pt")
+    p.add_argument("--preset", choices=list(GEDIT_SIZES), default=None,
+                   help="suite size: tiny (tests), cpu, world (default: the run's preset)")
+    p.add_argument("--edits", type=int, default=None, help="edits per category (overrides the preset)")
+    p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the run's)")
+    p.add_argument("--sample-shift", type=float, default=None, help="inference shift (default: the run's)")
+    p.add_argument("--cfg-text", type=float, default=None, help="instruction guidance (default: the run's)")
+    p.add_argument("--cfg-image", type=float, default=None, help="source-image guidance (default: the run's)")
+    p.add_argument("--batch", type=int, default=64, help="edits at once")
+    p.add_argument("--seed", type=int, default=0, help="noise seed")
+    p.add_argument("--grid", default=None, help="also write a PNG of two edits per category")
+    p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the run's)")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
+    p.set_defaults(func=cmd_gedit)
     for p in sub.choices.values():
         p.add_argument("--json", default=None, help="also write the result JSON to this file")
     args = parser.parse_args(argv)

@@ -544,21 +544,22 @@ def ema_update(ema, model, decay):
         e.lerp_(p.detach(), 1 - decay)  # e = decay e + (1 - decay) p
 
 
-def load_run(path, what="generator checkpoint"):
-    """A generator.py checkpoint (a file, or a run folder holding generator.pt), or one sentence."""
+def load_run(path, what="generator checkpoint", script=SCRIPT, name="generator.pt"):
+    """A checkpoint written by `script` (a file, or a run folder holding `name`), or one sentence.
+    edit.py reads its own checkpoints with script="edit.py", name="edit.pt"."""
     if os.path.isdir(path):
-        path = os.path.join(path, "generator.pt")
+        path = os.path.join(path, name)
     if not os.path.isfile(path):
-        raise GeneratorError(f"the {what} {path} does not exist; train one with `python generator.py "
-                             f"--tokenizer ...` or pass the right path")
+        raise GeneratorError(f"the {what} {path} does not exist; train one with `python {script} "
+                             f"...` or pass the right path")
     try:
         ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise GeneratorError(f"cannot read {path} ({type(e).__name__}): it is not a PyTorch checkpoint "
                              f"or it is damaged")
-    if not isinstance(ck, dict) or ck.get("script") != SCRIPT:
+    if not isinstance(ck, dict) or ck.get("script") != script:
         who = ck.get("script", "an unknown program") if isinstance(ck, dict) else "an unknown program"
-        raise GeneratorError(f"{path} was written by {who}, not {SCRIPT}; pass a checkpoint written by {SCRIPT}")
+        raise GeneratorError(f"{path} was written by {who}, not {script}; pass a checkpoint written by {script}")
     return ck, path
 
 
