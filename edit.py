@@ -21,10 +21,10 @@ other fully. Where it is silent we chose, and say so here:
   - text queries see only earlier text, never an image (exactly the T2I model's text path, so
     the instruction's hidden states are what the T2I model would compute for it);
   - both image blocks see the whole instruction and each other (source <-> target, full);
-  - the source tokens reuse the T2I image embedder (a clean latent is what x_t is at t = 0)
+  - the source tokens reuse the T2I image embedder (they are latents of the same tokenizer)
     and the same 2D sin-cos positions as the target, so token k of the source and token k of
-    the target are the same place; a learned "source" embedding tells them apart, and the
-    source gets no timestep;
+    the target are the same place; a learned "source" embedding, not a timestep, tells them
+    apart;
   - dropping the source (for image guidance) hides its tokens from the target with the mask,
     rather than feeding a zero image: the model then is exactly a T2I model for that sample.
 """
@@ -201,7 +201,11 @@ def train(cfg, ddp, rank, local_rank, world, device):
     ck = None
     if cfg["resume"]:
         ck, _ = load_edit_run(os.path.join(out, "edit.pt"), "checkpoint to resume")
-        cfg["init"] = ck["config"]["init"]  # the run keeps the T2I checkpoint it started from
+        cfg["init"] = ck["init"]  # the run keeps the T2I checkpoint it started from (absolute path)
+        changed = {k: (ck["config"].get(k), v) for k, v in cfg.items()
+                   if k not in ("resume", "steps", "init") + MODEL_KEYS and ck["config"].get(k) != v}
+        if changed:
+            print0("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     if not cfg["init"]:
         raise GeneratorError("no --init given; pass the text-to-image run to fine-tune, e.g. runs/generator-cpu")
     t2i, t2i_path = G.load_run(cfg["init"], "T2I checkpoint given to --init")
@@ -348,9 +352,9 @@ def edit_sample(model, noise, src, text, null, steps=50, shift=3.0, cfg_text=3.0
 
 @torch.no_grad()
 def edit_images(model, tok, images, instructions, steps=50, shift=3.0, cfg_text=3.0, cfg_image=1.5, seed=0,
-                batch=64):
+                batch=64, first=0):
     """images (B, 3, S, S) in [-1, 1] + instructions -> edited images (B, 3, S, S). Output i starts
-    from noise seeded by (seed, i), so a result does not depend on the batch size."""
+    from noise seeded by (seed, first + i), so a result does not depend on the batch size."""
     for s in instructions:
         if not s.strip():
             raise GeneratorError("the instruction is empty; say what to change, e.g. 'make the red circle blue'")
@@ -362,7 +366,7 @@ def edit_images(model, tok, images, instructions, steps=50, shift=3.0, cfg_text=
         x = images[b:b + batch].to(dev)
         src = (tokenizer.encode(tok, x).float() - model.latent_mean) / model.latent_std
         noise = torch.stack([torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(
-            hash((seed, b + i)) % 2**63)) for i in range(len(x))]).to(dev)
+            hash((seed, first + b + i)) % 2**63)) for i in range(len(x))]).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             z = edit_sample(model, noise, src, ids[b:b + batch].to(dev), text([""] * len(x), model.T).to(dev),
                             steps, shift, cfg_text, cfg_image)
@@ -420,6 +424,9 @@ def cmd_sample(argv):
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model, cfg, tok_path = load_edit_model(a.ckpt, device)
     tok, shape, size = G.open_tokenizer(a.tokenizer or tok_path, device, cfg["tokenizer_sha1"])
+    if tuple(shape) != tuple(model.latent_shape):
+        raise GeneratorError(f"the tokenizer makes {tuple(shape)} latents but the edit model was trained on "
+                             f"{tuple(model.latent_shape)}; pass the tokenizer it was trained with")
     try:
         from PIL import Image
         with Image.open(a.image) as im:

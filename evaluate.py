@@ -682,14 +682,17 @@ TABLE4_SIZES = {  # budget B, recon images, probe train/test scenes, evaluator s
 
 def table4_steps(budget, stages):
     """Steps of each stage: the budget split by TABLE4_SPLITS, summing exactly to the budget."""
+    if budget < stages:
+        raise ValueError(f"--budget {budget} is too small for a {stages}-stage recipe; give at least {stages}")
     steps = [max(1, round(budget * f)) for f in TABLE4_SPLITS[stages]]
     steps[0] += budget - sum(steps)
     return steps
 
 
 def _table4_job(job):
-    """One pool job, in its own process: stage 0, the evaluator, or one latent space (train its
-    missing stages, then recon + probe). Its log goes to <out>/table4.log."""
+    """One pool job, in its own process: the evaluator ("evaluator"), stage 0 ("train": train
+    only), or one latent space ("latent": train what is missing, then recon + probe). Its log
+    goes to <out>/table4.log."""
     import contextlib
     kind, out, threads = job["kind"], job["out"], job["threads"]
     torch.set_num_threads(threads)
@@ -700,11 +703,17 @@ def _table4_job(job):
         if kind == "evaluator":
             world_evaluator(job["steps"], cache=out)
             return {"seconds": round(time.time() - t0, 1)}
-        for stage, steps in job["stages"]:
-            if not os.path.isfile(os.path.join(out, f"stage{stage}.pt")):
+        for stage, steps in job["stages"]:  # a stage is reused only if it reached its planned steps
+            path = os.path.join(out, f"stage{stage}.pt")
+            done = torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else None
+            if done != steps:  # missing, interrupted (resume it) or of another budget (train it on)
+                resume = ["--resume"] if done is not None and done < steps else []
+                if done is not None and done > steps:
+                    raise ValueError(f"{path} has {done} steps, more than the planned {steps}; "
+                                     f"use another --runs folder for --budget {job['budget']}")
                 tokenizer.main([*job["base"], "--stage", str(stage), "--steps", str(steps), "--out", out,
-                                *job["extra"]])
-        if kind == "stage0":
+                                *resume, *job["extra"]])
+        if kind == "train":  # stage 0: trained, not measured
             return {"seconds": round(time.time() - t0, 1)}
         a = argparse.Namespace(ckpt=out, **job["ev"])
         return {"recon": cmd_recon(a), "probe": cmd_probe(a), "seconds": round(time.time() - t0, 1)}
@@ -717,11 +726,13 @@ def run_jobs(jobs, n_proc):
     import concurrent.futures
     import multiprocessing
     with concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_table4_job, j) for j in jobs]
-        for j, f in zip(jobs, futures):
-            r = f.result()
-            print(f"table4: {j['name']} done in {r['seconds']:.0f} s", flush=True)
-        return [f.result() for f in futures]
+        futures = {pool.submit(_table4_job, j): j for j in jobs}
+        for f in concurrent.futures.as_completed(futures):
+            if f.exception() is not None:  # stop at the first failure instead of finishing the queue
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise f.exception()
+            print(f"table4: {futures[f]['name']} done in {f.result()['seconds']:.0f} s", flush=True)
+        return [f.result() for f in futures]  # dicts keep insertion order: job order
 
 
 def cmd_table4(args):
@@ -739,8 +750,10 @@ def cmd_table4(args):
               evaluator_cache=ev_cache, n_train=sz["n_train"], n_test=sz["n_test"])
     print(f"table4 preset {args.preset}: budget {B} steps per latent, {n_proc} jobs at a time, "
           f"{threads} thread(s) each, runs in {runs}", flush=True)
-    run_jobs([dict(kind="stage0", name="stage 0", out=os.path.dirname(s0), threads=threads, base=base,
-                   stages=[(0, tokenizer.PRESETS[args.preset]["steps"][0])], extra=[]),
+    table4_steps(B, max(TABLE4_SPLITS))  # a budget too small for RPiAE stops here, before any training
+    s0_steps = tokenizer.PRESETS[args.preset]["steps"][0]
+    run_jobs([dict(kind="train", name="stage 0", out=os.path.dirname(s0), threads=threads, base=base,
+                   stages=[(0, s0_steps)], extra=[], budget=s0_steps),
               dict(kind="evaluator", name="rFID evaluator", out=ev_cache, threads=threads,
                    steps=sz["evaluator_steps"])], n_proc)
     C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
@@ -754,7 +767,7 @@ def cmd_table4(args):
                              recipe="psvae", last=2, channels=C))
     for j in jobs:
         extra = ["--latent-channels", str(j["channels"])] if "channels" in j else []
-        j.update(threads=threads, base=base + ["--recipe", j["recipe"]], ev=ev,
+        j.update(threads=threads, base=base + ["--recipe", j["recipe"]], ev=ev, budget=B,
                  extra=extra + ["--encoder-ckpt", s0],
                  stages=list(zip(range(1, j["last"] + 1), table4_steps(B, j["last"]))))
     results = dict(zip([j["name"] for j in jobs], run_jobs(jobs, n_proc)))
@@ -861,8 +874,7 @@ def cmd_geneval(args):
     for b in tqdm(range(0, len(jobs), args.batch), disable=not sys.stderr.isatty()):
         part = jobs[b:b + args.batch]
         # image r of prompt k draws its noise from (seed, position in the job list): reproducible
-        imgs = generator.generate(model, tok, [j[1] for j in part], seed=hash((args.seed, b)) % 2**31,
-                                  batch=args.batch, **kw)
+        imgs = generator.generate(model, tok, [j[1] for j in part], seed=args.seed, first=b, batch=args.batch, **kw)
         for (c, _, spec, _), img in zip(part, imgs):
             hits[c] += check_caption(detect(img), spec)
             total[c] += 1
@@ -897,28 +909,68 @@ def gedit_suite(per_category):
 
 
 def consistency_region(pair, size, margin=None):
-    """(size, size) bool: where the consistency PSNR is measured. For an object edit, the pixels
-    outside the boxes of the objects it changes (present in only one of source and target),
-    padded by `margin` of the side (default 0.04 + 1.5 px: outlines, mitred corners and
-    anti-aliasing). Background, style and tone edits change every pixel: there, the whole image
-    (compared with the exact target)."""
+    """(size, size) bool: where the consistency PSNR is measured: outside the boxes of the
+    objects the edit changes, padded by `margin` of the side (default 0.04 + 1.5 px: outlines,
+    mitred corners and anti-aliasing). Object edits change the objects present in only one of
+    source and target; a style edit (outlines on or off) changes every object's rim; background
+    and tone edits change every pixel, so there the region is the whole image (compared with the
+    exact target)."""
     margin = 0.04 + 1.5 / size if margin is None else margin
     region = np.ones((size, size), bool)
-    if pair.spec["ref"] is None and pair.category != "subject-add":
+    if pair.category in ("background_change", "tone_transfer"):
         return region
+    changed = pair.source.objects if pair.category == "style_change" else \
+        set(pair.source.objects) ^ set(pair.target.objects)
     c = (np.arange(size) + 0.5) / size
     yy, xx = np.meshgrid(c, c, indexing="ij")
-    for o in set(pair.source.objects) ^ set(pair.target.objects):
+    for o in changed:
         region &= ~((np.abs(xx - o.x) <= o.h + margin) & (np.abs(yy - o.y) <= o.h + margin))
     return region
 
 
 def masked_psnr(a, b, mask):
     """PSNR of images a, b (3, S, S) in [-1, 1] over the pixels where mask (S, S) is True, on the
-    [0, 1] scale (as tokenizer.psnr)."""
+    [0, 1] scale after clamping (as tokenizer.psnr); capped at 100 dB for identical pixels."""
     m = torch.as_tensor(mask)
-    mse = (((a.float() - b.float()) / 2) ** 2)[:, m].mean().item()
+    if not m.any():
+        raise ValueError("masked_psnr got an empty mask: no pixel to compare")
+    d = (a.float().clamp(-1, 1) - b.float().clamp(-1, 1)) / 2
+    mse = d.pow(2)[:, m].mean().item()
     return 10 * math.log10(1.0 / max(mse, 1e-10))
+
+
+def check_instruction(src, out, spec, tol=POS_TOL):
+    """The looser question: did the instructed change happen, whatever else changed? Background,
+    tone, style: the output has the new value. Colour / material / replace: an object where the
+    named one was has the new colour / texture / shape. Remove: no object is left there. Add: an
+    object of the new shape and colour stands where the source had none. check_edit is this plus
+    "and nothing else changed", which a blurry or half-trained model rarely achieves."""
+    cat, change = spec["category"], spec["change"]
+    if cat in ("background_change", "tone_transfer", "style_change"):
+        key = {"background_change": "bg_colour", "tone_transfer": "tone", "style_change": "style"}[cat]
+        return out[key] == change[key]
+    if cat == "subject-add":
+        return any(o["shape"] == change["shape"] and o["colour"] == change["colour"] and
+                   all(math.hypot(o["x"] - p["x"], o["y"] - p["y"]) >= tol for p in src["objects"])
+                   for o in out["objects"])
+    hits = [o for o in src["objects"] if fits(o, spec["ref"])]
+    if len(hits) != 1:
+        return False
+    near = [o for o in out["objects"] if math.hypot(o["x"] - hits[0]["x"], o["y"] - hits[0]["y"]) < tol]
+    if cat == "subject-remove":
+        return not near
+    return any(all(o[k] == v for k, v in change.items()) for o in near)
+
+
+def score_edit(pair, output, size):
+    """(adherence 0/1, consistency PSNR, instruction hit 0/1) of one edited image (3, S, S) in
+    [-1, 1] for a world EditPair: the detector's reading of the output against the instruction's
+    spec (check_edit; check_instruction for the hit), and the PSNR to the exact target render
+    over consistency_region."""
+    src, out = tokenizer.describe(pair.source), detect(output)
+    tgt = tokenizer.to_tensor(tokenizer.render(pair.target, size))
+    return (float(check_edit(src, out, pair.spec)), masked_psnr(output, tgt, consistency_region(pair, size)),
+            float(check_instruction(src, out, pair.spec)))
 
 
 def cmd_gedit(args):
@@ -942,30 +994,31 @@ def cmd_gedit(args):
     print(f"{GEDIT_VERSION} ({sha}): {per_cat} edits x {len(tokenizer.EDIT_CATEGORIES)} categories, "
           f"{kw['steps']} Euler steps, shift {kw['shift']}, text CFG {kw['cfg_text']}, image CFG {kw['cfg_image']}",
           flush=True)
-    adh = {c: [] for c in tokenizer.EDIT_CATEGORIES}
-    con = {c: [] for c in tokenizer.EDIT_CATEGORIES}
+    adh, con, hit = ({c: [] for c in tokenizer.EDIT_CATEGORIES} for _ in range(3))
     t0, shown = time.time(), []
     for b in tqdm(range(0, len(suite), args.batch), disable=not sys.stderr.isatty()):
         part = suite[b:b + args.batch]
         src = torch.stack([tokenizer.to_tensor(tokenizer.render(e.source, size)) for e in part])
-        out = edit.edit_images(model, tok, src, [e.instruction for e in part], seed=hash((args.seed, b)) % 2**31,
+        # edit i of the suite draws its noise from (seed, i), whatever --batch is
+        out = edit.edit_images(model, tok, src, [e.instruction for e in part], seed=args.seed, first=b,
                                batch=args.batch, **kw)
         for e, x, y in zip(part, src, out):
-            adh[e.category].append(float(check_edit(tokenizer.describe(e.source), detect(y), e.spec)))
-            tgt = tokenizer.to_tensor(tokenizer.render(e.target, size))
-            con[e.category].append(masked_psnr(y, tgt, consistency_region(e, size)))
+            a, c, h = score_edit(e, y, size)
+            adh[e.category].append(a), con[e.category].append(c), hit[e.category].append(h)
             if args.grid and len([s for s in shown if s[3] == e.category]) < 2:
-                shown.append((x, y, e.instruction, e.category, tgt))
+                shown.append((x, y, e.instruction, e.category, tokenizer.to_tensor(tokenizer.render(e.target, size))))
     if args.grid:
         shown.sort(key=lambda s: tokenizer.EDIT_CATEGORIES.index(s[3]))
         edit.save_pairs(args.grid, [s[0] for s in shown], [s[1] for s in shown], [s[2] for s in shown],
                         f"{GEDIT_VERSION}: {args.ckpt}", targets=[s[4] for s in shown])
-    per_category = {c: {"adherence": sum(adh[c]) / len(adh[c]), "consistency_psnr": sum(con[c]) / len(con[c])}
-                    for c in adh}
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    per_category = {c: {"adherence": mean(adh[c]), "consistency_psnr": mean(con[c]),
+                        "instruction_hit": mean(hit[c])} for c in adh}
     return {"suite": GEDIT_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
             "edits_per_category": per_cat, "n_edits": len(suite), "per_category": per_category,
             "adherence": sum(v["adherence"] for v in per_category.values()) / len(per_category),
             "consistency_psnr": sum(v["consistency_psnr"] for v in per_category.values()) / len(per_category),
+            "instruction_hit": sum(v["instruction_hit"] for v in per_category.values()) / len(per_category),
             **kw, "grid": args.grid, "seconds": round(time.time() - t0, 1)}
 
 

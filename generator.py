@@ -712,9 +712,10 @@ def load_generator(path, device="cpu"):
 
 
 @torch.no_grad()
-def generate_latents(model, prompts, steps=50, shift=3.0, cfg=6.5, seed=0, batch=64):
+def generate_latents(model, prompts, steps=50, shift=3.0, cfg=6.5, seed=0, batch=64, first=0):
     """prompts (list of str) -> latents (len(prompts), C, h, w) in the tokenizer's scale. Image i
-    starts from noise seeded by (seed, i), so a result does not depend on the batch size."""
+    starts from noise seeded by (seed, first + i), so a result does not depend on the batch size
+    (a caller that splits a list passes each part's offset as `first`)."""
     for p in prompts:
         if not p.strip():
             raise GeneratorError("the prompt is empty; give a caption such as 'two red circles'")
@@ -725,7 +726,7 @@ def generate_latents(model, prompts, steps=50, shift=3.0, cfg=6.5, seed=0, batch
     for b in range(0, len(prompts), batch):
         cond = ids[b:b + batch].to(dev)
         noise = torch.stack([torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(
-            hash((seed, b + i)) % 2**63)) for i in range(len(cond))]).to(dev)
+            hash((seed, first + b + i)) % 2**63)) for i in range(len(cond))]).to(dev)
         null = text([""] * len(cond), model.T).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             x = flow_sample(model, noise, cond, steps, shift, cfg, null)

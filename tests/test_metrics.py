@@ -5,6 +5,7 @@ Run: python -m pytest tests/test_metrics.py       (about 20 s on 2 cores; the ti
 """
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -135,3 +136,35 @@ def test_table4_tiny(tmp_path):
     for name, _, _ in E.TABLE4_ROWS:
         assert f"| {name} |" in text
     assert (tmp_path / "channels_tiny.png").stat().st_size > 0 and len(r["channels"]) == 3
+
+
+def test_table4_budget_is_the_same_for_every_latent():
+    """Each recipe's stages add up to the budget exactly, split 60/40 or 40/30/30."""
+    assert E.table4_steps(600, 1) == [600]
+    assert E.table4_steps(600, 2) == [360, 240]
+    assert E.table4_steps(600, 3) == [240, 180, 180]
+    for budget in (7, 12, 101, 60000):
+        for stages in (1, 2, 3):
+            steps = E.table4_steps(budget, stages)
+            assert sum(steps) == budget and len(steps) == stages and min(steps) >= 1
+    with pytest.raises(ValueError, match="too small for a 3-stage recipe"):
+        E.table4_steps(2, 3)
+
+
+def test_table4_reuses_only_finished_stages(tmp_path):
+    """A stage checkpoint short of its planned steps (an interrupted run, or a smaller budget) is
+    resumed to the plan; one at the plan is reused as it is; one beyond it is an error."""
+    out = tmp_path / "psvae"
+    T.main(["--preset", "tiny", "--device", "cpu", "--stage", "0", "--out", str(tmp_path / "s0")])
+    base = ["--preset", "tiny", "--device", "cpu", "--recipe", "svae"]
+    extra = ["--encoder-ckpt", str(tmp_path / "s0" / "stage0.pt")]
+    T.main([*base, "--stage", "1", "--steps", "3", "--out", str(out), *extra])  # the "interrupted" run
+    job = dict(kind="train", out=str(out), threads=1, base=base, extra=extra, budget=5, stages=[(1, 5)])
+    E._table4_job(job)
+    ck = torch.load(out / "stage1.pt", weights_only=True)
+    assert ck["step"] == 5
+    mtime = os.path.getmtime(out / "stage1.pt")
+    E._table4_job(job)  # at the plan: not touched
+    assert os.path.getmtime(out / "stage1.pt") == mtime
+    with pytest.raises(ValueError, match="more than the planned 4"):
+        E._table4_job(dict(job, stages=[(1, 4)]))
