@@ -382,23 +382,25 @@ def load_edit_model(path, device="cpu"):
     return model.to(device).eval(), {**ck["config"], "tokenizer_sha1": ck.get("tokenizer_sha1")}, ck["tokenizer"]
 
 
-def save_pairs(path, sources, outputs, instructions, title, targets=None):
-    """Rows of (input, output[, the world's exact target]) with the instruction above each row."""
+def save_pairs(path, sources, outputs, instructions, title, targets=None, per_row=1):
+    """A grid of (input, output[, the world's exact target]) triplets, `per_row` triplets side by
+    side, each headed by its instruction."""
     import textwrap
     from matplotlib.figure import Figure
-    cols = 3 if targets is not None else 2
+    k = 3 if targets is not None else 2
     n = len(sources)
-    fig = Figure(figsize=(1.9 * cols, 2.1 * n))
+    rows = -(-n // per_row)
+    fig = Figure(figsize=(1.9 * k * per_row, 2.1 * rows + 0.4))
     for i in range(n):
-        row = [sources[i], outputs[i]] + ([targets[i]] if targets is not None else [])
-        for j, (img, name) in enumerate(zip(row, ("input", "output", "target"))):
-            ax = fig.add_subplot(n, cols, i * cols + j + 1)
+        trip = [sources[i], outputs[i]] + ([targets[i]] if targets is not None else [])
+        for j, (img, name) in enumerate(zip(trip, ("input", "output", "target"))):
+            ax = fig.add_subplot(rows, k * per_row, (i // per_row) * k * per_row + (i % per_row) * k + j + 1)
             ax.imshow(tokenizer.to_uint8(img), interpolation="nearest")
             ax.set_axis_off()
             ax.set_title(("\n".join(textwrap.wrap(instructions[i], 34)) + "\n" if j == 0 else "") + name,
                          fontsize=7, loc="left" if j == 0 else "center")
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.3 / fig.get_figheight()))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
 

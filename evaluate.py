@@ -1000,8 +1000,15 @@ def cmd_gedit(args):
         part = suite[b:b + args.batch]
         src = torch.stack([tokenizer.to_tensor(tokenizer.render(e.source, size)) for e in part])
         # edit i of the suite draws its noise from (seed, i), whatever --batch is
-        out = edit.edit_images(model, tok, src, [e.instruction for e in part], seed=args.seed, first=b,
-                               batch=args.batch, **kw)
+        if args.baseline:  # no edit model: the source ("ignore the instruction") or the exact target
+            # ("a perfect editor"), each through the run's tokenizer, whose blur limits every score
+            x = src if args.baseline == "source" else \
+                torch.stack([tokenizer.to_tensor(tokenizer.render(e.target, size)) for e in part])
+            with torch.no_grad():
+                out = tokenizer.decode(tok, tokenizer.encode(tok, x.to(device))).cpu()
+        else:
+            out = edit.edit_images(model, tok, src, [e.instruction for e in part], seed=args.seed, first=b,
+                                   batch=args.batch, **kw)
         for e, x, y in zip(part, src, out):
             a, c, h = score_edit(e, y, size)
             adh[e.category].append(a), con[e.category].append(c), hit[e.category].append(h)
@@ -1010,7 +1017,7 @@ def cmd_gedit(args):
     if args.grid:
         shown.sort(key=lambda s: tokenizer.EDIT_CATEGORIES.index(s[3]))
         edit.save_pairs(args.grid, [s[0] for s in shown], [s[1] for s in shown], [s[2] for s in shown],
-                        f"{GEDIT_VERSION}: {args.ckpt}", targets=[s[4] for s in shown])
+                        f"{GEDIT_VERSION}: {args.ckpt}", targets=[s[4] for s in shown], per_row=2)
     mean = lambda v: sum(v) / len(v)  # noqa: E731
     per_category = {c: {"adherence": mean(adh[c]), "consistency_psnr": mean(con[c]),
                         "instruction_hit": mean(hit[c])} for c in adh}
@@ -1019,7 +1026,7 @@ def cmd_gedit(args):
             "adherence": sum(v["adherence"] for v in per_category.values()) / len(per_category),
             "consistency_psnr": sum(v["consistency_psnr"] for v in per_category.values()) / len(per_category),
             "instruction_hit": sum(v["instruction_hit"] for v in per_category.values()) / len(per_category),
-            **kw, "grid": args.grid, "seconds": round(time.time() - t0, 1)}
+            **kw, "baseline": args.baseline, "grid": args.grid, "seconds": round(time.time() - t0, 1)}
 
 
 def main(argv=None):
@@ -1097,6 +1104,9 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=64, help="edits at once")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--grid", default=None, help="also write a PNG of two edits per category")
+    p.add_argument("--baseline", choices=("source", "target"), default=None, help="score, instead of the "
+                   "edits, the source (ignoring the instruction) or the exact target (a perfect editor), each "
+                   "reconstructed by the run's tokenizer")
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the run's)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
     p.set_defaults(func=cmd_gedit)

@@ -357,3 +357,16 @@ def test_init_that_is_not_a_generator_is_one_sentence(tmp_path, t2i):
     with pytest.raises(SystemExit, match="was written by generator.py, not edit.py"):
         E.main(["sample", "--ckpt", os.path.join(t2i, "generator.pt"), "--image", str(tmp_path / "img.png"),
                 "--instruction", "make it blue"])
+
+
+def test_gedit_baselines_score_reconstructions_not_edits(run, tmp_path):
+    """--baseline target / source: a perfect editor and an editor that ignores the instruction,
+    both seen through the run's tokenizer (no sampling)."""
+    r = evaluate.main(["gedit", "--ckpt", run, "--preset", "tiny", "--baseline", "target"])
+    s = evaluate.main(["gedit", "--ckpt", run, "--preset", "tiny", "--baseline", "source"])
+    assert r["baseline"] == "target" and s["baseline"] == "source"
+    # the source differs from the target in the edited region only: off it, both score alike
+    # (within the tokenizer's reach across the image)
+    for c in ("color_alter", "material_alter", "subject-replace"):
+        assert s["per_category"][c]["consistency_psnr"] == pytest.approx(r["per_category"][c]["consistency_psnr"],
+                                                                        abs=1.0)
