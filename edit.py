@@ -32,7 +32,6 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import sys
 import time
 
@@ -254,10 +253,8 @@ def train(cfg, ddp, rank, local_rank, world, device):
     fwd = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
     fwd = torch.compile(fwd) if cfg["compile"] else fwd
     if rank0:
-        if ck is not None and os.path.isfile(os.path.join(out, "metrics.jsonl")):  # drop what comes again
-            recs = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl")) if x.strip()]
-            with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in recs if r.get("step", 0) <= step)
+        if ck is not None:
+            G.trim_metrics(out, step)
         with open(os.path.join(out, "config.json"), "w") as f:
             json.dump({**cfg, "latent_shape": latent_shape, "shift_used": s, "cache_file": cache_path}, f, indent=1)
 
@@ -298,9 +295,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
         if step % cfg["log_every"] == 0 or step == cfg["steps"]:
             dt = time.time() - t_last
             rec = {"step": step, "loss": round(logged.item(), 6), "lr": lr, "samples_per_s": round(seen / dt, 2),
-                   "elapsed_s": round(time.time() - t_start, 1),
-                   "mem_gib": round((torch.cuda.max_memory_allocated(device) if amp else
-                                     resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 2)}
+                   "elapsed_s": round(time.time() - t_start, 1), "mem_gib": G.memory_gib(device)}
             if rank0:
                 G.append_metrics(out, rec)
                 pbar.write(f"step {step}/{cfg['steps']} | loss {rec['loss']:.4f} | lr {lr:.2e} | "

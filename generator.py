@@ -568,6 +568,22 @@ def append_metrics(out, rec):
         f.write(json.dumps(rec) + "\n")
 
 
+def trim_metrics(out, step):
+    """On resume: drop the metrics.jsonl records after `step` (they will be logged again)."""
+    path = os.path.join(out, "metrics.jsonl")
+    if os.path.isfile(path):
+        recs = [json.loads(x) for x in open(path) if x.strip()]
+        with open(path, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs if r.get("step", 0) <= step)
+
+
+def memory_gib(device):
+    """Peak memory of this process: CUDA allocations on a GPU, the resident set size on a CPU."""
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return round(peak / 2**30, 2)
+
+
 def train(cfg, ddp, rank, local_rank, world, device):
     out, rank0 = cfg["out"], rank == 0
     if cfg["batch_size"] % world:
@@ -629,10 +645,8 @@ def train(cfg, ddp, rank, local_rank, world, device):
     fwd = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
     fwd = torch.compile(fwd) if cfg["compile"] else fwd
     if rank0:
-        if ck is not None and os.path.isfile(os.path.join(out, "metrics.jsonl")):  # drop what comes again
-            recs = [json.loads(x) for x in open(os.path.join(out, "metrics.jsonl")) if x.strip()]
-            with open(os.path.join(out, "metrics.jsonl"), "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in recs if r.get("step", 0) <= step)
+        if ck is not None:
+            trim_metrics(out, step)
         with open(os.path.join(out, "config.json"), "w") as f:
             json.dump({**cfg, "latent_shape": latent_shape, "shift_used": s, "cache_file": cache_path}, f, indent=1)
 
@@ -674,8 +688,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
                    "elapsed_s": round(time.time() - t_start, 1)}
             if gnorm is not None:
                 rec["grad_norm"] = round(float(gnorm), 4)
-            rec["mem_gib"] = round((torch.cuda.max_memory_allocated(device) if amp else
-                                    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2**30, 2)
+            rec["mem_gib"] = memory_gib(device)
             if rank0:
                 append_metrics(out, rec)
                 pbar.write(f"step {step}/{cfg['steps']} | loss {rec['loss']:.4f} | lr {lr:.2e} | "
