@@ -108,6 +108,16 @@ def test_linear_probe_separable_and_random_labels():
     assert E.linear_probe(f[:300], r[:300], f[300:], r[300:]) < 0.45
 
 
+def test_balanced_accuracy_by_hand():
+    """9 of class 0 and 1 of class 1: always guessing 0 is 90% accurate but 50% balanced; one
+    right guess of class 1 and one class-0 miss: (8/9 + 1) / 2."""
+    y = torch.tensor([0] * 9 + [1])
+    assert (torch.zeros(10, dtype=torch.long) == y).float().mean().item() == pytest.approx(0.9)
+    assert E.balanced_accuracy(torch.zeros(10, dtype=torch.long), y) == pytest.approx(0.5)
+    pred = torch.tensor([1] + [0] * 8 + [1])
+    assert E.balanced_accuracy(pred, y) == pytest.approx((8 / 9 + 1) / 2)
+
+
 def test_recon_and_probe_commands_on_a_tiny_tokenizer(tmp_path, evaluator, capsys):
     cache, _ = evaluator
     out = tmp_path / "run"
