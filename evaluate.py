@@ -880,7 +880,7 @@ def cmd_geneval(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     try:
         model, cfg, tok_path = generator.load_generator(args.ckpt, device)
-        tok = generator.open_tokenizer(args.tokenizer or tok_path, device, cfg["tokenizer_sha1"])[0]
+        tok, _, size = generator.open_tokenizer(args.tokenizer or tok_path, device, cfg["tokenizer_sha1"])
     except tokenizer.TokenizerError as e:
         raise ValueError(str(e)) from None
     preset = args.preset or (cfg["preset"] if cfg["preset"] in GENEVAL_SIZES else "world")
@@ -892,22 +892,30 @@ def cmd_geneval(args):
               cfg=args.cfg if args.cfg is not None else cfg["cfg"])
     print(f"{GENEVAL_VERSION} ({sha}): {per_cat} prompts x {len(tokenizer.CAPTION_CATEGORIES)} categories x "
           f"{per_prompt} images, {kw['steps']} Euler steps, shift {kw['shift']}, CFG {kw['cfg']}", flush=True)
-    jobs = [(c, text, spec, r) for c, text, spec in suite for r in range(per_prompt)]
+    jobs = [(c, text, spec, r, k % per_cat) for k, (c, text, spec) in enumerate(suite) for r in range(per_prompt)]
     hits = dict.fromkeys(tokenizer.CAPTION_CATEGORIES, 0)
     total = dict.fromkeys(tokenizer.CAPTION_CATEGORIES, 0)
     t0 = time.time()
     for b in tqdm(range(0, len(jobs), args.batch), disable=not sys.stderr.isatty()):
         part = jobs[b:b + args.batch]
         # image r of prompt k draws its noise from (seed, position in the job list): reproducible
-        imgs = generator.generate(model, tok, [j[1] for j in part], seed=args.seed, first=b, batch=args.batch, **kw)
-        for (c, _, spec, _), img in zip(part, imgs):
+        if args.baseline:  # no generator: the suite's own scenes (each satisfies its caption)
+            # through the run's tokenizer, the best any generator on this latent can be scored
+            x = torch.stack([tokenizer.to_tensor(tokenizer.render(tokenizer.caption_scene(
+                tokenizer.scene_seed("test", j[4]), j[0])[0], size)) for j in part])
+            with torch.no_grad():
+                imgs = tokenizer.decode(tok, tokenizer.encode(tok, x.to(device))).cpu()
+        else:
+            imgs = generator.generate(model, tok, [j[1] for j in part], seed=args.seed, first=b, batch=args.batch,
+                                      **kw)
+        for (c, _, spec, _, _), img in zip(part, imgs):
             hits[c] += check_caption(detect(img), spec)
             total[c] += 1
     per_category = {c: hits[c] / total[c] for c in hits}
     return {"suite": GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
             "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs),
             "per_category": per_category, "overall": sum(per_category.values()) / len(per_category),
-            **kw, "seconds": round(time.time() - t0, 1)}
+            **kw, "baseline": args.baseline, "seconds": round(time.time() - t0, 1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1116,6 +1124,8 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the run's)")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
+    p.add_argument("--baseline", choices=("real",), default=None, help="score, instead of generated images, "
+                   "the suite's own scenes reconstructed by the run's tokenizer (the ceiling on this latent)")
     p.set_defaults(func=cmd_geneval)
     p = sub.add_parser("gedit", help="mini-GEdit of an edit run (adherence by the detector, consistency PSNR)")
     p.add_argument("--ckpt", required=True, help="edit run folder or its edit.pt")
