@@ -45,7 +45,7 @@ from tqdm import tqdm
 import generator as G
 import tokenizer
 from generator import GeneratorError
-from tokenizer import TokenizerError, all_mean, compute_cleanup, compute_init, print0, save_checkpoint
+from tokenizer import all_mean, print0, save_checkpoint
 
 SCRIPT = "edit.py"  # written into every checkpoint, checked when one is loaded
 
@@ -490,20 +490,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["sample"]:
-        try:
-            return cmd_sample(argv[1:])
-        except (GeneratorError, TokenizerError) as e:
-            raise SystemExit(f"edit.py: error: {e}")
-    cfg = parse_args(argv)
-    ddp, rank, local_rank, world, device = compute_init(cfg["device"])
-    try:
-        return train(cfg, ddp, rank, local_rank, world, device)
-    except (GeneratorError, TokenizerError) as e:
-        raise SystemExit(f"edit.py: error: {e}" if rank == 0 else 1)
-    finally:
-        compute_cleanup()
+    return G.run_cli(SCRIPT, argv, parse_args, train, cmd_sample)
 
 
 if __name__ == "__main__":

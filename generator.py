@@ -850,21 +850,27 @@ def parse_args(argv=None):
     return vars(args)
 
 
-def main(argv=None):
+def run_cli(script, argv, parse, train_fn, sample_fn):
+    """`script sample ...` or a training run (under torchrun or not); a GeneratorError or
+    TokenizerError becomes one sentence on rank 0. Shared by generator.py and edit.py."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["sample"]:
         try:
-            return cmd_sample(argv[1:])
+            return sample_fn(argv[1:])
         except (GeneratorError, TokenizerError) as e:
-            raise SystemExit(f"generator.py: error: {e}")
-    cfg = parse_args(argv)
+            raise SystemExit(f"{script}: error: {e}")
+    cfg = parse(argv)
     ddp, rank, local_rank, world, device = compute_init(cfg["device"])
     try:
-        return train(cfg, ddp, rank, local_rank, world, device)
+        return train_fn(cfg, ddp, rank, local_rank, world, device)
     except (GeneratorError, TokenizerError) as e:
-        raise SystemExit(f"generator.py: error: {e}" if rank == 0 else 1)
+        raise SystemExit(f"{script}: error: {e}" if rank == 0 else 1)
     finally:
         compute_cleanup()
+
+
+def main(argv=None):
+    return run_cli(SCRIPT, argv, parse_args, train, cmd_sample)
 
 
 if __name__ == "__main__":
