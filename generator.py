@@ -595,6 +595,8 @@ def train(cfg, ddp, rank, local_rank, world, device):
             if ck["config"][k] != cfg[k]:
                 raise GeneratorError(f"the checkpoint has {k}={ck['config'][k]!r} but this run asks for {cfg[k]!r}; "
                                      f"pass --{k.replace('_', '-')} {ck['config'][k]} or use a new --out")
+        if cfg["tokenizer"] is None:  # --resume alone continues on the run's own tokenizer
+            cfg["tokenizer"] = ck["config"]["tokenizer"]
         changed = {k: (ck["config"].get(k), v) for k, v in cfg.items() if k not in ("resume", "steps")
                    and ck["config"].get(k) != v}
         if changed:
