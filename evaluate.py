@@ -763,7 +763,12 @@ def cmd_table4(args):
     sz, runs = TABLE4_SIZES[args.preset], args.runs or os.path.join("runs", f"table4-{args.preset}")
     B = args.budget or sz["budget"]
     n_proc = args.jobs or (1 if (args.device or ("cuda" if torch.cuda.is_available() else "cpu")) != "cpu" else 2)
-    threads = max(1, (os.cpu_count() or 1) // n_proc)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // n_proc)
+    known = [r for _, r, _ in TABLE4_ROWS]
+    wanted = args.recipes.split(",") if args.recipes else known
+    if not wanted or any(r not in known for r in wanted):
+        raise ValueError(f"--recipes {args.recipes!r}: give a comma-separated subset of {','.join(known)}")
+    table_rows = [row for row in TABLE4_ROWS if row[1] in wanted]
     base = ["--preset", args.preset] + (["--device", args.device] if args.device else [])
     s0 = os.path.join(runs, "stage0", "stage0.pt")
     ev_cache = os.path.join(runs, "evaluator")
@@ -778,9 +783,10 @@ def cmd_table4(args):
               dict(kind="evaluator", name="rFID evaluator", out=ev_cache, threads=threads,
                    steps=sz["evaluator_steps"])], n_proc)
     C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
-    Cs = sorted(set(sz["channels"]) | {C0})
+    # Fig. 11's channel sweep belongs to the whole table; a --recipes subset leaves it out
+    Cs = sorted(set(sz["channels"]) | {C0}) if not args.recipes else []
     jobs = []
-    for name, recipe, last in TABLE4_ROWS:
+    for name, recipe, last in table_rows:
         jobs.append(dict(kind="latent", name=name, out=os.path.join(runs, recipe), recipe=recipe, last=last))
     for C in Cs:
         if C != C0:
@@ -793,7 +799,7 @@ def cmd_table4(args):
                  stages=list(zip(range(1, j["last"] + 1), table4_steps(B, j["last"]))))
     results = dict(zip([j["name"] for j in jobs], run_jobs(jobs, n_proc)))
     rows = []
-    for name, recipe, last in TABLE4_ROWS:
+    for name, recipe, last in table_rows:
         r = results[name]
         rows.append((name, r["recon"], r["probe"]))
         print(f"table4 {name}: {json.dumps({**r['recon'], **r['probe']})}", flush=True)
@@ -802,8 +808,10 @@ def cmd_table4(args):
         r = results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]
         chans.append((C, r["recon"]["psnr"], r["probe"]["probe"]))
     fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
-    lines = [f"# Table 4 (reconstruction half) in miniature: preset {args.preset}", "",
-             f"`python evaluate.py table4 --preset {args.preset}`; runs in `{runs}`; every latent trained for "
+    flags = (f" --budget {B}" if B != sz["budget"] else "") + (f" --recipes {args.recipes}" if args.recipes else "")
+    lines = [f"# Table 4 (reconstruction half) in miniature: preset {args.preset}" +
+             (f", budget {B}" if B != sz["budget"] else ""), "",
+             f"`python evaluate.py table4 --preset {args.preset}{flags}`; runs in `{runs}`; every latent trained for "
              f"{B} steps in all (stages split {B}: " +
              ", ".join(f"{k} stage(s) {'+'.join(map(str, table4_steps(B, k)))}" for k in (2, 3)) +
              f"); {sz['n']} held-out world scenes; probe: {sz['n_train']} train / {sz['n_test']} held-out scenes; "
@@ -812,25 +820,33 @@ def cmd_table4(args):
              "| latent | recipe (stages) | latent shape | PSNR | SSIM | LPIPS | rFID | probe per token | "
              "probe pooled | probe | probe, balanced |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (name, r, p), (_, recipe, last) in zip(rows, TABLE4_ROWS):
+    for (name, r, p), (_, recipe, last) in zip(rows, table_rows):
         C, h, w = p["latent"]  # written h x w x C, as the README's presets
         lines.append(f"| {name} | {recipe} ({'+'.join(map(str, table4_steps(B, last)))}) | {h}x{w}x{C} | "
                      f"{r['psnr']:.2f} | {r['ssim']:.3f} | {fmt(r['lpips'], 3)} | {r['rfid']:.3f} | "
                      f"{p['probe_token']:.3f} | {p['probe_pooled']:.3f} | {p['probe']:.3f} | "
                      f"{p['probe_balanced']:.3f} |")
-    lines += ["", "Figure 11 (left), PS-VAE against latent channels C:", "", "| C | PSNR | probe |", "|---|---|---|"]
-    lines += [f"| {C} | {ps:.2f} | {pr:.3f} |" for C, ps, pr in chans]
+    if chans:
+        lines += ["", "Figure 11 (left), PS-VAE against latent channels C:", "", "| C | PSNR | probe |",
+                  "|---|---|---|"]
+        lines += [f"| {C} | {ps:.2f} | {pr:.3f} |" for C, ps, pr in chans]
     done = first + list(results.values())
     lines += ["", f"Total time: {time.time() - t0:.0f} s ({n_proc} jobs at a time, {threads} thread(s) each, "
               f"{os.cpu_count()} CPU cores, device {args.device or 'default'}); trained here "
               f"{sum(r['trained'] for r in done)} of {sum(r['stages'] for r in done)} stages (incl. stage 0 and "
               f"the rFID evaluator), the others reused from `{runs}`."]
     os.makedirs(args.results, exist_ok=True)
+    # the preset's own table keeps its name; another budget or a subset of rows never overwrites it
     suffix = {"cpu": "", "world": "_world"}.get(args.preset, f"_{args.preset}")
+    suffix += (f"_b{B}" if B != sz["budget"] else "") + ("_" + "_".join(wanted) if args.recipes else "")
     md = os.path.join(args.results, f"table4_recon{suffix}.md")
     with open(md + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")
     os.replace(md + ".tmp", md)
+    out = {"table": md, "rows": {n: {**r, **p} for n, r, p in rows}, "channels": chans,
+           "seconds": round(time.time() - t0, 1)}
+    if not chans:
+        return out
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -845,8 +861,7 @@ def cmd_table4(args):
     png = os.path.join(args.results, f"channels{suffix}.png")
     fig.savefig(png, dpi=100)
     plt.close(fig)
-    return {"table": md, "figure": png, "rows": {n: {**r, **p} for n, r, p in rows},
-            "channels": chans, "seconds": round(time.time() - t0, 1)}
+    return {**out, "figure": png}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1110,6 +1125,9 @@ def main(argv=None):
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="training device")
     p.add_argument("--budget", type=int, default=None, help="training steps per latent (default: the preset's)")
     p.add_argument("--jobs", type=int, default=None, help="trainings at a time (default 2 on CPU, 1 on GPU)")
+    p.add_argument("--threads", type=int, default=None, help="threads per training (default cpu_count / jobs)")
+    p.add_argument("--recipes", default=None,
+                   help="comma-separated subset of rows, e.g. psvae,rae,pvae (no channel sweep; own file)")
     p.set_defaults(func=cmd_table4)
     p = sub.add_parser("geneval", help="mini-GenEval of a generator run (the detector judges)")
     p.add_argument("--ckpt", required=True, help="generator run folder or its generator.pt")

@@ -148,6 +148,21 @@ def test_table4_tiny(tmp_path):
     assert (tmp_path / "channels_tiny.png").stat().st_size > 0 and len(r["channels"]) == 3
 
 
+def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_path):
+    """--recipes and --budget write their own file: two rows, no channel sweep, no figure."""
+    r = E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path),
+                "--recipes", "vae,rae", "--budget", "4", "--jobs", "1"])
+    assert os.path.basename(r["table"]) == "table4_recon_tiny_b4_vae_rae.md" and r["channels"] == []
+    text = open(r["table"]).read()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [line.split(" | ")[0] for line in rows] == ["| RAE", "| VAE (MAR-VAE role)"]  # table order
+    assert "--budget 4 --recipes vae,rae" in text and "Figure 11" not in text
+    assert not (tmp_path / "table4_recon_tiny.md").exists() and not list(tmp_path.glob("*.png"))
+    assert torch.load(tmp_path / "runs" / "rae" / "stage1.pt", weights_only=True)["step"] == 4
+    with pytest.raises(SystemExit, match="subset of psvae"):
+        E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--recipes", "rea"])
+
+
 def test_table4_budget_is_the_same_for_every_latent():
     """Each recipe's stages add up to the budget exactly, split 60/40 or 40/30/30."""
     assert E.table4_steps(600, 1) == [600]
