@@ -45,7 +45,7 @@ from tqdm import tqdm
 import generator as G
 import tokenizer
 from generator import GeneratorError
-from tokenizer import all_mean, print0, save_checkpoint
+from tokenizer import print0, save_checkpoint
 
 SCRIPT = "edit.py"  # written into every checkpoint, checked when one is loaded
 
@@ -262,8 +262,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
     amp, B = device.type == "cuda", cfg["batch_size"]
     mean, std = model.latent_mean.cpu(), model.latent_std.cpu()
     src_all, tgt_all = (cache["source"] - mean) / std, (cache["target"] - mean) / std
-    pbar = tqdm(total=cfg["steps"], initial=step, disable=not (rank0 and sys.stderr.isatty()), desc="edit")
-    t_last, seen, t_start, summary = time.time(), 0, time.time(), {}
+    log = G.StepLog(cfg, out, rank0, step, "edit")
     while step < cfg["steps"]:
         if (pos + 1) * B > n:
             epoch, pos = epoch + 1, 0
@@ -274,40 +273,18 @@ def train(cfg, ddp, rank, local_rank, world, device):
         t = G.shift_t(torch.sigmoid(nrm), s).to(device)
         text_ids = torch.where((u < cfg["instruction_dropout"])[:, None], null, ids[idx])
         cond = (text_ids.to(device), src_all[idx].to(device), keep.to(device))
-        lr = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"]) if cfg["warmup"] else cfg["lr"]
-        for g in opt.param_groups:
-            g["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = G.flow_loss(fwd, tgt_all[idx].to(device), cond, t, eps.to(device))
-        logged = all_mean(loss.detach().float())
-        if not torch.isfinite(logged):
-            raise GeneratorError(f"the loss became {logged.item()} at step {step + 1}; the last checkpoint in {out} "
-                                 f"is kept; lower --lr")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg["grad_clip"]:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"])
-        opt.step()
-        G.ema_update(ema, model, cfg["ema"])
+        logged, lr, gnorm = G.optimiser_step(model, ema, opt, loss, cfg, step, out)
         step += 1
-        seen += B
-        pbar.update(1)
-        if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-            dt = time.time() - t_last
-            rec = {"step": step, "loss": round(logged.item(), 6), "lr": lr, "samples_per_s": round(seen / dt, 2),
-                   "elapsed_s": round(time.time() - t_start, 1), "mem_gib": G.memory_gib(device)}
-            if rank0:
-                G.append_metrics(out, rec)
-                pbar.write(f"step {step}/{cfg['steps']} | loss {rec['loss']:.4f} | lr {lr:.2e} | "
-                           f"{rec['samples_per_s']:.1f} samples/s | mem {rec['mem_gib']} GiB")
-            summary, t_last, seen = rec, time.time(), 0
+        log(step, B, logged, lr, gnorm, device)
         if step % cfg["ckpt_every"] == 0 or step == cfg["steps"]:
             save_checkpoint(os.path.join(out, "edit.pt"), dict(
                 script=SCRIPT, step=step, config=cfg, model=model.state_dict(), ema=ema.state_dict(),
                 opt=opt.state_dict(), data=(epoch, pos), latent_shape=latent_shape, world_size=world,
                 tokenizer=os.path.abspath(tok_path), tokenizer_sha1=tok_sha1, shift=s, init=os.path.abspath(t2i_path)))
-            t_last = time.time()
-    pbar.close()
+            log.restart_clock()
+    log.pbar.close()
     if rank0 and cfg["n_samples"] and not cfg["data"]:  # a look at the result: held-out world edits
         tok, _, _ = G.open_tokenizer(tok_path, device)
         val = tokenizer.WorldEdits("val", cfg["n_samples"], size)
@@ -317,7 +294,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
                            cfg_image=cfg["cfg_image"], seed=cfg["seed"])
         save_pairs(os.path.join(out, "edits.png"), [x for x, _, _ in items], outs, [e for _, e, _ in items],
                    f"{cfg['model']} edit model, step {step} (EMA)", targets=[y for _, _, y in items])
-    return summary
+    return log.last
 
 
 # ------------------------------------------------------------------------------------------
@@ -465,22 +442,14 @@ def parse_args(argv=None):
     g.add_argument("--shift", type=float, default=None, help="training timestep shift (default: the T2I run's)")
     g.add_argument("--instruction-dropout", type=float, default=0.1, help="share of null instructions")
     g.add_argument("--source-dropout", type=float, default=0.1, help="share of hidden sources (independent)")
-    g.add_argument("--steps", type=int, help="training steps")
-    g.add_argument("--batch-size", type=int, help="global batch, split over processes")
-    g.add_argument("--lr", type=float, help="AdamW learning rate")
-    g.add_argument("--warmup", type=int, help="linear warm-up steps, then constant")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 = off")
-    g.add_argument("--ema", type=float, help="EMA decay")
+    G.add_optimisation_args(g)
     g = p.add_argument_group("sampling")
     g.add_argument("--sample-steps", type=int, help="Euler steps")
     g.add_argument("--sample-shift", type=float, default=3.0, help="inference timestep shift (paper 3)")
     g.add_argument("--cfg-text", type=float, help="instruction guidance scale")
     g.add_argument("--cfg-image", type=float, help="source-image guidance scale")
     g.add_argument("--n-samples", type=int, help="held-out edits in the edits.png written at the end (0 = none)")
-    g = p.add_argument_group("logging")
-    g.add_argument("--log-every", type=int, help="steps between log lines / metrics.jsonl records")
-    g.add_argument("--ckpt-every", type=int, help="steps between checkpoints (the last step always gets one)")
+    G.add_logging_args(p)
     pre, _ = p.parse_known_args(argv)
     p.set_defaults(**PRESETS[pre.preset])
     args = p.parse_args(argv)

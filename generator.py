@@ -584,6 +584,58 @@ def memory_gib(device):
     return round(peak / 2**30, 2)
 
 
+def optimiser_step(model, ema, opt, loss, cfg, step, out):
+    """Everything after the forward pass, shared with edit.py: the loss averaged over processes
+    (a NaN stops the run; the last checkpoint in `out` is kept), linear warm-up then a constant
+    lr, backward, gradient clip, AdamW, EMA. Returns (averaged loss, lr, grad norm or None)."""
+    logged = all_mean(loss.detach().float())
+    if not torch.isfinite(logged):
+        raise GeneratorError(f"the loss became {logged.item()} at step {step + 1}; the last checkpoint in {out} "
+                             f"is kept; lower --lr or check the data")
+    lr = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"]) if cfg["warmup"] else cfg["lr"]
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]) if cfg["grad_clip"] else None
+    opt.step()
+    ema_update(ema, model, cfg["ema"])
+    return logged, lr, gnorm
+
+
+class StepLog:
+    """The progress bar and, every `log_every` steps, one metrics.jsonl record (loss, lr,
+    samples/s since the last record, memory); rank 0 writes. Checkpoint time is left out of
+    the throughput: call restart_clock() after saving."""
+
+    def __init__(self, cfg, out, rank0, step, desc):
+        self.cfg, self.out, self.rank0 = cfg, out, rank0
+        self.pbar = tqdm(total=cfg["steps"], initial=step, disable=not (rank0 and sys.stderr.isatty()), desc=desc)
+        self.t_start = self.t_last = time.time()
+        self.seen, self.last = 0, {}
+
+    def __call__(self, step, n_samples, logged, lr, gnorm, device):
+        self.seen += n_samples
+        self.pbar.update(1)
+        if step % self.cfg["log_every"] and step != self.cfg["steps"]:
+            return
+        rec = {"step": step, "loss": round(logged.item(), 6), "lr": lr,
+               "samples_per_s": round(self.seen / (time.time() - self.t_last), 2),
+               "elapsed_s": round(time.time() - self.t_start, 1)}
+        if gnorm is not None:
+            rec["grad_norm"] = round(float(gnorm), 4)
+        rec["mem_gib"] = memory_gib(device)
+        if self.rank0:
+            append_metrics(self.out, rec)
+            self.pbar.write(f"step {step}/{self.cfg['steps']} | loss {rec['loss']:.4f} | lr {lr:.2e} | "
+                            f"{rec['samples_per_s']:.1f} samples/s | mem {rec['mem_gib']} GiB")
+        self.last, self.seen = rec, 0
+        self.restart_clock()
+
+    def restart_clock(self):
+        self.t_last = time.time()
+
+
 def train(cfg, ddp, rank, local_rank, world, device):
     out, rank0 = cfg["out"], rank == 0
     if cfg["batch_size"] % world:
@@ -656,8 +708,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
     amp = device.type == "cuda"
     B = cfg["batch_size"]
     mean, std = model.latent_mean.cpu(), model.latent_std.cpu()
-    pbar = tqdm(total=cfg["steps"], initial=step, disable=not (rank0 and sys.stderr.isatty()), desc="generator")
-    t_last, seen, t_start, summary = time.time(), 0, time.time(), {}
+    log = StepLog(cfg, out, rank0, step, "generator")
     while step < cfg["steps"]:
         if (pos + 1) * B > n:
             epoch, pos = epoch + 1, 0
@@ -667,42 +718,18 @@ def train(cfg, ddp, rank, local_rank, world, device):
         eps, nrm, u = draws(idx, latent_shape, cfg["seed"], step)
         t = shift_t(torch.sigmoid(nrm), s).to(device)  # logit-normal, then shifted
         cond = torch.where((u < cfg["caption_dropout"])[:, None], null, ids[idx]).to(device)
-        lr = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"]) if cfg["warmup"] else cfg["lr"]
-        for g in opt.param_groups:
-            g["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss = flow_loss(fwd, x0, cond, t, eps.to(device))
-        logged = all_mean(loss.detach().float())
-        if not torch.isfinite(logged):
-            raise GeneratorError(f"the loss became {logged.item()} at step {step + 1}; the last checkpoint in {out} "
-                                 f"is kept; lower --lr or check the data")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]) if cfg["grad_clip"] else None
-        opt.step()
-        ema_update(ema, model, cfg["ema"])
+        logged, lr, gnorm = optimiser_step(model, ema, opt, loss, cfg, step, out)
         step += 1
-        seen += B
-        pbar.update(1)
-        if step % cfg["log_every"] == 0 or step == cfg["steps"]:
-            dt = time.time() - t_last
-            rec = {"step": step, "loss": round(logged.item(), 6), "lr": lr, "samples_per_s": round(seen / dt, 2),
-                   "elapsed_s": round(time.time() - t_start, 1)}
-            if gnorm is not None:
-                rec["grad_norm"] = round(float(gnorm), 4)
-            rec["mem_gib"] = memory_gib(device)
-            if rank0:
-                append_metrics(out, rec)
-                pbar.write(f"step {step}/{cfg['steps']} | loss {rec['loss']:.4f} | lr {lr:.2e} | "
-                           f"{rec['samples_per_s']:.1f} samples/s | mem {rec['mem_gib']} GiB")
-            summary, t_last, seen = rec, time.time(), 0
+        log(step, B, logged, lr, gnorm, device)
         if step % cfg["ckpt_every"] == 0 or step == cfg["steps"]:
             ckpt = dict(script=SCRIPT, step=step, config=cfg, model=model.state_dict(), ema=ema.state_dict(),
                         opt=opt.state_dict(), data=(epoch, pos), latent_shape=latent_shape, world_size=world,
                         tokenizer=os.path.abspath(tok_path), tokenizer_sha1=tok_sha1, shift=s)
             save_checkpoint(os.path.join(out, "generator.pt"), ckpt)  # rank 0, atomic, then a barrier
-            t_last = time.time()
-    pbar.close()
+            log.restart_clock()
+    log.pbar.close()
     if rank0 and cfg["n_samples"]:  # a look at the result: EMA samples for held-out captions
         val = tokenizer.WorldCaptions("val", cfg["n_samples"], 32)
         prompts = [val.item(i)[1] for i in range(len(val))] if not cfg["data"] else captions[:cfg["n_samples"]]
@@ -710,7 +737,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
         imgs = generate(ema, tok, prompts, steps=cfg["sample_steps"], shift=cfg["sample_shift"], cfg=cfg["cfg"],
                         seed=cfg["seed"])
         save_grid(os.path.join(out, "samples.png"), imgs, prompts, f"{cfg['model']} generator, step {step} (EMA)")
-    return summary
+    return log.last
 
 
 # ------------------------------------------------------------------------------------------
@@ -804,6 +831,23 @@ def cmd_sample(argv):
     return a.out
 
 
+def add_optimisation_args(g):
+    """The optimiser flags of generator.py and edit.py (defaults come from the preset)."""
+    g.add_argument("--steps", type=int, help="training steps")
+    g.add_argument("--batch-size", type=int, help="global batch, split over processes (paper ~730)")
+    g.add_argument("--lr", type=float, help="AdamW learning rate (paper 1e-4)")
+    g.add_argument("--warmup", type=int, help="linear warm-up steps, then constant")
+    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 = off")
+    g.add_argument("--ema", type=float, help="EMA decay (paper 0.9999)")
+
+
+def add_logging_args(p):
+    g = p.add_argument_group("logging")
+    g.add_argument("--log-every", type=int, help="steps between log lines / metrics.jsonl records")
+    g.add_argument("--ckpt-every", type=int, help="steps between checkpoints (the last step always gets one)")
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description="PS-VAE generator: deep-fusion T2I transformer + wide DDT head "
                                 "(`generator.py sample --help` for sampling)")
@@ -829,21 +873,13 @@ def parse_args(argv=None):
     g = p.add_argument_group("flow matching and optimisation (Sec. 4.1)")
     g.add_argument("--shift", type=float, default=None, help="training timestep shift (default sqrt(C P^2 / 16))")
     g.add_argument("--caption-dropout", type=float, default=0.1, help="share of null captions (for CFG)")
-    g.add_argument("--steps", type=int, help="training steps")
-    g.add_argument("--batch-size", type=int, help="global batch, split over processes (paper ~730)")
-    g.add_argument("--lr", type=float, help="AdamW learning rate (paper 1e-4)")
-    g.add_argument("--warmup", type=int, help="linear warm-up steps, then constant")
-    g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    g.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 = off")
-    g.add_argument("--ema", type=float, help="EMA decay (paper 0.9999)")
+    add_optimisation_args(g)
     g = p.add_argument_group("sampling")
     g.add_argument("--sample-steps", type=int, help="Euler steps (paper 50)")
     g.add_argument("--sample-shift", type=float, default=3.0, help="inference timestep shift (paper 3)")
     g.add_argument("--cfg", type=float, default=6.5, help="classifier-free guidance scale (paper 6.5)")
     g.add_argument("--n-samples", type=int, help="images in the samples.png written at the end (0 = none)")
-    g = p.add_argument_group("logging")
-    g.add_argument("--log-every", type=int, help="steps between log lines / metrics.jsonl records")
-    g.add_argument("--ckpt-every", type=int, help="steps between checkpoints (the last step always gets one)")
+    add_logging_args(p)
     pre, _ = p.parse_known_args(argv)
     p.set_defaults(**PRESETS[pre.preset])
     args = p.parse_args(argv)
