@@ -298,6 +298,34 @@ def check_caption(desc, spec):
     return True
 
 
+def check_caption_geneval_rules(desc, spec):
+    """The same spec judged by GenEval's own rules instead of this world's strict ones: only the
+    attribute the category is about counts. Each named object must be present at least `count`
+    times, by shape alone, plus its colour in 'colors' and 'color_attr'; 'counting' also caps the
+    count (exact); 'position' needs the relation. Texture, size, background colour and other
+    objects in the picture are not checked (GenEval's COCO prompts name none of them). Where
+    GenEval checks the colour of the most confident detections, any objects of the shape count
+    here (the detector has no confidences)."""
+    objs, cat = desc["objects"], spec["category"]
+    wants = [{k: v for k, v in req.items() if k == "shape" or (k == "colour" and cat in ("colors", "color_attr"))}
+             for req in spec["objects"]]
+    need = {}
+    for want, req in zip(wants, spec["objects"]):  # two named squares need two squares
+        key = tuple(sorted(want.items()))
+        need[key] = need.get(key, 0) + req["count"]
+    for key, n in need.items():
+        found = sum(fits(o, dict(key)) for o in objs)
+        if found < n or (cat == "counting" and found > n):
+            return False
+    if spec.get("relation"):
+        i, rel, j = spec["relation"]
+        axis, sign = RELATION_AXES[rel]
+        key = "xy"[axis]
+        return any(a is not b and sign * (a[key] - b[key]) > REL_MARGIN
+                   for a in objs if fits(a, wants[i]) for b in objs if fits(b, wants[j]))
+    return True
+
+
 def check_edit(src, out, spec, tol=POS_TOL):
     """Does the edited image's description `out` equal the source description `src` changed
     exactly as the edit spec says (tokenizer.make_edit), and in nothing else?"""
@@ -874,6 +902,10 @@ def cmd_table4(args):
 # tokenizer.scene_seed("test", k), c) for k < n: the held-out test split, which training never
 # reads. It is a pure function of (k, c); its sha1 is printed so a changed world shows up.
 
+# Two scores on the same images: the strict one (check_caption: every word of the caption,
+# texture, size and background included, and exact totals) and GenEval's own rules
+# (check_caption_geneval_rules: only the attribute each category is about, "at least" counts
+# except in counting), the closer reading of the paper's GenEval numbers.
 GENEVAL_VERSION = "mini-geneval-v1"
 GENEVAL_SIZES = {  # prompts per category, images per prompt
     "tiny": (2, 2),  # tests: a few
@@ -909,6 +941,7 @@ def cmd_geneval(args):
           f"{per_prompt} images, {kw['steps']} Euler steps, shift {kw['shift']}, CFG {kw['cfg']}", flush=True)
     jobs = [(c, text, spec, r, k % per_cat) for k, (c, text, spec) in enumerate(suite) for r in range(per_prompt)]
     hits = dict.fromkeys(tokenizer.CAPTION_CATEGORIES, 0)
+    loose = dict.fromkeys(tokenizer.CAPTION_CATEGORIES, 0)
     total = dict.fromkeys(tokenizer.CAPTION_CATEGORIES, 0)
     t0 = time.time()
     for b in tqdm(range(0, len(jobs), args.batch), disable=not sys.stderr.isatty()):
@@ -924,12 +957,17 @@ def cmd_geneval(args):
             imgs = generator.generate(model, tok, [j[1] for j in part], seed=args.seed, first=b, batch=args.batch,
                                       **kw)
         for (c, _, spec, _, _), img in zip(part, imgs):
-            hits[c] += check_caption(detect(img), spec)
+            desc = detect(img)
+            hits[c] += check_caption(desc, spec)
+            loose[c] += check_caption_geneval_rules(desc, spec)
             total[c] += 1
     per_category = {c: hits[c] / total[c] for c in hits}
+    per_category_rules = {c: loose[c] / total[c] for c in hits}
     return {"suite": GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
             "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs),
             "per_category": per_category, "overall": sum(per_category.values()) / len(per_category),
+            "per_category_geneval_rules": per_category_rules,
+            "overall_geneval_rules": sum(per_category_rules.values()) / len(per_category_rules),
             **kw, "baseline": args.baseline, "seconds": round(time.time() - t0, 1)}
 
 

@@ -122,6 +122,57 @@ def test_caption_check_rejects_wrong_captions():
     assert wrong == 120
 
 
+def _obj(shape, colour="red", texture="solid", size="large", x=0.5, y=0.5):
+    return {"shape": shape, "colour": colour, "texture": texture, "size": size, "x": x, "y": y}
+
+
+def test_geneval_rules_check_only_what_the_category_is_about():
+    scene = lambda *objs, bg="grey": {"bg_colour": bg, "tone": "neutral", "style": "flat", "objects": list(objs)}  # noqa: E731
+    rules = evaluate.check_caption_geneval_rules
+    # colors: "a dotted green diamond on a grey background"; texture, size and background are not judged
+    spec = {"category": "colors", "n_objects": 1, "bg_colour": "grey", "relation": None,
+            "objects": [{"count": 1, "shape": "diamond", "colour": "green", "texture": "dotted"}]}
+    plain = scene(_obj("diamond", "green", "solid", "small"), _obj("circle", "blue", x=0.1), bg="white")
+    assert rules(plain, spec) and not evaluate.check_caption(plain, spec)
+    assert not rules(scene(_obj("diamond", "red")), spec)  # the colour is what 'colors' is about
+    assert not rules(scene(_obj("square", "green")), spec)
+    # colour is not judged outside colors / color_attr
+    spec = {"category": "single_object", "n_objects": 1, "bg_colour": None, "relation": None,
+            "objects": [{"count": 1, "shape": "triangle", "size": "large", "texture": "dotted"}]}
+    assert rules(scene(_obj("triangle", "purple", size="small")), spec) and not rules(scene(_obj("circle")), spec)
+    # counting is exact for the named shape; other shapes may be there too
+    spec = {"category": "counting", "n_objects": 3, "bg_colour": None, "relation": None,
+            "objects": [{"count": 3, "shape": "circle"}]}
+    circles = [_obj("circle", x=0.1 + 0.2 * k) for k in range(4)]
+    assert rules(scene(*circles[:3], _obj("square", y=0.9)), spec)
+    assert not rules(scene(*circles[:2]), spec) and not rules(scene(*circles), spec)
+    # two named objects of one shape need two of them
+    spec = {"category": "two_object", "n_objects": 2, "bg_colour": None, "relation": None,
+            "objects": [{"count": 1, "shape": "square", "texture": "striped"},
+                        {"count": 1, "shape": "square", "texture": "dotted"}]}
+    assert not rules(scene(_obj("square")), spec) and rules(scene(_obj("square", x=0.2), _obj("square", x=0.8)), spec)
+    # position: the relation is judged, with the same margin as the strict check
+    spec = {"category": "position", "n_objects": 2, "bg_colour": None, "relation": [0, "left of", 1],
+            "objects": [{"count": 1, "shape": "diamond"}, {"count": 1, "shape": "circle", "texture": "striped"}]}
+    assert rules(scene(_obj("diamond", x=0.2), _obj("circle", x=0.8)), spec)
+    assert not rules(scene(_obj("diamond", x=0.8), _obj("circle", x=0.2)), spec)
+    assert not rules(scene(_obj("diamond", x=0.5), _obj("circle", x=0.52, y=0.9)), spec)
+
+
+def test_geneval_rules_are_weaker_than_the_strict_check():
+    # the true scene of every caption passes both; a changed shape fails both
+    for i in range(300):
+        s, _, spec = tokenizer.caption_scene(i)
+        d = tokenizer.describe(s)
+        assert evaluate.check_caption(d, spec) and evaluate.check_caption_geneval_rules(d, spec)
+        req = dict(spec["objects"][0])
+        req["shape"] = tokenizer.SHAPES[(tokenizer.SHAPES.index(req["shape"]) + 1) % len(tokenizer.SHAPES)]
+        others = [o for o in d["objects"] if o["shape"] != req["shape"]]
+        bad = dict(spec, objects=[req] + spec["objects"][1:])
+        if len(others) == len(d["objects"]):  # no object of the new shape in the picture
+            assert not evaluate.check_caption_geneval_rules(d, bad)
+
+
 @pytest.mark.parametrize("cat", tokenizer.EDIT_CATEGORIES)
 def test_edit_pairs_pass_the_edit_check_and_no_op_or_wrong_edits_fail(cat):
     for seed in range(30):
