@@ -118,6 +118,19 @@ def test_balanced_accuracy_by_hand():
     assert E.balanced_accuracy(pred, y) == pytest.approx((8 / 9 + 1) / 2)
 
 
+def test_read_back_is_exact_on_renders_and_drops_texture_when_blurred():
+    data = T.WorldImages("val", 40, 64)
+    scenes = [data.scene(i) for i in range(40)]
+    x = torch.stack([data[i] for i in range(40)])
+    exact = E.read_back(x, scenes)
+    assert all(v == 1.0 for v in exact.values()), exact
+    # a 4x box-filter down- and up-sampling: stripes and dots go, colours and places stay
+    blur = torch.nn.functional.interpolate(torch.nn.functional.avg_pool2d(x, 4), scale_factor=4, mode="bilinear")
+    b = E.read_back(blur, scenes)
+    textured = sum(o.texture != "solid" for s in scenes for o in s.objects)
+    assert textured > 20 and b["read_texture"] < 0.8 and b["read_colour"] > 0.9 and b["read_matched"] > 0.9, b
+
+
 def test_recon_and_probe_commands_on_a_tiny_tokenizer(tmp_path, evaluator, capsys):
     cache, _ = evaluator
     out = tmp_path / "run"
@@ -130,6 +143,7 @@ def test_recon_and_probe_commands_on_a_tiny_tokenizer(tmp_path, evaluator, capsy
     assert r["recipe"] == "rae" and r["ckpt"].endswith("stage1.pt") and r["n"] == 8
     assert 0 < r["psnr"] < 60 and -1 <= r["ssim"] <= 1 and r["rfid"] > 0
     assert r["lpips"] is None and r["lpips_reason"]
+    assert all(0 <= r[f"read_{k}"] <= 1 for k in ("count", "matched", "shape", "colour", "texture", "size"))
     E.main(["probe", "--ckpt", str(out / "stage1.pt"), "--n-train", "16", "--n-test", "8"])
     p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert p["latent"] == [32, 4, 4] and 0 <= p["probe"] <= 1
