@@ -424,6 +424,7 @@ def main(argv=None):
             dist.all_gather_object(gathered, runs)
             runs = [r for part in gathered for r in part]
         if rank != 0:
+            dist.barrier()  # wait for rank 0's summary: tearing gloo down under it can abort
             return None
         summary = summarise(runs, args)
         summary["eq1"] = check_eq1(h=max(max(args.dims), 3), seed=args.seed)
@@ -441,6 +442,8 @@ def main(argv=None):
                   + (f"  ratio to 2D {summary['ratio_to_2d'][d]:.2f}" if summary["ratio_to_2d"]
                      else ""))
         print(f"wrote {args.out}/figure3.png and figure3.json in {summary['seconds']:.1f} s")
+        if world > 1:
+            dist.barrier()  # the other ranks wait here before leaving
         return summary
     finally:
         dist_cleanup()
