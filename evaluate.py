@@ -290,12 +290,17 @@ def check_caption(desc, spec):
         return False
     if spec.get("relation"):
         i, rel, j = spec["relation"]
-        axis, sign = RELATION_AXES[rel]
-        key = "xy"[axis]
-        return any(a is not b and sign * (a[key] - b[key]) > REL_MARGIN
-                   for a in objs if fits(a, spec["objects"][i])
-                   for b in objs if fits(b, spec["objects"][j]))
+        return relation_holds(objs, rel, spec["objects"][i], spec["objects"][j])
     return True
+
+
+def relation_holds(objs, rel, req_a, req_b):
+    """Is some object that fits req_a `rel` ("left of", ...) some other object that fits req_b,
+    by the centres along the relation's axis, by more than REL_MARGIN?"""
+    axis, sign = RELATION_AXES[rel]
+    key = "xy"[axis]
+    return any(a is not b and sign * (a[key] - b[key]) > REL_MARGIN
+               for a in objs if fits(a, req_a) for b in objs if fits(b, req_b))
 
 
 def check_caption_geneval_rules(desc, spec):
@@ -319,10 +324,7 @@ def check_caption_geneval_rules(desc, spec):
             return False
     if spec.get("relation"):
         i, rel, j = spec["relation"]
-        axis, sign = RELATION_AXES[rel]
-        key = "xy"[axis]
-        return any(a is not b and sign * (a[key] - b[key]) > REL_MARGIN
-                   for a in objs if fits(a, wants[i]) for b in objs if fits(b, wants[j]))
+        return relation_holds(objs, rel, wants[i], wants[j])
     return True
 
 
