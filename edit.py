@@ -284,7 +284,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
                 opt=opt.state_dict(), data=(epoch, pos), latent_shape=latent_shape, world_size=world,
                 tokenizer=os.path.abspath(tok_path), tokenizer_sha1=tok_sha1, shift=s, init=os.path.abspath(t2i_path)))
             log.restart_clock()
-    log.pbar.close()
+    log.close()
     if rank0 and cfg["n_samples"] and not cfg["data"]:  # a look at the result: held-out world edits
         tok, _, _ = G.open_tokenizer(tok_path, device)
         val = tokenizer.WorldEdits("val", cfg["n_samples"], size)

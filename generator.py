@@ -635,6 +635,9 @@ class StepLog:
     def restart_clock(self):
         self.t_last = time.time()
 
+    def close(self):
+        self.pbar.close()
+
 
 def train(cfg, ddp, rank, local_rank, world, device):
     out, rank0 = cfg["out"], rank == 0
@@ -729,7 +732,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
                         tokenizer=os.path.abspath(tok_path), tokenizer_sha1=tok_sha1, shift=s)
             save_checkpoint(os.path.join(out, "generator.pt"), ckpt)  # rank 0, atomic, then a barrier
             log.restart_clock()
-    log.pbar.close()
+    log.close()
     if rank0 and cfg["n_samples"]:  # a look at the result: EMA samples for held-out captions
         val = tokenizer.WorldCaptions("val", cfg["n_samples"], 32)
         prompts = [val.item(i)[1] for i in range(len(val))] if not cfg["data"] else captions[:cfg["n_samples"]]
