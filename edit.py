@@ -263,6 +263,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
     mean, std = model.latent_mean.cpu(), model.latent_std.cpu()
     src_all, tgt_all = (cache["source"] - mean) / std, (cache["target"] - mean) / std
     log = G.StepLog(cfg, out, rank0, step, "edit")
+    time_up = tokenizer.Deadline(cfg["time_limit"], device)
     while step < cfg["steps"]:
         if (pos + 1) * B > n:
             epoch, pos = epoch + 1, 0
@@ -277,13 +278,18 @@ def train(cfg, ddp, rank, local_rank, world, device):
             loss = G.flow_loss(fwd, tgt_all[idx].to(device), cond, t, eps.to(device))
         logged, lr, gnorm = G.optimiser_step(model, ema, opt, loss, cfg, step, out)
         step += 1
-        log(step, B, logged, lr, gnorm, device)
-        if step % cfg["ckpt_every"] == 0 or step == cfg["steps"]:
+        stop = time_up()
+        log(step, B, logged, lr, gnorm, device, force=stop)
+        if stop:
+            print0(f"--time-limit {cfg['time_limit']} min reached at step {step}/{cfg['steps']}; --resume continues")
+        if step % cfg["ckpt_every"] == 0 or step == cfg["steps"] or stop:
             save_checkpoint(os.path.join(out, "edit.pt"), dict(
                 script=SCRIPT, step=step, config=cfg, model=model.state_dict(), ema=ema.state_dict(),
                 opt=opt.state_dict(), data=(epoch, pos), latent_shape=latent_shape, world_size=world,
                 tokenizer=os.path.abspath(tok_path), tokenizer_sha1=tok_sha1, shift=s, init=os.path.abspath(t2i_path)))
             log.restart_clock()
+        if stop:
+            break
     log.close()
     if rank0 and cfg["n_samples"] and not cfg["data"]:  # a look at the result: held-out world edits
         tok, _, _ = G.open_tokenizer(tok_path, device)

@@ -810,6 +810,12 @@ def run_jobs(jobs, n_proc):
         return [f.result() for f in futures]  # dicts keep insertion order: job order
 
 
+def device_name(device=None):
+    """The training device in words: the GPU's name, or cpu."""
+    use_cuda = device != "cpu" and torch.cuda.is_available() and device in (None, "cuda")
+    return torch.cuda.get_device_name() if use_cuda else (device or "cpu")
+
+
 def cmd_table4(args):
     """Train (or reuse) every latent space at one budget, measure recon + probe, write the table
     and the channels figure. Jobs run --jobs at a time, each with cpu_count / jobs threads."""
@@ -823,8 +829,11 @@ def cmd_table4(args):
     if not wanted or any(r not in known for r in wanted):
         raise ValueError(f"--recipes {args.recipes!r}: give a comma-separated subset of {','.join(known)}")
     table_rows = [row for row in TABLE4_ROWS if row[1] in wanted]
-    base = ["--preset", args.preset] + (["--device", args.device] if args.device else [])
-    s0 = os.path.join(runs, "stage0", "stage0.pt")
+    base = ["--preset", args.preset] + (["--device", args.device] if args.device else []) + \
+        (["--workers", str(args.workers)] if args.workers else [])
+    s0 = args.stage0 or os.path.join(runs, "stage0", "stage0.pt")
+    if args.stage0 and not os.path.isfile(args.stage0):
+        raise ValueError(f"--stage0 {args.stage0} does not exist; give a tokenizer.py --stage 0 checkpoint")
     ev_cache = os.path.join(runs, "evaluator")
     ev = dict(split="val", n=sz["n"], batch=32, data=None, evaluator_steps=sz["evaluator_steps"],
               evaluator_cache=ev_cache, n_train=sz["n_train"], n_test=sz["n_test"])
@@ -832,10 +841,10 @@ def cmd_table4(args):
           f"{threads} thread(s) each, runs in {runs}", flush=True)
     table4_steps(B, max(TABLE4_SPLITS))  # a budget too small for RPiAE stops here, before any training
     s0_steps = tokenizer.PRESETS[args.preset]["steps"][0]
-    first = run_jobs([dict(kind="train", name="stage 0", out=os.path.dirname(s0), threads=threads, base=base,
-                   stages=[(0, s0_steps)], extra=[], budget=s0_steps),
-              dict(kind="evaluator", name="rFID evaluator", out=ev_cache, threads=threads,
-                   steps=sz["evaluator_steps"])], n_proc)
+    s0_job = [] if args.stage0 else [dict(kind="train", name="stage 0", out=os.path.dirname(s0), threads=threads,
+                                          base=base, stages=[(0, s0_steps)], extra=[], budget=s0_steps)]
+    first = run_jobs(s0_job + [dict(kind="evaluator", name="rFID evaluator", out=ev_cache, threads=threads,
+                                    steps=sz["evaluator_steps"])], n_proc)
     C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
     # Fig. 11's channel sweep belongs to the whole table; a --recipes subset leaves it out
     Cs = sorted(set(sz["channels"]) | {C0}) if not args.recipes else []
@@ -869,7 +878,8 @@ def cmd_table4(args):
              f"{B} steps in all (stages split {B}: " +
              ", ".join(f"{k} stage(s) {'+'.join(map(str, table4_steps(B, k)))}" for k in (2, 3)) +
              f"); {sz['n']} held-out world scenes; probe: {sz['n_train']} train / {sz['n_test']} held-out scenes; "
-             f"rFID features: WorldEvaluator ({sz['evaluator_steps']} steps). LPIPS: "
+             f"rFID features: WorldEvaluator ({sz['evaluator_steps']} steps). World encoder (stage 0): "
+             f"`{s0}`, {torch.load(s0, map_location='cpu', weights_only=True)['step']} steps. LPIPS: "
              f"{rows[0][1].get('lpips_reason', 'lpips package, AlexNet')}. Read back: what the scene detector reads "
              f"from the reconstructions (share of images with the right object count; of the objects found in "
              f"place, share with the right shape; with the right texture).", "",
@@ -889,7 +899,7 @@ def cmd_table4(args):
         lines += [f"| {C} | {ps:.2f} | {pr:.3f} |" for C, ps, pr in chans]
     done = first + list(results.values())
     lines += ["", f"Total time: {time.time() - t0:.0f} s ({n_proc} jobs at a time, {threads} thread(s) each, "
-              f"{os.cpu_count()} CPU cores, device {args.device or 'default'}); trained here "
+              f"{os.cpu_count()} CPU cores, device {device_name(args.device)}); trained here "
               f"{sum(r['trained'] for r in done)} of {sum(r['stages'] for r in done)} stages (incl. stage 0 and "
               f"the rFID evaluator), the others reused from `{runs}`."]
     os.makedirs(args.results, exist_ok=True)
@@ -1193,6 +1203,9 @@ def main(argv=None):
     p.add_argument("--budget", type=int, default=None, help="training steps per latent (default: the preset's)")
     p.add_argument("--jobs", type=int, default=None, help="trainings at a time (default 2 on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=None, help="threads per training (default cpu_count / jobs)")
+    p.add_argument("--stage0", default=None, help="a world encoder (tokenizer.py --stage 0 checkpoint) to use "
+                   "instead of training the preset's stage 0 here")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader workers per training (GPU runs)")
     p.add_argument("--recipes", default=None,
                    help="comma-separated subset of rows, e.g. psvae,rae,pvae (no channel sweep; own file)")
     p.set_defaults(func=cmd_table4)

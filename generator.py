@@ -10,11 +10,13 @@ and 4.1; the DDT head is RAE's DiT^DH (Zheng et al. 2025). Read top to bottom:
   4. flow matching, kept apart from the network (minRF style): flow_loss() and flow_sample()
   5. data: (image, caption) pairs encoded ONCE by the frozen tokenizer and cached on disk
   6. the training loop (DDP, EMA, exact resume, atomic checkpoints, metrics.jsonl)
-  7. sampling and the `sample` sub-command; main()
+  7. sampling and the `sample` sub-command
+  8. the `bench` sub-command (samples/s and model FLOP utilisation); main()
 
   python generator.py --tokenizer runs/tokenizer-cpu/stage2.pt --preset cpu
   torchrun --nproc_per_node=2 generator.py --tokenizer runs/tokenizer-cpu/stage2.pt --preset cpu
   python generator.py sample --ckpt runs/generator-cpu --prompt "two red circles" --n 8 --out grid.png
+  python generator.py bench --preset world
 """
 import argparse
 import hashlib
@@ -614,10 +616,10 @@ class StepLog:
         self.t_start = self.t_last = time.time()
         self.seen, self.last = 0, {}
 
-    def __call__(self, step, n_samples, logged, lr, gnorm, device):
+    def __call__(self, step, n_samples, logged, lr, gnorm, device, force=False):
         self.seen += n_samples
         self.pbar.update(1)
-        if step % self.cfg["log_every"] and step != self.cfg["steps"]:
+        if step % self.cfg["log_every"] and step != self.cfg["steps"] and not force:
             return
         rec = {"step": step, "loss": round(logged.item(), 6), "lr": lr,
                "samples_per_s": round(self.seen / (time.time() - self.t_last), 2),
@@ -712,6 +714,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
     B = cfg["batch_size"]
     mean, std = model.latent_mean.cpu(), model.latent_std.cpu()
     log = StepLog(cfg, out, rank0, step, "generator")
+    time_up = tokenizer.Deadline(cfg["time_limit"], device)
     while step < cfg["steps"]:
         if (pos + 1) * B > n:
             epoch, pos = epoch + 1, 0
@@ -725,13 +728,18 @@ def train(cfg, ddp, rank, local_rank, world, device):
             loss = flow_loss(fwd, x0, cond, t, eps.to(device))
         logged, lr, gnorm = optimiser_step(model, ema, opt, loss, cfg, step, out)
         step += 1
-        log(step, B, logged, lr, gnorm, device)
-        if step % cfg["ckpt_every"] == 0 or step == cfg["steps"]:
+        stop = time_up()
+        log(step, B, logged, lr, gnorm, device, force=stop)
+        if stop:
+            print0(f"--time-limit {cfg['time_limit']} min reached at step {step}/{cfg['steps']}; --resume continues")
+        if step % cfg["ckpt_every"] == 0 or step == cfg["steps"] or stop:
             ckpt = dict(script=SCRIPT, step=step, config=cfg, model=model.state_dict(), ema=ema.state_dict(),
                         opt=opt.state_dict(), data=(epoch, pos), latent_shape=latent_shape, world_size=world,
                         tokenizer=os.path.abspath(tok_path), tokenizer_sha1=tok_sha1, shift=s)
             save_checkpoint(os.path.join(out, "generator.pt"), ckpt)  # rank 0, atomic, then a barrier
             log.restart_clock()
+        if stop:
+            break
     log.close()
     if rank0 and cfg["n_samples"]:  # a look at the result: EMA samples for held-out captions
         val = tokenizer.WorldCaptions("val", cfg["n_samples"], 32)
@@ -834,9 +842,124 @@ def cmd_sample(argv):
     return a.out
 
 
+# ------------------------------------------------------------------------------------------
+# 8. `bench`: training throughput and model FLOP utilisation of a preset's model, on random
+#    latents of the preset's tokenizer shape (no tokenizer or data needed)
+# ------------------------------------------------------------------------------------------
+
+# dense bf16 tensor-core peaks from the vendors' datasheets, in TFLOP/s (no sparsity)
+PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0}
+
+
+def datasheet_peak(name):
+    """The datasheet bf16 peak of a GPU from its name, or None when unknown."""
+    for k, v in PEAK_BF16_TFLOPS.items():  # the more specific names come first
+        if k in name:
+            return v
+    return None
+
+
+def preset_latent_shape(preset):
+    """(C, h, w) of the latent made by the tokenizer preset of the same name."""
+    t = tokenizer.PRESETS[preset]
+    grid = t["encoder_size"] // tokenizer.ENCODERS[t["encoder"]].patch_size
+    return (t["latent_channels"], grid, grid)
+
+
+def train_step_flops(model, x0, cond, t, eps):
+    """Floating-point operations of one training step's forward and backward, counted by
+    PyTorch's FlopCounterMode over the matrix products and attention (the model FLOPs of MFU;
+    the optimiser and elementwise work are not counted)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        flow_loss(model, x0, cond, t, eps).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops()
+
+
+def cmd_bench(argv):
+    p = argparse.ArgumentParser(prog="generator.py bench", description="training samples/s and model FLOP "
+                                "utilisation of a preset's generator on random latents")
+    p.add_argument("--preset", choices=list(PRESETS), default="cpu", help="model, text length and batch")
+    p.add_argument("--batch-size", type=int, default=None, help="per-device batch (default: the preset's)")
+    p.add_argument("--latent", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
+                   help="latent shape (default: the tokenizer preset of the same name)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
+    p.add_argument("--json", default=None, help="also write the result JSON to this file")
+    a = p.parse_args(argv)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    pre = PRESETS[a.preset]
+    cfg = dict(model=pre["model"], patch=1, text_len=pre["text_len"], head="ddt")
+    B = a.batch_size or pre["batch_size"]
+    shape = tuple(a.latent or preset_latent_shape(a.preset))
+    torch.manual_seed(0)
+    model = build_model(cfg, shape).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), fused=device.type == "cuda")
+    vocab = model.embed_tokens.num_embeddings
+    x0, eps = torch.randn(B, *shape, device=device), torch.randn(B, *shape, device=device)
+    cond = torch.randint(1, vocab, (B, cfg["text_len"]), device=device)
+    t = torch.rand(B, device=device)
+    amp = device.type == "cuda"
+    fwd = torch.compile(model) if a.compile else model
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        flops = train_step_flops(model, x0, cond, t, eps)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = flow_loss(fwd, x0, cond, t, eps)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(a.warmup):
+        step()
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.time()
+    for _ in range(a.steps):
+        step()
+    sync()
+    dt = (time.time() - t0) / a.steps
+    n_params = sum(q.numel() for q in model.parameters())
+    res = {"preset": a.preset, "model": cfg["model"], "params_m": round(n_params / 1e6, 2), "latent": list(shape),
+           "tokens": cfg["text_len"] + shape[1] * shape[2], "batch": B, "device": str(device),
+           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+           "compile": a.compile, "step_s": round(dt, 5), "samples_per_s": round(B / dt, 1),
+           "gflop_per_sample": round(flops / B / 1e9, 3), "achieved_tflops": round(flops / dt / 1e12, 2),
+           "mem_gib": memory_gib(device)}
+    if device.type == "cuda":  # the two ceilings: the datasheet, and a large bf16 product measured here
+        peak = datasheet_peak(res["device_name"])
+        m = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+        for _ in range(3):
+            m @ m
+        sync()
+        t0 = time.time()
+        for _ in range(10):
+            m @ m
+        sync()
+        mm = 2 * 8192 ** 3 * 10 / (time.time() - t0) / 1e12
+        res.update(datasheet_tflops=peak, matmul_tflops=round(mm, 1),
+                   mfu=round(res["achieved_tflops"] / peak, 4) if peak else None,
+                   mfu_of_matmul=round(res["achieved_tflops"] / mm, 4))
+    print(json.dumps(res))
+    if a.json:
+        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
+        with open(a.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
 def add_optimisation_args(g):
     """The optimiser flags of generator.py and edit.py (defaults come from the preset)."""
     g.add_argument("--steps", type=int, help="training steps")
+    g.add_argument("--time-limit", type=float, default=0, help="minutes of training after which the run "
+                   "checkpoints and stops (--resume continues); 0 = none")
     g.add_argument("--batch-size", type=int, help="global batch, split over processes (paper ~730)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (paper 1e-4)")
     g.add_argument("--warmup", type=int, help="linear warm-up steps, then constant")
@@ -898,6 +1021,11 @@ def run_cli(script, argv, parse, train_fn, sample_fn):
     if argv[:1] == ["sample"]:
         try:
             return sample_fn(argv[1:])
+        except (GeneratorError, TokenizerError) as e:
+            raise SystemExit(f"{script}: error: {e}")
+    if argv[:1] == ["bench"] and script == SCRIPT:
+        try:
+            return cmd_bench(argv[1:])
         except (GeneratorError, TokenizerError) as e:
             raise SystemExit(f"{script}: error: {e}")
     cfg = parse(argv)

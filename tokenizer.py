@@ -797,6 +797,25 @@ def seed_everything(seed, rank=0, world_size=1):
     torch.manual_seed(s)
 
 
+class Deadline:
+    """`--time-limit MIN`: a run stops cleanly (last checkpoint written, --resume continues)
+    once this many minutes of training have passed, as a cluster's job limit would stop it,
+    but at a step boundary. Rank 0's clock decides for every rank, so all stop at one step."""
+
+    def __init__(self, minutes, device):
+        self.t0, self.minutes, self.device = time.time(), minutes, device
+
+    def __call__(self):
+        if not self.minutes:
+            return False
+        up = time.time() - self.t0 > 60 * self.minutes
+        if not dist.is_initialized():
+            return up
+        up = torch.tensor([float(up)], device=self.device)
+        dist.broadcast(up, 0)
+        return bool(up.item())
+
+
 def all_mean(t):
     """Average a tensor over ranks (a no-op in one process)."""
     if dist.is_initialized():
@@ -1874,6 +1893,7 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
     C = model.latent_dim if stage else None
     pbar = tqdm(total=steps, initial=step, disable=not (is_rank0() and sys.stderr.isatty()), desc=f"stage {stage}")
     t_last, seen, summary = time.time(), 0, {}
+    time_up = Deadline(cfg["time_limit"], device)
 
     while step < steps:
         (epoch, pos), batch = next(data)
@@ -1938,8 +1958,12 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
         step += 1
         seen += cfg["batch_size"]
         pbar.update(1)
+        stop = time_up()
+        if stop:
+            print0(f"stage {stage}: --time-limit {cfg['time_limit']} min reached at step {step}/{steps}; "
+                   f"--resume continues")
         names = list(terms) + (["d_loss"] if gan else [])
-        if step % cfg["log_every"] == 0 or step == steps:
+        if step % cfg["log_every"] == 0 or step == steps or stop:
             dt = time.time() - t_last
             rec = {"stage": stage, "step": step, **{k: round(v, 6) for k, v in zip(names, logged.tolist())},
                    "img_per_s": round(seen / dt, 2)}
@@ -1954,7 +1978,7 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
                            f" | {rec['img_per_s']:.1f} img/s | mem {rec['mem_gib']} GiB")
             summary = rec
             t_last, seen = time.time(), 0
-        if cfg["ckpt_every"] and (step % cfg["ckpt_every"] == 0 or step == steps):
+        if cfg["ckpt_every"] and (step % cfg["ckpt_every"] == 0 or step == steps or stop):
             if is_rank0():
                 ev, first = evaluate(model, val, stage, device, B)
                 append_metrics(out, {"stage": stage, "step": step, **{k: round(v, 5) for k, v in ev.items()}})
@@ -1981,6 +2005,8 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
             save_checkpoint(ckpt_path, ckpt)
             last_good = ckpt_path
             t_last = time.time()
+        if stop:
+            break
     pbar.close()
     return summary
 
@@ -2027,6 +2053,8 @@ def parse_args(argv=None):
     g.add_argument("--workers", type=int, default=0, help="DataLoader workers per process")
     g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, default=None, help="total steps of this stage (default: the preset's)")
+    g.add_argument("--time-limit", type=float, default=0, help="minutes of training after which the run "
+                   "checkpoints and stops (--resume continues); 0 = none")
     g.add_argument("--batch-size", type=int, help="global batch size, split over processes (paper 96)")
     g.add_argument("--lr", type=float, help="learning rate (paper 1e-4)")
     g.add_argument("--beta1", type=float, default=0.5, help="AdamW beta1 (LDM autoencoders: 0.5)")

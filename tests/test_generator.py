@@ -211,6 +211,21 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tok):
         assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part])
 
 
+def test_time_limit_stops_at_a_step_with_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, tok):
+    a, b = tmp_path / "a", tmp_path / "b"
+    cache = tmp_path / "cache"
+    common = ("--n-train", 16, "--n-samples", 0, "--ckpt-every", 100)  # no periodic checkpoint before 5
+    train(a, tok, "--steps", 5, *common, cache=cache)
+    train(b, tok, "--steps", 5, "--time-limit", 1e-9, *common, cache=cache)  # up after the first step
+    cb = torch.load(b / "generator.pt", weights_only=True)
+    assert cb["step"] == 1 and sorted(losses(b)) == [1]
+    G.main([*TINY, "--out", str(b), "--cache", str(cache), "--steps", "5", "--resume", *map(str, common)])
+    assert losses(a) == losses(b)
+    ca, cb = (torch.load(o / "generator.pt", weights_only=True) for o in (a, b))
+    assert ca["step"] == cb["step"] == 5
+    assert all(torch.equal(ca["ema"][k], cb["ema"][k]) for k in ca["ema"])
+
+
 def test_two_processes_match_one(tmp_path, tok):
     """torchrun (gloo, 2 processes, global batch 8 = 4 + 4) vs 1 process with batch 8."""
     cache = tmp_path / "cache"
@@ -277,3 +292,22 @@ def test_bad_inputs(tmp_path, tok):
     assert "written by tokenizer.py, not generator.py" in error_of(
         ["sample", "--ckpt", tok, "--prompt", "a red circle"])
     assert "does not exist" in error_of(["sample", "--ckpt", str(tmp_path / "nope"), "--prompt", "x"])
+
+
+def test_bench_counts_flops_per_sample_independent_of_batch_and_writes_json(tmp_path):
+    """`generator.py bench` on CPU: FLOPs per sample do not depend on the batch; the paper's
+    latent (96 x 16 x 16 from DINOv2-B at 224 px) is the default shape of the paper preset."""
+    a = G.main(["bench", "--preset", "tiny", "--device", "cpu", "--batch-size", "2", "--steps", "2", "--warmup", "1"])
+    b = G.main(["bench", "--preset", "tiny", "--device", "cpu", "--batch-size", "6", "--steps", "2", "--warmup", "1",
+                "--json", str(tmp_path / "b.json")])
+    assert a["gflop_per_sample"] == pytest.approx(b["gflop_per_sample"], rel=1e-3) and a["gflop_per_sample"] > 0
+    assert json.load(open(tmp_path / "b.json"))["batch"] == 6 and b["samples_per_s"] > 0
+    assert "mfu" not in b  # no GPU peak to compare with on a CPU
+    # a linear layer's forward + backward: 2 * 3 * in * out per row, which is what the count must give
+    lin = torch.nn.Linear(8, 5, bias=False)
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as c:
+        lin(torch.randn(7, 8, requires_grad=True)).sum().backward()
+    assert c.get_total_flops() == 2 * 3 * 7 * 8 * 5
+    assert G.preset_latent_shape("paper") == (96, 16, 16) and G.preset_latent_shape("world") == (24, 8, 8)
+    assert G.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4 and G.datasheet_peak("NVIDIA H100 PCIe") == 756.0

@@ -163,9 +163,13 @@ def test_table4_tiny(tmp_path):
 
 
 def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_path):
-    """--recipes and --budget write their own file: two rows, no channel sweep, no figure."""
+    """--recipes and --budget write their own file: two rows, no channel sweep, no figure; --stage0
+    brings a world encoder trained elsewhere (none is trained under --runs)."""
+    T.main(["--preset", "tiny", "--device", "cpu", "--stage", "0", "--steps", "3", "--out", str(tmp_path / "s0")])
+    s0 = str(tmp_path / "s0" / "stage0.pt")
     r = E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path),
-                "--recipes", "vae,rae", "--budget", "4", "--jobs", "1"])
+                "--recipes", "vae,rae", "--budget", "4", "--jobs", "1", "--stage0", s0])
+    assert not (tmp_path / "runs" / "stage0").exists() and f"`{s0}`, 3 steps" in open(r["table"]).read()
     assert os.path.basename(r["table"]) == "table4_recon_tiny_b4_vae_rae.md" and r["channels"] == []
     text = open(r["table"]).read()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
@@ -175,6 +179,8 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     assert torch.load(tmp_path / "runs" / "rae" / "stage1.pt", weights_only=True)["step"] == 4
     with pytest.raises(SystemExit, match="subset of psvae"):
         E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--recipes", "rea"])
+    with pytest.raises(SystemExit, match="does not exist; give a tokenizer.py --stage 0"):
+        E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--stage0", str(tmp_path / "no.pt")])
 
 
 def test_table4_budget_is_the_same_for_every_latent():

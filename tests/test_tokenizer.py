@@ -91,6 +91,15 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stage0, stage):
         assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part])
 
 
+def test_time_limit_checkpoints_at_the_step_it_stops_and_resume_finishes_the_same_run(tmp_path, stage0):
+    a, b = fresh(tmp_path, stage0, "a"), fresh(tmp_path, stage0, "b")
+    run(a, "--stage", 1, "--steps", 4, "--ckpt-every", 100)
+    run(b, "--stage", 1, "--steps", 4, "--ckpt-every", 100, "--time-limit", 1e-9)  # up after step 1
+    assert torch.load(b / "stage1.pt", weights_only=True)["step"] == 1 and sorted(metrics(b, 1)) == [1]
+    run(b, "--stage", 1, "--steps", 4, "--ckpt-every", 100, "--resume")
+    assert metrics(a, 1) == metrics(b, 1) and sorted(metrics(b, 1)) == [1, 2, 3, 4]
+
+
 def torchrun(out, *args):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",

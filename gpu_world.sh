@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# gpu_world.sh -- the world preset on one GPU, in phases that each fit a short lease and can be
+# re-run (a finished phase is skipped, a stopped training resumes):
+#
+#   bash gpu_world.sh bench        generator throughput and MFU, world and paper presets
+#   bash gpu_world.sh tokenizer    world encoder (stage 0), S-VAE (1), PS-VAE (2); recon + probe
+#   bash gpu_world.sh generator    world generator on the PS-VAE latents; mini-GenEval, samples
+#   bash gpu_world.sh table4       Table 4 at the world sizes on the stage-0 encoder above
+#
+# Every training stops on a clock (--time-limit, minutes) rather than at the preset's steps, so
+# the results say how far a given time gets; the step counts reached are in the logs and tables.
+# The preset's full lengths (tokenizer 20k/40k/20k steps, generator 60k) need hours, not minutes.
+# Environment: TOK_MIN="S0 S1 S2" (minutes per tokenizer stage), GEN_MIN, BUDGET (table4 steps
+# per latent), WORKERS and T4_WORKERS (DataLoader workers), RESULTS (where the tables go), PRESET and
+# EVAL_STEPS (PRESET=tiny EVAL_STEPS=20 RESULTS=/tmp/r: a dry run of the whole script on a CPU).
+set -uo pipefail
+cd "$(dirname "$0")"
+export PYTHONUNBUFFERED=1
+read -r S0 S1 S2 <<< "${TOK_MIN:-1.25 2.5 2.5}"
+P=${PRESET:-world}                   # tiny: a dry run of this script on a CPU, in seconds
+EVAL_STEPS=${EVAL_STEPS:-3000}
+GEN_MIN=${GEN_MIN:-6}
+BUDGET=${BUDGET:-1500}
+WORKERS=${WORKERS:-12}
+R=${RESULTS:-results}
+TOK=runs/$P                          # the tokenizer run (stage0.pt, stage1.pt, stage2.pt)
+GEN=runs/$P-gen                      # the generator run
+T4=runs/table4-$P                    # Table 4's runs
+EVAL=$T4/evaluator                   # the rFID evaluator, shared by recon and table4
+mkdir -p "$R" runs
+
+log() { echo "[gpu_world $(date +%H:%M:%S)] $*"; }
+
+evaluator() {  # the rFID evaluator of the world preset (3000 steps), trained on the CPU
+  OMP_NUM_THREADS=4 python -c "import evaluate as E; E.world_evaluator($EVAL_STEPS, cache='$EVAL', verbose=False)"
+}
+
+train() {  # train LOG ARGS...: a training whose full log goes to LOG; its last lines are shown
+  local logf=$1; shift
+  "$@" >> "$logf" 2>&1; local rc=$?
+  tail -n 3 "$logf"
+  [ $rc -eq 0 ] || { log "failed ($rc): $*"; exit $rc; }
+}
+
+case "${1:-}" in
+  bench)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    python generator.py bench --preset "$P" --json "$R/bench_generator_$P.json"
+    [ "$P" = tiny ] || python generator.py bench --preset paper --batch-size 64 --json "$R/bench_generator_paper.json"
+    ;;
+  tokenizer)
+    evaluator > "runs/$P-evaluator.log" 2>&1 &  # CPU work beside the GPU training
+    for s in 0 1 2; do
+      lim=$(eval echo "\$S$s")
+      if [ -f "$TOK/stage$s.done" ]; then log "stage $s done before"; continue; fi
+      resume=$([ -f "$TOK/stage$s.pt" ] && echo --resume)
+      log "stage $s for $lim min $resume"
+      train "$TOK.log" python tokenizer.py --preset "$P" --stage $s --out "$TOK" --time-limit "$lim" \
+        --workers "$WORKERS" $resume
+      touch "$TOK/stage$s.done"
+    done
+    wait
+    python evaluate.py recon --ckpt "$TOK" --n 1000 --evaluator-steps "$EVAL_STEPS" --evaluator-cache "$EVAL" \
+      --json "$R/tokenizer_${P}_recon.json" | tail -n 1
+    python evaluate.py probe --ckpt "$TOK" --n-train 2000 --n-test 1000 --json "$R/tokenizer_${P}_probe.json" \
+      | tail -n 1
+    ;;
+  generator)
+    resume=$([ -f "$GEN/generator.pt" ] && echo --resume)
+    log "generator for $GEN_MIN min $resume"
+    train "$GEN.log" python generator.py --preset "$P" --tokenizer "$TOK" --out "$GEN" --ema 0.999 \
+      --time-limit "$GEN_MIN" --workers "$WORKERS" $resume
+    cp "$GEN/samples.png" "$R/generator_${P}_samples.png"
+    python evaluate.py geneval --ckpt "$GEN" --preset "$P" --json "$R/geneval_$P.json" | tail -n 1
+    python evaluate.py geneval --ckpt "$GEN" --preset "$P" --baseline real \
+      --json "$R/geneval_${P}_baseline_real.json" | tail -n 1
+    ;;
+  table4)
+    [ -f "$EVAL/world_w16_s${EVAL_STEPS}_seed0.pt" ] || evaluator
+    python evaluate.py table4 --preset "$P" --runs "$T4" --stage0 "$TOK/stage0.pt" \
+      --budget "$BUDGET" --jobs 3 --workers "${T4_WORKERS:-4}" --results "$R"
+    ;;
+  pack)  # everything but the checkpoints, into one archive (a lease gives files back, not folders)
+    tar czf "${2:?pack needs an archive path}" "$R" runs/$P*.log \
+      $(find "$TOK" "$GEN" "$T4" -name '*.json*' -o -name '*.png' -o -name '*.log' 2>/dev/null)
+    ;;
+  *)
+    echo "usage: bash gpu_world.sh bench|tokenizer|generator|table4|pack ARCHIVE" >&2; exit 2 ;;
+esac
