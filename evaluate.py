@@ -596,6 +596,11 @@ def fid_of_features(a, b):
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
+def eval_device(args):
+    """The device a measurement runs the tokenizer on: --device, else cuda when there is one."""
+    return torch.device(getattr(args, "device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def tokenizer_run(path, device="cpu"):
     """(checkpoint path, loaded tokenizer): a run folder gives its last stage (3, 2, then 1)."""
     if os.path.isdir(path):
@@ -633,7 +638,8 @@ def cmd_recon(args):
     """PSNR, SSIM, LPIPS and rFID of a tokenizer's reconstructions of held-out images; on world
     scenes also what the detector reads back from them (read_back)."""
     t0 = time.time()
-    path, tok = tokenizer_run(args.ckpt)
+    dev = eval_device(args)
+    path, tok = tokenizer_run(args.ckpt, dev)
     cfg = torch.load(path, map_location="cpu", weights_only=True)["config"]
     size = cfg["image_size"]
     data = tokenizer.ImageFolderDataset(args.data, size) if args.data else tokenizer.WorldImages(args.split, args.n, size)
@@ -645,7 +651,7 @@ def cmd_recon(args):
         for i in range(0, n, args.batch):
             items = [data[j] for j in range(i, min(n, i + args.batch))]
             x = torch.stack([it[0] if isinstance(it, (tuple, list)) else it for it in items])  # (b, 3, S, S)
-            y = tokenizer.decode(tok, tokenizer.encode(tok, x))
+            y = tokenizer.decode(tok, tokenizer.encode(tok, x.to(dev))).float().cpu()  # metrics on the CPU
             if not args.data:
                 outs.append(y)
             if x.shape[-1] != y.shape[-1]:  # e.g. 224 px in, 256 px out: compare at the output size
@@ -705,7 +711,8 @@ def cmd_probe(args):
     """Linear-probe accuracy of the latent on the world's semantics: per token (shape, colour,
     texture of the cell) and mean-pooled (object count, background colour)."""
     t0 = time.time()
-    path, tok = tokenizer_run(args.ckpt)
+    dev = eval_device(args)
+    path, tok = tokenizer_run(args.ckpt, dev)
     cfg = torch.load(path, map_location="cpu", weights_only=True)["config"]
     feats = {}
     for split, n in (("train", args.n_train), ("val", args.n_test)):
@@ -714,7 +721,8 @@ def cmd_probe(args):
         with torch.no_grad():
             for i in range(0, n, args.batch):
                 items = [data[j] for j in range(i, min(n, i + args.batch))]
-                z.append(tokenizer.encode(tok, torch.stack([x for x, _ in items])).float())  # (b, C, h, w)
+                x = torch.stack([x for x, _ in items]).to(dev)
+                z.append(tokenizer.encode(tok, x).float().cpu())  # (b, C, h, w)
                 t.append({k: torch.stack([y[k] for _, y in items]) for k in items[0][1]})
         feats[split] = (torch.cat(z), {k: torch.cat([d[k] for d in t]) for k in t[0]})
     (ztr, ttr), (zte, tte) = feats["train"], feats["val"]
@@ -835,7 +843,7 @@ def cmd_table4(args):
     if args.stage0 and not os.path.isfile(args.stage0):
         raise ValueError(f"--stage0 {args.stage0} does not exist; give a tokenizer.py --stage 0 checkpoint")
     ev_cache = os.path.join(runs, "evaluator")
-    ev = dict(split="val", n=sz["n"], batch=32, data=None, evaluator_steps=sz["evaluator_steps"],
+    ev = dict(split="val", n=sz["n"], batch=32, data=None, evaluator_steps=sz["evaluator_steps"], device=args.device,
               evaluator_cache=ev_cache, n_train=sz["n_train"], n_test=sz["n_test"])
     print(f"table4 preset {args.preset}: budget {B} steps per latent, {n_proc} jobs at a time, "
           f"{threads} thread(s) each, runs in {runs}", flush=True)
@@ -871,7 +879,8 @@ def cmd_table4(args):
         r = results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]
         chans.append((C, r["recon"]["psnr"], r["probe"]["probe"]))
     fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
-    flags = (f" --budget {B}" if B != sz["budget"] else "") + (f" --recipes {args.recipes}" if args.recipes else "")
+    flags = (f" --budget {B}" if B != sz["budget"] else "") + (f" --recipes {args.recipes}" if args.recipes else "") \
+        + (f" --stage0 {args.stage0}" if args.stage0 else "")
     lines = [f"# Table 4 (reconstruction half) in miniature: preset {args.preset}" +
              (f", budget {B}" if B != sz["budget"] else ""), "",
              f"`python evaluate.py table4 --preset {args.preset}{flags}`; runs in `{runs}`; every latent trained for "
@@ -1194,6 +1203,8 @@ def main(argv=None):
         p.add_argument("--batch", type=int, default=32, help="images per forward pass")
         p.add_argument("--evaluator-steps", type=int, default=400, help="rFID network: training steps")
         p.add_argument("--evaluator-cache", default="runs/evaluator", help="rFID network: cache folder")
+        p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="where the tokenizer runs "
+                       "(default: cuda if available); the metrics are computed on the CPU")
         p.set_defaults(func=func)
     p = sub.add_parser("table4", help="Table 4's reconstruction half: train every recipe, recon + probe")
     p.add_argument("--preset", choices=list(TABLE4_SIZES), default="cpu", help="tokenizer preset and table size")

@@ -11,16 +11,19 @@
 # the results say how far a given time gets; the step counts reached are in the logs and tables.
 # The preset's full lengths (tokenizer 20k/40k/20k steps, generator 60k) need hours, not minutes.
 # Environment: TOK_MIN="S0 S1 S2" (minutes per tokenizer stage), GEN_MIN, BUDGET (table4 steps
-# per latent), WORKERS and T4_WORKERS (DataLoader workers), RESULTS (where the tables go), PRESET and
-# EVAL_STEPS (PRESET=tiny EVAL_STEPS=20 RESULTS=/tmp/r: a dry run of the whole script on a CPU).
+# per latent; by default what fits T4_SECONDS at the speed measured in stage 2), WORKERS and
+# T4_WORKERS (DataLoader workers), RESULTS (where the tables go), PRESET and EVAL_STEPS
+# (PRESET=tiny EVAL_STEPS=20 BUDGET=6 RESULTS=/tmp/r: a dry run of the whole script on a CPU).
 set -uo pipefail
 cd "$(dirname "$0")"
 export PYTHONUNBUFFERED=1
-read -r S0 S1 S2 <<< "${TOK_MIN:-1.25 2.5 2.5}"
+read -r S0 S1 S2 <<< "${TOK_MIN:-1 2.25 2.25}"
 P=${PRESET:-world}                   # tiny: a dry run of this script on a CPU, in seconds
 EVAL_STEPS=${EVAL_STEPS:-3000}
 GEN_MIN=${GEN_MIN:-6}
-BUDGET=${BUDGET:-1500}
+BUDGET=${BUDGET:-}                   # table4 steps per latent; empty: what fits T4_SECONDS
+T4_SECONDS=${T4_SECONDS:-400}
+RECIPES=psvae,svae,rae,pvae,vae,rpiae
 WORKERS=${WORKERS:-12}
 R=${RESULTS:-results}
 TOK=runs/$P                          # the tokenizer run (stage0.pt, stage1.pt, stage2.pt)
@@ -75,9 +78,19 @@ case "${1:-}" in
     python evaluate.py geneval --ckpt "$GEN" --preset "$P" --baseline real \
       --json "$R/geneval_${P}_baseline_real.json" | tail -n 1
     ;;
-  table4)
+  table4)  # the six latents of Table 4 (no channel sweep), 3 trainings at a time on the GPU
     [ -f "$EVAL/world_w16_s${EVAL_STEPS}_seed0.pt" ] || evaluator
-    python evaluate.py table4 --preset "$P" --runs "$T4" --stage0 "$TOK/stage0.pt" \
+    if [ -z "$BUDGET" ]; then  # the budget that fits T4_SECONDS at the speed stage 2 measured above:
+      # 6 latents, 3 at a time, each at >= a third of one training's speed: 6 B / speed seconds,
+      # plus ~2 minutes of start-ups and measurements
+      BUDGET=$(python -c "
+import json, statistics
+r = [json.loads(l) for l in open('$TOK/metrics.jsonl')]
+it_s = statistics.median(x['img_per_s'] for x in r if x.get('stage') == 2 and 'img_per_s' in x) / 128
+print(max(300, min(20000, int(it_s * ($T4_SECONDS - 120) / 6 / 100) * 100)))")
+      log "budget $BUDGET steps per latent (T4_SECONDS=$T4_SECONDS)"
+    fi
+    python evaluate.py table4 --preset "$P" --runs "$T4" --stage0 "$TOK/stage0.pt" --recipes "$RECIPES" \
       --budget "$BUDGET" --jobs 3 --workers "${T4_WORKERS:-4}" --results "$R"
     ;;
   pack)  # everything but the checkpoints, into one archive (a lease gives files back, not folders)

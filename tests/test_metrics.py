@@ -174,7 +174,7 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     text = open(r["table"]).read()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [line.split(" | ")[0] for line in rows] == ["| RAE", "| VAE (MAR-VAE role)"]  # table order
-    assert "--budget 4 --recipes vae,rae" in text and "Figure 11" not in text
+    assert f"--budget 4 --recipes vae,rae --stage0 {s0}" in text and "Figure 11" not in text
     assert not (tmp_path / "table4_recon_tiny.md").exists() and not list(tmp_path.glob("*.png"))
     assert torch.load(tmp_path / "runs" / "rae" / "stage1.pt", weights_only=True)["step"] == 4
     with pytest.raises(SystemExit, match="subset of psvae"):
