@@ -12,10 +12,13 @@
 # The preset's full lengths (tokenizer 20k/40k/20k steps, generator 60k) need hours, not minutes.
 # Environment: TOK_MIN="S0 S1 S2" (minutes per tokenizer stage), GEN_MIN, BUDGET (table4 steps
 # per latent; by default what fits T4_SECONDS at the speed measured in stage 2), WORKERS and
-# T4_WORKERS (DataLoader workers), RESULTS (where the tables go), PRESET and EVAL_STEPS
-# (PRESET=tiny EVAL_STEPS=20 BUDGET=6 RESULTS=/tmp/r: a dry run of the whole script on a CPU).
+# T4_WORKERS (DataLoader workers), RESULTS and RUNS (where tables and runs go), PRESET, EVAL_STEPS
+# (PRESET=tiny EVAL_STEPS=20 BUDGET=6 RESULTS=/tmp/r: a dry run of the whole script on a CPU,
+# which tests/test_gpu_world.py makes), PYTHON.
 set -uo pipefail
 cd "$(dirname "$0")"
+PY=${PYTHON:-python}                 # the interpreter that has torch (on a lent GPU machine, say
+                                     # PYTHON=/opt/torch/.venv/bin/python3)
 export PYTHONUNBUFFERED=1
 read -r S0 S1 S2 <<< "${TOK_MIN:-1 2.25 2.25}"
 P=${PRESET:-world}                   # tiny: a dry run of this script on a CPU, in seconds
@@ -26,16 +29,17 @@ T4_SECONDS=${T4_SECONDS:-400}
 RECIPES=psvae,svae,rae,pvae,vae,rpiae
 WORKERS=${WORKERS:-12}
 R=${RESULTS:-results}
-TOK=runs/$P                          # the tokenizer run (stage0.pt, stage1.pt, stage2.pt)
-GEN=runs/$P-gen                      # the generator run
-T4=runs/table4-$P                    # Table 4's runs
+RUNS=${RUNS:-runs}
+TOK=$RUNS/$P                          # the tokenizer run (stage0.pt, stage1.pt, stage2.pt)
+GEN=$RUNS/$P-gen                      # the generator run
+T4=$RUNS/table4-$P                    # Table 4's runs
 EVAL=$T4/evaluator                   # the rFID evaluator, shared by recon and table4
-mkdir -p "$R" runs
+mkdir -p "$R" "$RUNS"
 
 log() { echo "[gpu_world $(date +%H:%M:%S)] $*"; }
 
 evaluator() {  # the rFID evaluator of the world preset (3000 steps), trained on the CPU
-  OMP_NUM_THREADS=4 python -c "import evaluate as E; E.world_evaluator($EVAL_STEPS, cache='$EVAL', verbose=False)"
+  OMP_NUM_THREADS=4 "$PY" -c "import evaluate as E; E.world_evaluator($EVAL_STEPS, cache='$EVAL', verbose=False)"
 }
 
 train() {  # train LOG ARGS...: a training whose full log goes to LOG; its last lines are shown
@@ -48,34 +52,34 @@ train() {  # train LOG ARGS...: a training whose full log goes to LOG; its last 
 case "${1:-}" in
   bench)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    python generator.py bench --preset "$P" --json "$R/bench_generator_$P.json"
-    [ "$P" = tiny ] || python generator.py bench --preset paper --batch-size 64 --json "$R/bench_generator_paper.json"
+    "$PY" generator.py bench --preset "$P" --json "$R/bench_generator_$P.json"
+    [ "$P" = tiny ] || "$PY" generator.py bench --preset paper --batch-size 64 --json "$R/bench_generator_paper.json"
     ;;
   tokenizer)
-    evaluator > "runs/$P-evaluator.log" 2>&1 &  # CPU work beside the GPU training
+    evaluator > "$RUNS/$P-evaluator.log" 2>&1 &  # CPU work beside the GPU training
     for s in 0 1 2; do
       lim=$(eval echo "\$S$s")
       if [ -f "$TOK/stage$s.done" ]; then log "stage $s done before"; continue; fi
       resume=$([ -f "$TOK/stage$s.pt" ] && echo --resume)
       log "stage $s for $lim min $resume"
-      train "$TOK.log" python tokenizer.py --preset "$P" --stage $s --out "$TOK" --time-limit "$lim" \
+      train "$TOK.log" "$PY" tokenizer.py --preset "$P" --stage $s --out "$TOK" --time-limit "$lim" \
         --workers "$WORKERS" $resume
       touch "$TOK/stage$s.done"
     done
     wait
-    python evaluate.py recon --ckpt "$TOK" --n 1000 --evaluator-steps "$EVAL_STEPS" --evaluator-cache "$EVAL" \
+    "$PY" evaluate.py recon --ckpt "$TOK" --n 1000 --evaluator-steps "$EVAL_STEPS" --evaluator-cache "$EVAL" \
       --json "$R/tokenizer_${P}_recon.json" | tail -n 1
-    python evaluate.py probe --ckpt "$TOK" --n-train 2000 --n-test 1000 --json "$R/tokenizer_${P}_probe.json" \
+    "$PY" evaluate.py probe --ckpt "$TOK" --n-train 2000 --n-test 1000 --json "$R/tokenizer_${P}_probe.json" \
       | tail -n 1
     ;;
   generator)
     resume=$([ -f "$GEN/generator.pt" ] && echo --resume)
     log "generator for $GEN_MIN min $resume"
-    train "$GEN.log" python generator.py --preset "$P" --tokenizer "$TOK" --out "$GEN" --ema 0.999 \
-      --time-limit "$GEN_MIN" --workers "$WORKERS" $resume
+    train "$GEN.log" "$PY" generator.py --preset "$P" --tokenizer "$TOK" --out "$GEN" --ema 0.999 \
+      --time-limit "$GEN_MIN" --workers "$WORKERS" --cache "$RUNS/cache" $resume
     cp "$GEN/samples.png" "$R/generator_${P}_samples.png"
-    python evaluate.py geneval --ckpt "$GEN" --preset "$P" --json "$R/geneval_$P.json" | tail -n 1
-    python evaluate.py geneval --ckpt "$GEN" --preset "$P" --baseline real \
+    "$PY" evaluate.py geneval --ckpt "$GEN" --preset "$P" --json "$R/geneval_$P.json" | tail -n 1
+    "$PY" evaluate.py geneval --ckpt "$GEN" --preset "$P" --baseline real \
       --json "$R/geneval_${P}_baseline_real.json" | tail -n 1
     ;;
   table4)  # the six latents of Table 4 (no channel sweep), 3 trainings at a time on the GPU
@@ -83,18 +87,18 @@ case "${1:-}" in
     if [ -z "$BUDGET" ]; then  # the budget that fits T4_SECONDS at the speed stage 2 measured above:
       # 6 latents, 3 at a time, each at >= a third of one training's speed: 6 B / speed seconds,
       # plus ~2 minutes of start-ups and measurements
-      BUDGET=$(python -c "
+      BUDGET=$("$PY" -c "
 import json, statistics
 r = [json.loads(l) for l in open('$TOK/metrics.jsonl')]
 it_s = statistics.median(x['img_per_s'] for x in r if x.get('stage') == 2 and 'img_per_s' in x) / 128
 print(max(300, min(20000, int(it_s * ($T4_SECONDS - 120) / 6 / 100) * 100)))")
       log "budget $BUDGET steps per latent (T4_SECONDS=$T4_SECONDS)"
     fi
-    python evaluate.py table4 --preset "$P" --runs "$T4" --stage0 "$TOK/stage0.pt" --recipes "$RECIPES" \
+    "$PY" evaluate.py table4 --preset "$P" --runs "$T4" --stage0 "$TOK/stage0.pt" --recipes "$RECIPES" \
       --budget "$BUDGET" --jobs 3 --workers "${T4_WORKERS:-4}" --results "$R"
     ;;
   pack)  # everything but the checkpoints, into one archive (a lease gives files back, not folders)
-    tar czf "${2:?pack needs an archive path}" "$R" runs/$P*.log \
+    tar czf "${2:?pack needs an archive path}" "$R" "$RUNS"/$P*.log \
       $(find "$TOK" "$GEN" "$T4" -name '*.json*' -o -name '*.png' -o -name '*.log' 2>/dev/null)
     ;;
   *)

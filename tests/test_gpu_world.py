@@ -1,0 +1,31 @@
+"""gpu_world.sh, the world preset's lease-sized phases, dry-run at the tiny preset on the CPU:
+a typo in the script would otherwise first show on a GPU lease."""
+import json
+import os
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results(tmp_path):
+    res, runs = tmp_path / "results", tmp_path / "runs"
+    env = {**os.environ, "PRESET": "tiny", "EVAL_STEPS": "20", "BUDGET": "4", "RESULTS": str(res), "RUNS": str(runs),
+           "TOK_MIN": "1 1 1", "GEN_MIN": "1", "WORKERS": "0", "T4_WORKERS": "0", "PYTHON": sys.executable,
+           "OMP_NUM_THREADS": "1"}
+    for phase in ("bench", "tokenizer", "generator", "table4"):
+        r = subprocess.run(["bash", os.path.join(ROOT, "gpu_world.sh"), phase], env=env, capture_output=True,
+                           text=True, timeout=600)
+        assert r.returncode == 0, (phase, r.stdout[-2000:], r.stderr[-2000:])
+    assert json.load(open(res / "bench_generator_tiny.json"))["gflop_per_sample"] > 0
+    for s in (0, 1, 2):  # each stage marked done; a second run skips it
+        assert (runs / "tiny" / f"stage{s}.done").exists()
+    assert 0 <= json.load(open(res / "geneval_tiny.json"))["overall_geneval_rules"] <= 1
+    assert json.load(open(res / "tokenizer_tiny_recon.json"))["n"] > 0
+    assert (res / "table4_recon_tiny_b4_psvae_svae_rae_pvae_vae_rpiae.md").exists()
+    r = subprocess.run(["bash", os.path.join(ROOT, "gpu_world.sh"), "tokenizer"], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0 and r.stdout.count("done before") == 3
+    r = subprocess.run(["bash", os.path.join(ROOT, "gpu_world.sh"), "pack", str(tmp_path / "a.tgz")], env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and (tmp_path / "a.tgz").stat().st_size > 0
