@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED=1
 read -r S0 S1 S2 <<< "${TOK_MIN:-1 2.25 2.25}"
 P=${PRESET:-world}                   # tiny: a dry run of this script on a CPU, in seconds
 EVAL_STEPS=${EVAL_STEPS:-3000}
-GEN_MIN=${GEN_MIN:-6}
+GEN_MIN=${GEN_MIN:-5.5}
 BUDGET=${BUDGET:-}                   # table4 steps per latent; empty: what fits T4_SECONDS
 T4_SECONDS=${T4_SECONDS:-400}
 RECIPES=psvae,svae,rae,pvae,vae,rpiae
