@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # gpu_world.sh -- the world preset on one GPU, in phases that each fit a short lease and can be
-# re-run (a finished phase is skipped, a stopped training resumes):
+# re-run: a tokenizer stage that used its time slot (or reached its steps) is skipped; one killed
+# before that (the lease ended) resumes from its last checkpoint with a new slot; the generator
+# phase always continues the run it finds for another GEN_MIN minutes.
 #
 #   bash gpu_world.sh bench        generator throughput and MFU, world and paper presets
 #   bash gpu_world.sh tokenizer    world encoder (stage 0), S-VAE (1), PS-VAE (2); recon + probe
@@ -16,6 +18,7 @@
 # (PRESET=tiny EVAL_STEPS=20 BUDGET=6 RESULTS=/tmp/r: a dry run of the whole script on a CPU,
 # which tests/test_gpu_world.py makes), PYTHON.
 set -uo pipefail
+shopt -s nullglob
 cd "$(dirname "$0")"
 PY=${PYTHON:-python}                 # the interpreter that has torch (on a lent GPU machine, say
                                      # PYTHON=/opt/torch/.venv/bin/python3)
@@ -57,6 +60,7 @@ case "${1:-}" in
     ;;
   tokenizer)
     evaluator > "$RUNS/$P-evaluator.log" 2>&1 &  # CPU work beside the GPU training
+    trap 'kill $! 2>/dev/null' EXIT              # not left running if a stage fails
     for s in 0 1 2; do
       lim=$(eval echo "\$S$s")
       if [ -f "$TOK/stage$s.done" ]; then log "stage $s done before"; continue; fi
@@ -64,34 +68,37 @@ case "${1:-}" in
       log "stage $s for $lim min $resume"
       train "$TOK.log" "$PY" tokenizer.py --preset "$P" --stage $s --out "$TOK" --time-limit "$lim" \
         --workers "$WORKERS" $resume
-      touch "$TOK/stage$s.done"
+      touch "$TOK/stage$s.done"  # its slot is used: a re-run goes on to the next stage
     done
-    wait
+    wait || exit 1
     "$PY" evaluate.py recon --ckpt "$TOK" --n 1000 --evaluator-steps "$EVAL_STEPS" --evaluator-cache "$EVAL" \
-      --json "$R/tokenizer_${P}_recon.json" | tail -n 1
+      --json "$R/tokenizer_${P}_recon.json" | tail -n 1 || exit 1
     "$PY" evaluate.py probe --ckpt "$TOK" --n-train 2000 --n-test 1000 --json "$R/tokenizer_${P}_probe.json" \
-      | tail -n 1
+      | tail -n 1 || exit 1
     ;;
   generator)
     resume=$([ -f "$GEN/generator.pt" ] && echo --resume)
     log "generator for $GEN_MIN min $resume"
     train "$GEN.log" "$PY" generator.py --preset "$P" --tokenizer "$TOK" --out "$GEN" --ema 0.999 \
       --time-limit "$GEN_MIN" --workers "$WORKERS" --cache "$RUNS/cache" $resume
-    cp "$GEN/samples.png" "$R/generator_${P}_samples.png"
-    "$PY" evaluate.py geneval --ckpt "$GEN" --preset "$P" --json "$R/geneval_$P.json" | tail -n 1
+    cp "$GEN/samples.png" "$R/generator_${P}_samples.png" || exit 1
+    "$PY" evaluate.py geneval --ckpt "$GEN" --preset "$P" --json "$R/geneval_$P.json" | tail -n 1 || exit 1
     "$PY" evaluate.py geneval --ckpt "$GEN" --preset "$P" --baseline real \
-      --json "$R/geneval_${P}_baseline_real.json" | tail -n 1
+      --json "$R/geneval_${P}_baseline_real.json" | tail -n 1 || exit 1
     ;;
   table4)  # the six latents of Table 4 (no channel sweep), 3 trainings at a time on the GPU
-    [ -f "$EVAL/world_w16_s${EVAL_STEPS}_seed0.pt" ] || evaluator
+    [ -f "$EVAL/world_w16_s${EVAL_STEPS}_seed0.pt" ] || evaluator || exit 1
     if [ -z "$BUDGET" ]; then  # the budget that fits T4_SECONDS at the speed stage 2 measured above:
       # 6 latents, 3 at a time, each at >= a third of one training's speed: 6 B / speed seconds,
-      # plus ~2 minutes of start-ups and measurements
+      # plus ~2 minutes of start-ups and measurements; at least 3 (RPiAE's three stages)
       BUDGET=$("$PY" -c "
-import json, statistics
-r = [json.loads(l) for l in open('$TOK/metrics.jsonl')]
-it_s = statistics.median(x['img_per_s'] for x in r if x.get('stage') == 2 and 'img_per_s' in x) / 128
-print(max(300, min(20000, int(it_s * ($T4_SECONDS - 120) / 6 / 100) * 100)))")
+import json, statistics, sys
+batch = json.load(open('$TOK/config.json'))['stage2']['batch_size']
+r = [x['img_per_s'] for x in map(json.loads, open('$TOK/metrics.jsonl')) if x.get('stage') == 2 and 'img_per_s' in x]
+if not r:
+    sys.exit('table4: no stage-2 speed in $TOK/metrics.jsonl to size the budget by; run the tokenizer phase or set BUDGET')
+b = statistics.median(r) / batch * ($T4_SECONDS - 120) / 6
+print(max(3, int(b // 100 * 100 if b >= 100 else b)))") || exit 1
       log "budget $BUDGET steps per latent (T4_SECONDS=$T4_SECONDS)"
     fi
     "$PY" evaluate.py table4 --preset "$P" --runs "$T4" --stage0 "$TOK/stage0.pt" --recipes "$RECIPES" \

@@ -1960,8 +1960,8 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
         pbar.update(1)
         stop = time_up()
         if stop:
-            print0(f"stage {stage}: --time-limit {cfg['time_limit']} min reached at step {step}/{steps}; "
-                   f"--resume continues")
+            print0(f"stage {stage}: --time-limit {cfg['time_limit']} min reached at step {step}/{steps}; " +
+                   ("--resume continues" if cfg["ckpt_every"] else "no checkpoint written (--ckpt-every 0)"))
         names = list(terms) + (["d_loss"] if gan else [])
         if step % cfg["log_every"] == 0 or step == steps or stop:
             dt = time.time() - t_last

@@ -207,6 +207,12 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, t2i):
     assert ca["step"] == cb["step"] == 6 and ca["data"] == cb["data"]
     for part in ("model", "ema"):
         assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part])
+    # stopped by --time-limit after its first step instead, then resumed: the same run again
+    train(tmp_path / "c", t2i, "--steps", 6, "--time-limit", 1e-9, *common)
+    assert torch.load(tmp_path / "c" / "edit.pt", weights_only=True)["step"] == 1
+    train(tmp_path / "c", t2i, "--steps", 6, "--resume", *common)
+    cc = torch.load(tmp_path / "c" / "edit.pt", weights_only=True)
+    assert losses(tmp_path / "c") == la and all(torch.equal(ca["ema"][k], cc["ema"][k]) for k in ca["ema"])
 
 
 def test_two_processes_match_one(tmp_path, t2i):

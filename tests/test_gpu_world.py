@@ -5,13 +5,16 @@ import os
 import subprocess
 import sys
 
+import torch
+
 from conftest import ROOT
 
 
 def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results(tmp_path):
     res, runs = tmp_path / "results", tmp_path / "runs"
-    env = {**os.environ, "PRESET": "tiny", "EVAL_STEPS": "20", "BUDGET": "4", "RESULTS": str(res), "RUNS": str(runs),
-           "TOK_MIN": "1 1 1", "GEN_MIN": "1", "WORKERS": "0", "T4_WORKERS": "0", "PYTHON": sys.executable,
+    # stage 0 stops on its clock after one step; the table4 budget comes from the measured speed
+    env = {**os.environ, "PRESET": "tiny", "EVAL_STEPS": "20", "BUDGET": "", "T4_SECONDS": "122", "RESULTS": str(res),
+           "RUNS": str(runs), "TOK_MIN": "1e-9 1 1", "GEN_MIN": "1", "WORKERS": "0", "T4_WORKERS": "0", "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1"}
     for phase in ("bench", "tokenizer", "generator", "table4"):
         r = subprocess.run(["bash", os.path.join(ROOT, "gpu_world.sh"), phase], env=env, capture_output=True,
@@ -20,9 +23,14 @@ def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results
     assert json.load(open(res / "bench_generator_tiny.json"))["gflop_per_sample"] > 0
     for s in (0, 1, 2):  # each stage marked done; a second run skips it
         assert (runs / "tiny" / f"stage{s}.done").exists()
+    steps = [torch.load(runs / "tiny" / f"stage{s}.pt", weights_only=True)["step"] for s in (0, 1, 2)]
+    assert steps == [1, 6, 6]  # the clock stopped stage 0; stages 1 and 2 ran their preset steps
+    assert (res / "generator_tiny_samples.png").stat().st_size > 0 and (res / "tokenizer_tiny_probe.json").exists()
     assert 0 <= json.load(open(res / "geneval_tiny.json"))["overall_geneval_rules"] <= 1
     assert json.load(open(res / "tokenizer_tiny_recon.json"))["n"] > 0
-    assert (res / "table4_recon_tiny_b4_psvae_svae_rae_pvae_vae_rpiae.md").exists()
+    (table,) = res.glob("table4_recon_tiny_b*_psvae_svae_rae_pvae_vae_rpiae.md")
+    budget = int(table.name.split("_b")[1].split("_")[0])
+    assert budget >= 3 and f"--budget {budget} " in table.read_text()
     r = subprocess.run(["bash", os.path.join(ROOT, "gpu_world.sh"), "tokenizer"], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.count("done before") == 3
