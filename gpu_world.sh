@@ -4,6 +4,7 @@
 # before that (the lease ended) resumes from its last checkpoint with a new slot; the generator
 # phase always continues the run it finds for another GEN_MIN minutes.
 #
+#   bash gpu_world.sh check        torch imports and the GPU answers, within two minutes
 #   bash gpu_world.sh bench        generator throughput and MFU, world and paper presets
 #   bash gpu_world.sh tokenizer    world encoder (stage 0), S-VAE (1), PS-VAE (2); recon + probe
 #   bash gpu_world.sh generator    world generator on the PS-VAE latents; mini-GenEval, samples
@@ -53,6 +54,17 @@ train() {  # train LOG ARGS...: a training whose full log goes to LOG; its last 
 }
 
 case "${1:-}" in
+  check)  # a minute at most: the interpreter has torch, and the GPU answers (run this first on a lease)
+    timeout 120 "$PY" -c "
+import time; t = time.time()
+import torch
+print('torch', torch.__version__, f'imported in {time.time() - t:.1f} s', flush=True)
+if torch.cuda.is_available():
+    x = torch.randn(4096, 4096, device='cuda'); (x @ x).sum().item()
+    print('cuda', torch.cuda.get_device_name(), f'answered after {time.time() - t:.1f} s', flush=True)
+else:
+    print('no GPU visible to torch', flush=True)" || { log "torch/GPU check failed or timed out ($PY)"; exit 1; }
+    ;;
   bench)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
     "$PY" generator.py bench --preset "$P" --json "$R/bench_generator_$P.json"
@@ -109,5 +121,5 @@ print(max(3, int(b // 100 * 100 if b >= 100 else b)))") || exit 1
       $(find "$TOK" "$GEN" "$T4" -name '*.json*' -o -name '*.png' -o -name '*.log' 2>/dev/null)
     ;;
   *)
-    echo "usage: bash gpu_world.sh bench|tokenizer|generator|table4|pack ARCHIVE" >&2; exit 2 ;;
+    echo "usage: bash gpu_world.sh check|bench|tokenizer|generator|table4|pack ARCHIVE" >&2; exit 2 ;;
 esac

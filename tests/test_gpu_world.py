@@ -16,10 +16,12 @@ def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results
     env = {**os.environ, "PRESET": "tiny", "EVAL_STEPS": "20", "BUDGET": "", "T4_SECONDS": "122", "RESULTS": str(res),
            "RUNS": str(runs), "TOK_MIN": "1e-9 1 1", "GEN_MIN": "1", "WORKERS": "0", "T4_WORKERS": "0", "PYTHON": sys.executable,
            "OMP_NUM_THREADS": "1"}
-    for phase in ("bench", "tokenizer", "generator", "table4"):
+    for phase in ("check", "bench", "tokenizer", "generator", "table4"):
         r = subprocess.run(["bash", os.path.join(ROOT, "gpu_world.sh"), phase], env=env, capture_output=True,
                            text=True, timeout=600)
         assert r.returncode == 0, (phase, r.stdout[-2000:], r.stderr[-2000:])
+        if phase == "check":
+            assert "torch " + torch.__version__ in r.stdout
     assert json.load(open(res / "bench_generator_tiny.json"))["gflop_per_sample"] > 0
     for s in (0, 1, 2):  # each stage marked done; a second run skips it
         assert (runs / "tiny" / f"stage{s}.done").exists()
