@@ -586,15 +586,26 @@ def memory_gib(device):
     return round(peak / 2**30, 2)
 
 
+def lr_at(step, cfg):
+    """The learning rate of 0-based `step`: linear warm-up over `warmup` steps, then constant
+    (the paper's schedule), and with `cooldown` > 0 a linear decay to zero over the last
+    `cooldown` of `steps` (warmup-stable-decay: a run trained at a constant lr can be resumed with
+    a larger --steps and a --cooldown to finish it). A function of the step alone, so resume is exact."""
+    warm = min(1.0, (step + 1) / cfg["warmup"]) if cfg["warmup"] else 1.0
+    cool = cfg.get("cooldown") or 0
+    decay = min(1.0, (cfg["steps"] - step) / cool) if cool else 1.0
+    return cfg["lr"] * warm * decay
+
+
 def optimiser_step(model, ema, opt, loss, cfg, step, out):
     """Everything after the forward pass, shared with edit.py: the loss averaged over processes
-    (a NaN stops the run; the last checkpoint in `out` is kept), linear warm-up then a constant
-    lr, backward, gradient clip, AdamW, EMA. Returns (averaged loss, lr, grad norm or None)."""
+    (a NaN stops the run; the last checkpoint in `out` is kept), the lr of `lr_at`, backward,
+    gradient clip, AdamW, EMA. Returns (averaged loss, lr, grad norm or None)."""
     logged = all_mean(loss.detach().float())
     if not torch.isfinite(logged):
         raise GeneratorError(f"the loss became {logged.item()} at step {step + 1}; the last checkpoint in {out} "
                              f"is kept; lower --lr or check the data")
-    lr = cfg["lr"] * min(1.0, (step + 1) / cfg["warmup"]) if cfg["warmup"] else cfg["lr"]
+    lr = lr_at(step, cfg)
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
@@ -960,6 +971,13 @@ def cmd_bench(argv):
     return res
 
 
+def nonneg_int(text):
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{v} is negative; give a number of steps >= 0")
+    return v
+
+
 def add_optimisation_args(g):
     """The optimiser flags of generator.py and edit.py (defaults come from the preset)."""
     g.add_argument("--steps", type=int, help="training steps")
@@ -968,6 +986,8 @@ def add_optimisation_args(g):
     g.add_argument("--batch-size", type=int, help="global batch, split over processes (paper ~730)")
     g.add_argument("--lr", type=float, help="AdamW learning rate (paper 1e-4)")
     g.add_argument("--warmup", type=int, help="linear warm-up steps, then constant")
+    g.add_argument("--cooldown", type=nonneg_int, default=0, help="linear decay of the lr to 0 over the last N "
+                   "steps of --steps; 0 = constant to the end (the paper)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 = off")
     g.add_argument("--ema", type=float, help="EMA decay (paper 0.9999)")

@@ -320,3 +320,28 @@ def test_bench_counts_flops_per_sample_independent_of_batch_and_writes_json(tmp_
     assert G.preset_latent_shape("paper") == (96, 16, 16) and G.preset_latent_shape("world") == (24, 8, 8)
     assert G.datasheet_peak("NVIDIA H100 80GB HBM3") == 989.4 and G.datasheet_peak("NVIDIA H100 PCIe") == 756.0
     assert G.datasheet_peak("NVIDIA GeForce RTX 4090") is None
+
+
+def test_lr_schedule_warmup_constant_cooldown():
+    cfg = dict(lr=1.0, warmup=4, steps=10, cooldown=0)
+    assert [G.lr_at(s, cfg) for s in range(10)] == [0.25, 0.5, 0.75] + [1.0] * 7  # the paper: warm-up, constant
+    cfg["cooldown"] = 4  # the last 4 steps decay linearly towards 0
+    assert [G.lr_at(s, cfg) for s in range(10)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert G.lr_at(0, dict(lr=2.0, warmup=0, steps=4)) == 2.0  # a config from before --cooldown existed
+
+
+def test_cooldown_run_logs_its_lr_and_resume_is_exact(tmp_path, tok, capsys):
+    """Constant lr to step 3, then resumed to 6 with --cooldown 3, equals the same schedule in one run."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    cache = tmp_path / "cache"
+    common = ("--n-train", 16, "--n-samples", 0, "--lr", 1e-3)
+    train(a, tok, "--steps", 6, "--cooldown", 3, *common, cache=cache)
+    lrs = {r["step"]: r["lr"] for r in map(json.loads, open(a / "metrics.jsonl"))}
+    assert [lrs[s] for s in range(1, 7)] == pytest.approx([1e-3] * 3 + [1e-3, 2e-3 / 3, 1e-3 / 3])
+    train(b, tok, "--steps", 3, *common, cache=cache)
+    G.main([*TINY, "--out", str(b), "--cache", str(cache), "--steps", "6", "--cooldown", "3", "--resume",
+            *map(str, common)])
+    assert losses(a) == losses(b)
+    with pytest.raises(SystemExit):
+        train(tmp_path / "c", tok, "--cooldown", -1)
+    assert "-1 is negative" in capsys.readouterr().err
