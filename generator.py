@@ -363,7 +363,9 @@ class Generator(nn.Module):
         L = text_len + self.N
         mask = torch.zeros(L, L, dtype=torch.bool)
         mask[:text_len, :text_len] = torch.ones(text_len, text_len).tril().bool()  # text: causal
-        mask[text_len:, :] = True  # image: every text token and every image token
+        # image: every text token and every image token, the caption's padding included (the pads
+        # follow the caption causally, the same in training and sampling; the paper is silent on it)
+        mask[text_len:, :] = True
         self.register_buffer("mask", mask, persistent=False)
         cos, sin = rope_tables(list(range(text_len)) + [None] * self.N, D // cfg.heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -663,10 +665,11 @@ def train(cfg, ddp, rank, local_rank, world, device):
             if ck["config"][k] != cfg[k]:
                 raise GeneratorError(f"the checkpoint has {k}={ck['config'][k]!r} but this run asks for {cfg[k]!r}; "
                                      f"pass --{k.replace('_', '-')} {ck['config'][k]} or use a new --out")
-        if cfg["tokenizer"] is None:  # --resume alone continues on the run's own tokenizer
-            cfg["tokenizer"] = ck["config"]["tokenizer"]
-        changed = {k: (ck["config"].get(k), v) for k, v in cfg.items() if k not in ("resume", "steps")
-                   and ck["config"].get(k) != v}
+        if cfg["tokenizer"] is None:  # --resume alone continues on the run's own tokenizer file
+            cfg["tokenizer"] = ck["tokenizer"]
+        # (the tokenizer is compared by its sha1 below; a setting newer than the checkpoint counts as off)
+        changed = {k: (ck["config"].get(k), v) for k, v in cfg.items() if k not in ("resume", "steps", "tokenizer")
+                   and ck["config"].get(k) != v and not (k not in ck["config"] and not v)}
         if changed:
             print0("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
     if rank0:
@@ -675,7 +678,8 @@ def train(cfg, ddp, rank, local_rank, world, device):
     # ---- the frozen tokenizer and the latent cache
     tok_path = cfg["tokenizer"]
     tok_path = os.path.join(tok_path, "stage2.pt") if tok_path and os.path.isdir(tok_path) else tok_path
-    tok, latent_shape, size = open_tokenizer(tok_path, device)
+    # a resumed run must see the very tokenizer it started on (a retrained stage2.pt has other latents)
+    tok, latent_shape, size = open_tokenizer(tok_path, device, ck["tokenizer_sha1"] if ck else None)
     C = latent_shape[0]
     s = cfg["shift"] if cfg["shift"] else shift_factor(C, cfg["patch"])
     print0(f"latent {C}x{latent_shape[1]}x{latent_shape[2]}, patch {cfg['patch']}: timestep shift "

@@ -49,6 +49,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import datetime
 import io
 import json
 import math
@@ -750,6 +751,9 @@ class TokenizerError(Exception):
 # 8. Distributed helpers: one code path for a laptop CPU, one GPU, or torchrun on many
 # ------------------------------------------------------------------------------------------
 
+DIST_TIMEOUT_HOURS = 3  # how long a rank waits at a collective before the run aborts
+
+
 def compute_init(device=None):
     """Detect torchrun (RANK in the environment), start gloo on CPU or NCCL on GPU.
     Returns (ddp, rank, local_rank, world_size, device)."""
@@ -764,7 +768,10 @@ def compute_init(device=None):
     else:
         dev = torch.device(kind)
     if ddp and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        # generator.py and edit.py let rank 0 encode the latent cache while the other ranks wait at
+        # a barrier; at ImageNet scale that outlasts NCCL's default 10-minute collective timeout
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=DIST_TIMEOUT_HOURS))
     return ddp, rank, local_rank, world_size, dev
 
 
@@ -1472,7 +1479,8 @@ PRESETS = {
                   batch_size=128, lr=2e-4, steps=(20000, 40000, 20000), n_train=200000, n_val=512,
                   log_every=100, ckpt_every=2000, disc_start=20000),
     # the paper's sizes (Sec 4.1): DINOv2-B/14, 224 px in, 256 px out, 16x16x96 latent, batch 96, lr 1e-4.
-    # The paper says "DINOv2-B" without naming the variant; --encoder dinov2_vitb14_reg also works.
+    # The paper says "DINOv2-B" without naming the variant; --encoder dinov2_vitb14_reg also works
+    # (RAE's own runs use the register variant: pass it for --recipe rae as its authors ran it).
     "paper": dict(encoder="dinov2_vitb14", decoder="paper", image_size=256, encoder_size=224,
                   latent_channels=96, batch_size=96, lr=1e-4, steps=(0, 200000, 100000), n_train=0,
                   n_val=256, log_every=100, ckpt_every=5000, disc_start=50000),
@@ -1689,7 +1697,8 @@ def evaluate(model, val, stage, device, bs):
         x_rec = model.decode(z)
         ps.append(psnr(x_rec, x))
         if model.D_s is not None and model.bridge:
-            # semantic preservation: D_s(E_s) features against the ORIGINAL encoder (the ref in stage 2)
+            # semantic preservation: D_s(E_s) features against the reference encoder: the original,
+            # frozen one for S-VAE / PS-VAE; for RPiAE stages II-III the stage-I encoder itself
             f0 = model.features(x, model.encoder_ref)
             cos.append(F.cosine_similarity(model.D_s(z), f0, dim=-1).mean(1))
         if first is None:
@@ -1932,6 +1941,11 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
                     L_p = rec + w_gan * g_loss
                     terms.update(g=g_loss, w_gan=w_gan)
                 terms["L_p"] = L_p
+                # L_p is LDM's loss without its learned scalar log-variance (NLL = rec / e^s + s): at
+                # its optimum e^s = rec that divides the pixel gradient by rec, a weight that keeps
+                # growing as reconstruction improves; left out so that the fixed L_s : L_p ratio
+                # below is the ratio that acts. P-VAE and VAE have no L_s: for them only the
+                # KL : L_p ratio matters (Adam ignores the loss's scale, the clip aside), the same as PS-VAE's.
                 # Sec 4.1: L = 1 * L_s + 0.1 * L_p (+ KL). Sec 4.4 instead speaks of a semantic:pixel
                 # ratio of 0.1:1 (DINOv2) and 0.05:1 (SigLIP2); the paper contradicts itself, so both
                 # weights are flags and the defaults follow Sec 4.1.

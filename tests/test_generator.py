@@ -6,6 +6,7 @@ A tiny tokenizer (stages 0 and 1 of tokenizer.py, tiny preset) is trained once p
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -345,3 +346,23 @@ def test_cooldown_run_logs_its_lr_and_resume_is_exact(tmp_path, tok, capsys):
     with pytest.raises(SystemExit):
         train(tmp_path / "c", tok, "--cooldown", -1)
     assert "-1 is negative" in capsys.readouterr().err
+
+
+def test_resume_refuses_a_changed_tokenizer(tmp_path, tok):
+    """The run's tokenizer file retrained (here: one weight changed) between two sessions: resuming
+    would train on other latents, so it stops with a sentence, with or without --tokenizer."""
+    mine = tmp_path / "stage1.pt"
+    shutil.copy(tok, mine)
+    out, cache = tmp_path / "run", tmp_path / "cache"
+    train(out, str(mine), "--steps", 2, "--n-train", 16, "--n-samples", 0, cache=cache)
+    ck = torch.load(mine, weights_only=False)
+    name = next(k for k, v in ck["model"].items() if v.is_floating_point())
+    ck["model"][name] = ck["model"][name] + 0.1
+    torch.save(ck, mine)
+    resume = [*TINY, "--out", str(out), "--cache", str(cache), "--steps", "3", "--resume", "--n-samples", "0",
+              "--n-train", "16"]
+    assert "differs from the file this generator was trained on" in error_of(resume)
+    assert "differs from the file this generator was trained on" in error_of(resume + ["--tokenizer", str(mine)])
+    shutil.copy(tok, mine)  # the original file back: the run continues
+    G.main(resume)
+    assert sorted(losses(out)) == [1, 2, 3]
