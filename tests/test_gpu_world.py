@@ -2,12 +2,14 @@
 a typo in the script would otherwise first show on a GPU lease."""
 import json
 import os
+import re
 import subprocess
 import sys
 
 import torch
 
 from conftest import ROOT
+from evaluate import TABLE4_SIZES
 
 
 def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results(tmp_path):
@@ -22,6 +24,8 @@ def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results
         assert r.returncode == 0, (phase, r.stdout[-2000:], r.stderr[-2000:])
         if phase == "check":
             assert "torch " + torch.__version__ in r.stdout
+        if phase == "table4":
+            budget = int(re.search(r"budget (\d+) steps per latent", r.stdout).group(1))
     assert json.load(open(res / "bench_generator_tiny.json"))["gflop_per_sample"] > 0
     for s in (0, 1, 2):  # each stage marked done; a second run skips it
         assert (runs / "tiny" / f"stage{s}.done").exists()
@@ -30,9 +34,11 @@ def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results
     assert (res / "generator_tiny_samples.png").stat().st_size > 0 and (res / "tokenizer_tiny_probe.json").exists()
     assert 0 <= json.load(open(res / "geneval_tiny.json"))["overall_geneval_rules"] <= 1
     assert json.load(open(res / "tokenizer_tiny_recon.json"))["n"] > 0
-    (table,) = res.glob("table4_recon_tiny_b*_psvae_svae_rae_pvae_vae_rpiae.md")
-    budget = int(table.name.split("_b")[1].split("_")[0])
-    assert budget >= 3 and f"--budget {budget} " in table.read_text()
+    # the budget depends on this machine's speed; the preset's own budget (tiny: 12) keeps the plain name
+    assert budget >= 3
+    tag = "" if budget == TABLE4_SIZES["tiny"]["budget"] else f"_b{budget}"
+    table = res / f"table4_recon_tiny{tag}_psvae_svae_rae_pvae_vae_rpiae.md"
+    assert (f"--budget {budget} " in table.read_text()) == bool(tag)
     r = subprocess.run(["bash", os.path.join(ROOT, "gpu_world.sh"), "tokenizer"], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0 and r.stdout.count("done before") == 3
