@@ -372,7 +372,7 @@ def add_noise(img, std, seed):
 
 def cmd_detector(args):
     """Detector accuracy on held-out scenes, clean and noisy; captions and edits agreement."""
-    if args.n < 1 or not 16 <= args.size <= 1024:
+    if args.n < 1 or not 32 <= args.size <= 256:
         raise ValueError(f"--n {args.n} --size {args.size} is not a test; use --n >= 1 and "
                          "--size between 32 and 256")
     bar = lambda it: tqdm(it, total=args.n, disable=not sys.stderr.isatty())  # noqa: E731
@@ -768,6 +768,31 @@ def table4_steps(budget, stages):
     return steps
 
 
+def check_table4_encoder(out, job):
+    """A latent's runs are reused only on the stage-0 encoder they were trained on: <out>/encoder.sha1
+    records the sha1 of that file when stage 1 is first trained. Runs from before the record count as
+    trained on the file their stage-1 checkpoint names, if it is still there."""
+    import generator
+    extra = job["extra"]
+    s0 = extra[extra.index("--encoder-ckpt") + 1]
+    mark, sha = os.path.join(out, "encoder.sha1"), generator.file_hash(s0)
+    first = os.path.join(out, f"stage{job['stages'][0][0]}.pt")
+    if os.path.isfile(mark):
+        with open(mark) as f:
+            recorded = f.read().strip()
+    elif os.path.isfile(first):
+        named = torch.load(first, map_location="cpu", weights_only=True)["config"].get("encoder_ckpt") or ""
+        recorded = generator.file_hash(named) if os.path.isfile(named) else f"unknown ({named or 'none'} is gone)"
+    else:
+        recorded = sha  # nothing trained yet
+    if recorded != sha:
+        raise ValueError(f"{out} was trained on another stage-0 encoder (sha1 {recorded[:12]}, --stage0 {s0} has "
+                         f"{sha[:12]}); give this encoder its own --runs folder")
+    os.makedirs(out, exist_ok=True)
+    with open(mark, "w") as f:
+        f.write(sha + "\n")
+
+
 def _table4_job(job):
     """One pool job, in its own process: the evaluator ("evaluator"), stage 0 ("train": train
     only), or one latent space ("latent": train what is missing, then recon + probe). Its log
@@ -783,11 +808,18 @@ def _table4_job(job):
             cached = os.path.isfile(os.path.join(out, f"world_w16_s{job['steps']}_seed0.pt"))
             world_evaluator(job["steps"], cache=out)
             return {"seconds": round(time.time() - t0, 1), "trained": int(not cached), "stages": 1}
+        if job["stages"][0][0] >= 1:
+            check_table4_encoder(out, job)
         trained = 0
         for stage, steps in job["stages"]:  # a stage is reused only if it reached its planned steps
             path = os.path.join(out, f"stage{stage}.pt")
             done = torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else None
-            if done != steps:  # missing, interrupted (resume it) or of another budget (train it on)
+            if trained:  # the stage below was just (re)trained: this one starts afresh from it
+                tokenizer.truncate_metrics(out, stage, 0)
+                tokenizer.main([*job["base"], "--stage", str(stage), "--steps", str(steps), "--out", out,
+                                *job["extra"]])
+                trained += 1
+            elif done != steps:  # missing, interrupted (resume it) or of another budget (train it on)
                 resume = ["--resume"] if done is not None and done < steps else []
                 if done is not None and done > steps:
                     raise ValueError(f"{path} has {done} steps, more than the planned {steps}; "
@@ -880,7 +912,7 @@ def cmd_table4(args):
         chans.append((C, r["recon"]["psnr"], r["probe"]["probe"]))
     fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     flags = (f" --budget {B}" if B != sz["budget"] else "") + (f" --recipes {args.recipes}" if args.recipes else "") \
-        + (f" --stage0 {args.stage0}" if args.stage0 else "")
+        + (f" --stage0 {args.stage0}" if args.stage0 else "") + (f" --runs {args.runs}" if args.runs else "")
     lines = [f"# Table 4 (reconstruction half) in miniature: preset {args.preset}" +
              (f", budget {B}" if B != sz["budget"] else ""), "",
              f"`python evaluate.py table4 --preset {args.preset}{flags}`; runs in `{runs}`; every latent trained for "
@@ -912,9 +944,12 @@ def cmd_table4(args):
               f"{sum(r['trained'] for r in done)} of {sum(r['stages'] for r in done)} stages (incl. stage 0 and "
               f"the rFID evaluator), the others reused from `{runs}`."]
     os.makedirs(args.results, exist_ok=True)
-    # the preset's own table keeps its name; another budget or a subset of rows never overwrites it
+    # the preset's own table keeps its name; another budget, another stage-0 encoder (named by its
+    # folder) or a subset of rows (in table order) never overwrites it
     suffix = {"cpu": "", "world": "_world"}.get(args.preset, f"_{args.preset}")
-    suffix += (f"_b{B}" if B != sz["budget"] else "") + ("_" + "_".join(wanted) if args.recipes else "")
+    suffix += (f"_b{B}" if B != sz["budget"] else "") + \
+        (f"_s0-{os.path.basename(os.path.dirname(os.path.abspath(args.stage0)))}" if args.stage0 else "") + \
+        ("_" + "_".join(r for _, r, _ in table_rows) if args.recipes else "")
     md = os.path.join(args.results, f"table4_recon{suffix}.md")
     with open(md + ".tmp", "w") as f:
         f.write("\n".join(lines) + "\n")

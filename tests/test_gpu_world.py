@@ -37,7 +37,7 @@ def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results
     # the budget depends on this machine's speed; the preset's own budget (tiny: 12) keeps the plain name
     assert budget >= 3
     tag = "" if budget == TABLE4_SIZES["tiny"]["budget"] else f"_b{budget}"
-    table = res / f"table4_recon_tiny{tag}_psvae_svae_rae_pvae_vae_rpiae.md"
+    table = res / f"table4_recon_tiny{tag}_s0-tiny_psvae_svae_rae_pvae_vae_rpiae.md"  # its encoder: runs/tiny
     assert (f"--budget {budget} " in table.read_text()) == bool(tag)
     r = subprocess.run(["bash", os.path.join(ROOT, "gpu_world.sh"), "tokenizer"], env=env, capture_output=True,
                        text=True, timeout=600)

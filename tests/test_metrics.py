@@ -6,6 +6,7 @@ Run: python -m pytest tests/test_metrics.py       (about 20 s on 2 cores; the ti
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -170,11 +171,11 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     r = E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path),
                 "--recipes", "vae,rae", "--budget", "4", "--jobs", "1", "--stage0", s0])
     assert not (tmp_path / "runs" / "stage0").exists() and f"`{s0}`, 3 steps" in open(r["table"]).read()
-    assert os.path.basename(r["table"]) == "table4_recon_tiny_b4_vae_rae.md" and r["channels"] == []
+    assert os.path.basename(r["table"]) == "table4_recon_tiny_b4_s0-s0_rae_vae.md" and r["channels"] == []
     text = open(r["table"]).read()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [line.split(" | ")[0] for line in rows] == ["| RAE", "| VAE (MAR-VAE role)"]  # table order
-    assert f"--budget 4 --recipes vae,rae --stage0 {s0}" in text and "Figure 11" not in text
+    assert f"--budget 4 --recipes vae,rae --stage0 {s0} --runs {tmp_path / 'runs'}`" in text and "Figure 11" not in text
     assert not (tmp_path / "table4_recon_tiny.md").exists() and not list(tmp_path.glob("*.png"))
     assert torch.load(tmp_path / "runs" / "rae" / "stage1.pt", weights_only=True)["step"] == 4
     with pytest.raises(SystemExit, match="subset of psvae"):
@@ -213,3 +214,35 @@ def test_table4_reuses_only_finished_stages(tmp_path):
     assert os.path.getmtime(out / "stage1.pt") == mtime
     with pytest.raises(ValueError, match="more than the planned 4"):
         E._table4_job(dict(job, stages=[(1, 4)]))
+
+
+def test_table4_retrains_a_stage_whose_base_changed_and_refuses_another_encoder(tmp_path):
+    """Extending stage 1 (a larger budget) trains stage 2 afresh on top of it, not on by resuming the
+    old stage 2; a latent trained on one stage-0 encoder is not reused on another."""
+    out = tmp_path / "psvae"
+    T.main(["--preset", "tiny", "--device", "cpu", "--stage", "0", "--out", str(tmp_path / "s0")])
+    s0 = tmp_path / "s0" / "stage0.pt"
+    base = ["--preset", "tiny", "--device", "cpu", "--recipe", "psvae"]
+    job = dict(kind="train", out=str(out), threads=1, base=base, extra=["--encoder-ckpt", str(s0)], budget=5,
+               stages=[(1, 3), (2, 2)])
+    assert E._table4_job(job)["trained"] == 2
+    first = torch.load(out / "stage2.pt", weights_only=True)
+    assert E._table4_job(job)["trained"] == 0  # all at the plan: reused
+    assert E._table4_job(dict(job, budget=6, stages=[(1, 4), (2, 2)]))["trained"] == 2
+    ck1 = torch.load(out / "stage1.pt", weights_only=True)
+    ck2 = torch.load(out / "stage2.pt", weights_only=True)
+    assert ck1["step"] == 4 and ck2["step"] == 2
+    assert any(not torch.equal(a, b) for a, b in zip(first["model"].values(), ck2["model"].values()))
+    # stage 2's metrics were written once, by the fresh run: no step repeated
+    steps2 = [r["step"] for r in map(json.loads, open(out / "metrics.jsonl")) if r.get("stage") == 2 and "loss" in r]
+    assert steps2 == sorted(set(steps2)) and steps2[-1] == 2
+    other = tmp_path / "other" / "stage0.pt"
+    other.parent.mkdir()
+    ck0 = torch.load(s0, weights_only=True)
+    ck0["encoder"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck0["encoder"].items()}
+    torch.save(ck0, other)
+    with pytest.raises(ValueError, match="trained on another stage-0 encoder"):
+        E._table4_job(dict(job, extra=["--encoder-ckpt", str(other)]))
+    shutil.copy(s0, other)  # the same bytes under another name: reused
+    assert E._table4_job(dict(job, budget=6, stages=[(1, 4), (2, 2)], extra=["--encoder-ckpt", str(other)]))[
+        "trained"] == 0
