@@ -814,12 +814,10 @@ def _table4_job(job):
         for stage, steps in job["stages"]:  # a stage is reused only if it reached its planned steps
             path = os.path.join(out, f"stage{stage}.pt")
             done = torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else None
-            if trained:  # the stage below was just (re)trained: this one starts afresh from it
+            if trained:  # the stage below was just (re)trained: this one starts afresh on top of it
                 tokenizer.truncate_metrics(out, stage, 0)
-                tokenizer.main([*job["base"], "--stage", str(stage), "--steps", str(steps), "--out", out,
-                                *job["extra"]])
-                trained += 1
-            elif done != steps:  # missing, interrupted (resume it) or of another budget (train it on)
+                done = None
+            if done != steps:  # missing, interrupted (resume it) or of another budget (train it on)
                 resume = ["--resume"] if done is not None and done < steps else []
                 if done is not None and done > steps:
                     raise ValueError(f"{path} has {done} steps, more than the planned {steps}; "
