@@ -1672,6 +1672,29 @@ def latent_noise(idx, shape, seed, stage, step):
                         for i in idx])
 
 
+def photometric_views(x, idx, seed, step, strength):
+    """Stage 0's optional invariances (--s0-augment S), in the spirit of DINOv2's colour jitter and
+    blur but label-preserving in this world: per image a brightness shift and a contrast scale of up
+    to S/2, a Gaussian blur of up to 2 S px (sigma) and pixel noise of std up to S/2. Trained on such
+    views the encoder learns to ignore exact intensities, edges and noise: the pixel detail that
+    DINOv2's features lack and a decoder needs. x: (B, 3, H, W) in [-1, 1]; seeded per sample and
+    step like latent_noise, so resume and 2 processes see the same views."""
+    B, _, H, W = x.shape
+    u = torch.special.ndtr(latent_noise(idx, (4,), seed, 200, step)).to(x.device)  # (B, 4) in (0, 1)
+    shift, scale = (u[:, 0] * 2 - 1) * strength / 2, 1 + (u[:, 1] * 2 - 1) * strength / 2
+    sigma = (u[:, 2] * 2 * strength).clamp(min=1e-3)
+    r = torch.arange(-3, 4, device=x.device, dtype=x.dtype)
+    k = torch.exp(-r[None] ** 2 / (2 * sigma[:, None] ** 2))
+    k = (k / k.sum(1, keepdim=True)).repeat_interleave(3, 0)  # (B * 3, 7): one separable kernel per channel
+    y = F.pad(x.reshape(1, B * 3, H, W), (3, 3, 3, 3), mode="reflect")
+    y = F.conv2d(y, k[:, None, None, :], groups=B * 3)  # along width
+    y = F.conv2d(y, k[:, None, :, None], groups=B * 3).reshape(B, 3, H, W)  # along height
+    mean = y.mean((1, 2, 3), keepdim=True)
+    y = (y - mean) * scale.view(B, 1, 1, 1) + mean + shift.view(B, 1, 1, 1)
+    y = y + latent_noise(idx, (3, H, W), seed, 201, step).to(x.device) * (u[:, 3] * strength / 2).view(B, 1, 1, 1)
+    return y.clamp(-1, 1)
+
+
 # ------------------------------------------------------------------------------------------
 # 14. Evaluation and figures (rank 0, at each checkpoint)
 # ------------------------------------------------------------------------------------------
@@ -1912,6 +1935,8 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             if stage == 0:
                 # semantics only: cross-entropy of linear heads, never a pixel loss
+                if cfg["s0_augment"]:
+                    x = photometric_views(x, idx, cfg["seed"], step, cfg["s0_augment"])
                 logits = fwd(x)
                 terms = {f"ce_{k}": F.cross_entropy(lg.float(), targets[k].to(device)) for k, lg in logits.items()}
                 loss = sum(terms.values())
@@ -2060,6 +2085,8 @@ def parse_args(argv=None):
     g.add_argument("--rae-hd", action="store_true", help="Table 6: RAE whose encoder learns too, L_s against "
                    "its frozen copy")
     g.add_argument("--rae-noise", type=float, default=0.8, help="RAE noise augmentation: sigma = tau * U(0, 1), tau")
+    g.add_argument("--s0-augment", type=float, default=0.0, help="stage 0: train on label-preserving photometric "
+                   "views of strength S (brightness, contrast, blur, noise; 0 = none), a DINOv2-like invariance")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="image folder (ImageNet layout) instead of the world")
     g.add_argument("--n-train", type=int, help="number of world training scenes")

@@ -193,3 +193,32 @@ def test_load_tokenizer_encode_decode(tmp_path, stage0):
     assert torch.equal(z, T.encode(tok, x))  # the posterior mean: deterministic
     with pytest.raises(T.TokenizerError, match="stage-0"):
         T.load_tokenizer(str(out / "stage0.pt"))
+
+
+def test_stage0_photometric_views():
+    """--s0-augment's views: none at strength 0; per sample and step, whatever the batch; bounded;
+    the blur keeps a flat image's mean and smooths an edge."""
+    x = torch.rand(3, 3, 16, 16) * 2 - 1
+    idx = torch.tensor([5, 9, 11])
+    assert torch.allclose(T.photometric_views(x, idx, 0, 7, 0.0), x, atol=1e-6)
+    v = T.photometric_views(x, idx, 0, 7, 0.3)
+    assert v.shape == x.shape and v.abs().max() <= 1 and not torch.allclose(v, x, atol=0.05)
+    assert torch.equal(T.photometric_views(x[1:2], idx[1:2], 0, 7, 0.3), v[1:2])  # alone = in a batch
+    assert not torch.equal(T.photometric_views(x, idx, 0, 8, 0.3), v)  # another step, another view
+    edge = torch.full((1, 3, 16, 16), -0.5)
+    edge[..., 8:] = 0.5
+    e = T.photometric_views(edge, torch.tensor([3]), 1, 0, 0.3) - T.photometric_views(
+        torch.zeros_like(edge), torch.tensor([3]), 1, 0, 0.3)  # the same shift and noise: what is left is
+    # the contrast-scaled blurred edge; far from it the two levels, at it something in between
+    step = e[0, 0, 8]
+    assert step[0] < -0.3 and step[-1] > 0.3 and abs(step[7] + step[8]) < 0.1
+
+
+def test_stage0_with_views_trains_and_resumes_exactly(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run(a, "--stage", 0, "--steps", 4, "--s0-augment", 0.3)
+    run(b, "--stage", 0, "--steps", 2, "--s0-augment", 0.3)
+    run(b, "--stage", 0, "--steps", 4, "--s0-augment", 0.3, "--resume")
+    assert metrics(a, 0) == metrics(b, 0)
+    run(tmp_path / "plain", "--stage", 0, "--steps", 4)
+    assert metrics(tmp_path / "plain", 0)[1] != metrics(a, 0)[1]  # the views change what stage 0 sees
