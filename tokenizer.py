@@ -1678,7 +1678,8 @@ def photometric_views(x, idx, seed, step, strength):
     to S/2, a Gaussian blur of up to 2 S px (sigma) and pixel noise of std up to S/2. Trained on such
     views the encoder learns to ignore exact intensities, edges and noise: the pixel detail that
     DINOv2's features lack and a decoder needs. x: (B, 3, H, W) in [-1, 1]; seeded per sample and
-    step like latent_noise, so resume and 2 processes see the same views."""
+    step like latent_noise, so resume and 2 processes see the same views. The blur kernel has 7 taps,
+    enough for S up to about 1."""
     B, _, H, W = x.shape
     u = torch.special.ndtr(latent_noise(idx, (4,), seed, 200, step)).to(x.device)  # (B, 4) in (0, 1)
     shift, scale = (u[:, 0] * 2 - 1) * strength / 2, 1 + (u[:, 1] * 2 - 1) * strength / 2
