@@ -1357,14 +1357,21 @@ class Tokenizer(nn.Module):
 
 class StageZero(nn.Module):
     """Stage 0: world encoder + linear heads. Per-patch maps (shape, colour, texture) are read from
-    the patch tokens, scalars (count, background colour) from the cls token. Semantics only."""
+    the patch tokens, scalars (count, background colour) from the cls token. Semantics only.
+    targets='global' (--s0-targets) asks image-level questions only, all from the cls token:
+    count, background colour, and which shapes / colours / textures occur (multi-label), so no
+    loss ever looks at a patch token (DINOv2's DINO loss is on the cls token too)."""
 
-    def __init__(self, encoder, classes):
+    MAPS = ("shape", "colour", "texture")
+
+    def __init__(self, encoder, classes, targets="maps"):
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.targets = encoder, targets
         encoder.mask_token.requires_grad_(False)
         D = encoder.embed_dim
-        self.heads = nn.ModuleDict({k: nn.Linear(D, n) for k, n in sorted(classes.items())})
+        # global: one logit per non-background class of a map, "does it occur"
+        self.heads = nn.ModuleDict({k: nn.Linear(D, n - (targets == "global" and k in self.MAPS))
+                                    for k, n in sorted(classes.items())})
 
     def forward(self, x):
         x = ((x + 1) / 2 - torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)) \
@@ -1374,11 +1381,41 @@ class StageZero(nn.Module):
         g = int(math.isqrt(L))
         logits = {}
         for k, head in self.heads.items():
-            if k in ("count", "bg_colour"):
-                logits[k] = head(out["x_norm_clstoken"])  # (B, n)
+            if k not in self.MAPS or self.targets == "global":
+                logits[k] = head(out["x_norm_clstoken"])  # (B, n), or (B, n - 1) occurrence logits
             else:  # (B, L, n) -> (B, n, g, g), the layout cross_entropy wants
                 logits[k] = head(out["x_norm_patchtokens"]).transpose(1, 2).reshape(B, -1, g, g)
         return logits
+
+    def losses(self, logits, targets):
+        """Cross-entropy per head; for global targets binary cross-entropy of the occurrences,
+        which are read off the patch maps (a class occurs if it covers a cell)."""
+        terms = {}
+        for k, lg in logits.items():
+            y = targets[k].to(lg.device)
+            if k in self.MAPS and self.targets == "global":
+                terms[f"bce_{k}"] = F.binary_cross_entropy_with_logits(lg.float(), occurrences(y, lg.shape[1]))
+            else:
+                terms[f"ce_{k}"] = F.cross_entropy(lg.float(), y)
+        return terms
+
+    def hits(self, logits, targets):
+        """Per head: (right answers, questions). A global map head is right on an image when the
+        whole set of classes it names is right."""
+        out = {}
+        for k, lg in logits.items():
+            y = targets[k].to(lg.device)
+            if k in self.MAPS and self.targets == "global":
+                ok = ((lg > 0).float() == occurrences(y, lg.shape[1])).all(1)
+            else:
+                ok = lg.argmax(1) == y
+            out[k] = (ok.sum().item(), ok.numel())
+        return out
+
+
+def occurrences(maps, n):
+    """(B, g, g) class maps (0 = background) -> (B, n) float: 1 where class 1..n covers a cell."""
+    return F.one_hot(maps.flatten(1), n + 1)[..., 1:].amax(1).float()
 
 
 # ------------------------------------------------------------------------------------------
@@ -1707,11 +1744,8 @@ def evaluate(model, val, stage, device, bs):
     if stage == 0:  # linear-probe accuracy of the stage-0 heads, per attribute
         hits, tot = {}, {}
         for x, t in loader:
-            logits = model(x.to(device))
-            for k, lg in logits.items():
-                y = t[k].to(device)
-                hits[k] = hits.get(k, 0) + (lg.argmax(1) == y).sum().item()
-                tot[k] = tot.get(k, 0) + y.numel()
+            for k, (h, n) in model.hits(model(x.to(device)), t).items():
+                hits[k], tot[k] = hits.get(k, 0) + h, tot.get(k, 0) + n
         model.train()
         return {f"val_acc_{k}": hits[k] / tot[k] for k in hits}, None
     ps, cos, first = [], [], None
@@ -1819,6 +1853,9 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
         if ck["stage"] != stage:
             raise TokenizerError(f"{ckpt_path} holds stage {ck['stage']}, not stage {stage}")
         check_shapes(ck, cfg, ckpt_path)
+        if stage == 0 and ck["config"].get("s0_targets", "maps") != cfg["s0_targets"]:
+            raise TokenizerError(f"{ckpt_path} was trained with --s0-targets {ck['config'].get('s0_targets', 'maps')}; "
+                                 f"its heads do not answer --s0-targets {cfg['s0_targets']}: give the run its own --out")
         changed = {k: (ck["config"].get(k), v) for k, v in cfg.items()
                    if k not in ("resume", "steps") and ck["config"].get(k) != v}
         if changed:
@@ -1833,7 +1870,7 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
     torch.manual_seed(cfg["seed"])
     disc = None
     if stage == 0:
-        model = StageZero(build_encoder(cfg["encoder"]), TARGET_CLASSES)
+        model = StageZero(build_encoder(cfg["encoder"]), TARGET_CLASSES, cfg["s0_targets"])
     else:
         dcfg = DECODERS[cfg["decoder"]]
         disc = PatchDiscriminator(dcfg.disc_ch, dcfg.disc_layers)
@@ -1939,7 +1976,7 @@ def run_stage(cfg, ddp, rank, local_rank, world, device):
                 if cfg["s0_augment"]:
                     x = photometric_views(x, idx, cfg["seed"], step, cfg["s0_augment"])
                 logits = fwd(x)
-                terms = {f"ce_{k}": F.cross_entropy(lg.float(), targets[k].to(device)) for k, lg in logits.items()}
+                terms = model.losses(logits, targets)
                 loss = sum(terms.values())
             else:
                 eps = latent_noise(idx, (C, *grid), cfg["seed"], stage, step).to(device)
@@ -2088,6 +2125,9 @@ def parse_args(argv=None):
     g.add_argument("--rae-noise", type=float, default=0.8, help="RAE noise augmentation: sigma = tau * U(0, 1), tau")
     g.add_argument("--s0-augment", type=float, default=0.0, help="stage 0: train on label-preserving photometric "
                    "views of strength S (brightness, contrast, blur, noise; 0 = none), a DINOv2-like invariance")
+    g.add_argument("--s0-targets", choices=("maps", "global"), default="maps", help="stage 0's questions: per-patch "
+                   "shape / colour / texture maps plus count and background (maps), or image-level ones only, from "
+                   "the cls token (global: count, background, which shapes / colours / textures occur)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="image folder (ImageNet layout) instead of the world")
     g.add_argument("--n-train", type=int, help="number of world training scenes")
