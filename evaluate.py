@@ -26,6 +26,7 @@ import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from scipy import ndimage as ndi
 from tqdm import tqdm
 
@@ -707,9 +708,32 @@ def linear_probe(ftr, ytr, fte, yte, steps=100, balanced=False):
     return balanced_accuracy(pred, yte) if balanced else (pred == yte).float().mean().item()
 
 
+def pixel_readout(ztr, xtr, zte, xte, ridge=1e-4):
+    """How much of the pixels a latent holds *linearly*: ridge regression from each latent token
+    (C values, standardised, plus a bias) to the pixels of its own patch (3 * p * p values, p =
+    image side / latent side), fit on (ztr, xtr), applied to zte; -> mean PSNR (dB) of the
+    reassembled test images. The pixel counterpart of the semantic probe: a token that names a
+    red striped square but not its stripes' phase reads out as a blurred square. z: (N, C, h, w),
+    x: (N, 3, H, W) in [-1, 1]."""
+    h = ztr.shape[-1]
+    p = xtr.shape[-1] // h
+    tok = lambda z: z.double().flatten(2).transpose(1, 2).reshape(-1, z.shape[1])  # noqa: E731 (N*h*w, C)
+    pix = lambda x: F.pixel_unshuffle(x.double(), p).flatten(2).transpose(1, 2).reshape(-1, 3 * p * p)  # noqa: E731
+    ftr, fte = tok(ztr), tok(zte)
+    mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
+    ftr = torch.cat([(ftr - mu) / sd, torch.ones(len(ftr), 1, dtype=ftr.dtype)], 1)
+    fte = torch.cat([(fte - mu) / sd, torch.ones(len(fte), 1, dtype=fte.dtype)], 1)
+    reg = ridge * len(ftr) * torch.eye(ftr.shape[1], dtype=ftr.dtype)
+    reg[-1, -1] = 0  # the bias is not shrunk
+    W = torch.linalg.solve(ftr.T @ ftr + reg, ftr.T @ pix(xtr))  # (C + 1, 3 p p)
+    pred = (fte @ W).reshape(len(zte), h * h, 3 * p * p).transpose(1, 2).reshape(len(zte), 3 * p * p, h, h)
+    return tokenizer.psnr(F.pixel_shuffle(pred, p).float(), xte.float()).mean().item()
+
+
 def cmd_probe(args):
     """Linear-probe accuracy of the latent on the world's semantics: per token (shape, colour,
-    texture of the cell) and mean-pooled (object count, background colour)."""
+    texture of the cell) and mean-pooled (object count, background colour); and, for contrast,
+    the PSNR of a linear pixel readout of the same tokens (pixel_readout)."""
     t0 = time.time()
     dev = eval_device(args)
     path, tok = tokenizer_run(args.ckpt, dev)
@@ -717,15 +741,16 @@ def cmd_probe(args):
     feats = {}
     for split, n in (("train", args.n_train), ("val", args.n_test)):
         data = tokenizer.WorldImages(split, n, cfg["image_size"], grid=tok.grid[0])
-        z, t = [], []
+        z, t, xs = [], [], []
         with torch.no_grad():
             for i in range(0, n, args.batch):
                 items = [data[j] for j in range(i, min(n, i + args.batch))]
-                x = torch.stack([x for x, _ in items]).to(dev)
-                z.append(tokenizer.encode(tok, x).float().cpu())  # (b, C, h, w)
+                x = torch.stack([x for x, _ in items])
+                xs.append(x)
+                z.append(tokenizer.encode(tok, x.to(dev)).float().cpu())  # (b, C, h, w)
                 t.append({k: torch.stack([y[k] for _, y in items]) for k in items[0][1]})
-        feats[split] = (torch.cat(z), {k: torch.cat([d[k] for d in t]) for k in t[0]})
-    (ztr, ttr), (zte, tte) = feats["train"], feats["val"]
+        feats[split] = (torch.cat(z), {k: torch.cat([d[k] for d in t]) for k in t[0]}, torch.cat(xs))
+    (ztr, ttr, xtr), (zte, tte, xte) = feats["train"], feats["val"]
     per_token = lambda z: z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1])  # noqa: E731  (N*h*w, C)
     tasks = {f"token_{k}": (per_token(ztr), ttr[k].flatten(), per_token(zte), tte[k].flatten())
              for k in ("shape", "colour", "texture")}
@@ -741,7 +766,8 @@ def cmd_probe(args):
     return {"ckpt": path, "recipe": cfg.get("recipe", "psvae"), "latent": list(ztr.shape[1:]),
             "n_train": args.n_train, "n_test": args.n_test, **acc, "probe_token": sum(tokens) / len(tokens),
             "probe_pooled": sum(pooled) / len(pooled), "probe": sum(tokens + pooled) / len(tokens + pooled),
-            **bal, "probe_balanced": sum(bal.values()) / len(bal), "seconds": round(time.time() - t0, 1)}
+            **bal, "probe_balanced": sum(bal.values()) / len(bal),
+            "readout_psnr": pixel_readout(ztr, xtr, zte, xte), "seconds": round(time.time() - t0, 1)}
 
 
 # Table 4 in miniature: every latent space trained by tokenizer.py on the same world data and

@@ -109,6 +109,24 @@ def test_linear_probe_separable_and_random_labels():
     assert E.linear_probe(f[:300], r[:300], f[300:], r[300:]) < 0.45
 
 
+def test_pixel_readout_of_the_pixels_a_constant_and_the_patch_means():
+    """A latent that is its patches' pixels reads out exactly; a constant latent reads out the
+    training set's mean patch, whose PSNR is computed here by hand; the patches' mean colours
+    (3 of 48 values per 4x4 patch) lie in between."""
+    data = T.WorldImages("val", 48, 32)
+    x = torch.stack([data[i] for i in range(48)])  # (48, 3, 32, 32)
+    xtr, xte = x[:32], x[32:]
+    lat = lambda x: torch.nn.functional.pixel_unshuffle(x, 4)  # noqa: E731  (N, 48, 8, 8): the pixels
+    assert E.pixel_readout(lat(xtr), xtr, lat(xte), xte) > 60
+    one = lambda x: torch.ones(len(x), 1, 8, 8)  # noqa: E731
+    mean_patch = lat(xtr).mean((0, 2, 3)).view(1, 48, 1, 1).expand(16, 48, 8, 8)
+    by_hand = T.psnr(torch.nn.functional.pixel_shuffle(mean_patch, 4), xte).mean().item()
+    assert E.pixel_readout(one(xtr), xtr, one(xte), xte) == pytest.approx(by_hand, abs=1e-3)
+    means = lambda x: torch.nn.functional.avg_pool2d(x, 4)  # noqa: E731  (N, 3, 8, 8)
+    mid = E.pixel_readout(means(xtr), xtr, means(xte), xte)
+    assert by_hand + 3 < mid < 40
+
+
 def test_balanced_accuracy_by_hand():
     """9 of class 0 and 1 of class 1: always guessing 0 is 90% accurate but 50% balanced; one
     right guess of class 1 and one class-0 miss: (8/9 + 1) / 2."""
@@ -149,6 +167,7 @@ def test_recon_and_probe_commands_on_a_tiny_tokenizer(tmp_path, evaluator, capsy
     p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert p["latent"] == [32, 4, 4] and 0 <= p["probe"] <= 1
     assert set(p) >= {"token_shape", "token_colour", "token_texture", "pooled_count", "pooled_bg_colour"}
+    assert 0 < p["readout_psnr"] < 60
     with pytest.raises(SystemExit, match="holds no stage1/2/3.pt"):
         E.main(["recon", "--ckpt", str(tmp_path)])
 
