@@ -751,6 +751,7 @@ def cmd_probe(args):
                 t.append({k: torch.stack([y[k] for _, y in items]) for k in items[0][1]})
         feats[split] = (torch.cat(z), {k: torch.cat([d[k] for d in t]) for k in t[0]}, torch.cat(xs))
     (ztr, ttr, xtr), (zte, tte, xte) = feats["train"], feats["val"]
+    mean_colour = lambda x: F.adaptive_avg_pool2d(x, ztr.shape[-2:])  # noqa: E731  (N, 3, h, w)
     per_token = lambda z: z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1])  # noqa: E731  (N*h*w, C)
     tasks = {f"token_{k}": (per_token(ztr), ttr[k].flatten(), per_token(zte), tte[k].flatten())
              for k in ("shape", "colour", "texture")}
@@ -767,7 +768,10 @@ def cmd_probe(args):
             "n_train": args.n_train, "n_test": args.n_test, **acc, "probe_token": sum(tokens) / len(tokens),
             "probe_pooled": sum(pooled) / len(pooled), "probe": sum(tokens + pooled) / len(tokens + pooled),
             **bal, "probe_balanced": sum(bal.values()) / len(bal),
-            "readout_psnr": pixel_readout(ztr, xtr, zte, xte), "seconds": round(time.time() - t0, 1)}
+            "readout_psnr": pixel_readout(ztr, xtr, zte, xte),
+            # a yardstick on the same scenes: what each patch's mean colour alone reads out to
+            "readout_psnr_mean_colour": pixel_readout(mean_colour(xtr), xtr, mean_colour(xte), xte),
+            "seconds": round(time.time() - t0, 1)}
 
 
 # Table 4 in miniature: every latent space trained by tokenizer.py on the same world data and

@@ -167,7 +167,7 @@ def test_recon_and_probe_commands_on_a_tiny_tokenizer(tmp_path, evaluator, capsy
     p = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert p["latent"] == [32, 4, 4] and 0 <= p["probe"] <= 1
     assert set(p) >= {"token_shape", "token_colour", "token_texture", "pooled_count", "pooled_bg_colour"}
-    assert 0 < p["readout_psnr"] < 60
+    assert 0 < p["readout_psnr"] < 60 and 0 < p["readout_psnr_mean_colour"] < 60
     with pytest.raises(SystemExit, match="holds no stage1/2/3.pt"):
         E.main(["recon", "--ckpt", str(tmp_path)])
 
