@@ -1366,12 +1366,12 @@ class StageZero(nn.Module):
 
     def __init__(self, encoder, classes, targets="maps"):
         super().__init__()
-        self.encoder, self.targets = encoder, targets
+        self.encoder = encoder
         encoder.mask_token.requires_grad_(False)
         D = encoder.embed_dim
-        # global: one logit per non-background class of a map, "does it occur"
-        self.heads = nn.ModuleDict({k: nn.Linear(D, n - (targets == "global" and k in self.MAPS))
-                                    for k, n in sorted(classes.items())})
+        # the heads that ask "which classes occur": one logit per non-background class
+        self.occurs = set(self.MAPS) if targets == "global" else set()
+        self.heads = nn.ModuleDict({k: nn.Linear(D, n - (k in self.occurs)) for k, n in sorted(classes.items())})
 
     def forward(self, x):
         x = ((x + 1) / 2 - torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)) \
@@ -1381,7 +1381,7 @@ class StageZero(nn.Module):
         g = int(math.isqrt(L))
         logits = {}
         for k, head in self.heads.items():
-            if k not in self.MAPS or self.targets == "global":
+            if k not in self.MAPS or k in self.occurs:
                 logits[k] = head(out["x_norm_clstoken"])  # (B, n), or (B, n - 1) occurrence logits
             else:  # (B, L, n) -> (B, n, g, g), the layout cross_entropy wants
                 logits[k] = head(out["x_norm_patchtokens"]).transpose(1, 2).reshape(B, -1, g, g)
@@ -1393,7 +1393,7 @@ class StageZero(nn.Module):
         terms = {}
         for k, lg in logits.items():
             y = targets[k].to(lg.device)
-            if k in self.MAPS and self.targets == "global":
+            if k in self.occurs:
                 terms[f"bce_{k}"] = F.binary_cross_entropy_with_logits(lg.float(), occurrences(y, lg.shape[1]))
             else:
                 terms[f"ce_{k}"] = F.cross_entropy(lg.float(), y)
@@ -1405,7 +1405,7 @@ class StageZero(nn.Module):
         out = {}
         for k, lg in logits.items():
             y = targets[k].to(lg.device)
-            if k in self.MAPS and self.targets == "global":
+            if k in self.occurs:
                 ok = ((lg > 0).float() == occurrences(y, lg.shape[1])).all(1)
             else:
                 ok = lg.argmax(1) == y
