@@ -708,6 +708,11 @@ def linear_probe(ftr, ytr, fte, yte, steps=100, balanced=False):
     return balanced_accuracy(pred, yte) if balanced else (pred == yte).float().mean().item()
 
 
+def per_token(z):
+    """(N, C, h, w) latents -> (N*h*w, C): one row per token, the rows of the probes and readout."""
+    return z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1])
+
+
 def pixel_readout(ztr, xtr, zte, xte, ridge=1e-4):
     """How much of the pixels a latent holds *linearly*: ridge regression from each latent token
     (C values, standardised, plus a bias) to the pixels of its own patch (3 * p * p values, p =
@@ -717,15 +722,13 @@ def pixel_readout(ztr, xtr, zte, xte, ridge=1e-4):
     x: (N, 3, H, W) in [-1, 1]."""
     h = ztr.shape[-1]
     p = xtr.shape[-1] // h
-    tok = lambda z: z.double().flatten(2).transpose(1, 2).reshape(-1, z.shape[1])  # noqa: E731 (N*h*w, C)
-    pix = lambda x: F.pixel_unshuffle(x.double(), p).flatten(2).transpose(1, 2).reshape(-1, 3 * p * p)  # noqa: E731
-    ftr, fte = tok(ztr), tok(zte)
+    ftr, fte = per_token(ztr.double()), per_token(zte.double())
     mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
     ftr = torch.cat([(ftr - mu) / sd, torch.ones(len(ftr), 1, dtype=ftr.dtype)], 1)
     fte = torch.cat([(fte - mu) / sd, torch.ones(len(fte), 1, dtype=fte.dtype)], 1)
     reg = ridge * len(ftr) * torch.eye(ftr.shape[1], dtype=ftr.dtype)
     reg[-1, -1] = 0  # the bias is not shrunk
-    W = torch.linalg.solve(ftr.T @ ftr + reg, ftr.T @ pix(xtr))  # (C + 1, 3 p p)
+    W = torch.linalg.solve(ftr.T @ ftr + reg, ftr.T @ per_token(F.pixel_unshuffle(xtr.double(), p)))  # (C + 1, 3 p p)
     pred = (fte @ W).reshape(len(zte), h * h, 3 * p * p).transpose(1, 2).reshape(len(zte), 3 * p * p, h, h)
     return tokenizer.psnr(F.pixel_shuffle(pred, p).float(), xte.float()).mean().item()
 
@@ -752,7 +755,6 @@ def cmd_probe(args):
         feats[split] = (torch.cat(z), {k: torch.cat([d[k] for d in t]) for k in t[0]}, torch.cat(xs))
     (ztr, ttr, xtr), (zte, tte, xte) = feats["train"], feats["val"]
     mean_colour = lambda x: F.adaptive_avg_pool2d(x, ztr.shape[-2:])  # noqa: E731  (N, 3, h, w)
-    per_token = lambda z: z.flatten(2).transpose(1, 2).reshape(-1, z.shape[1])  # noqa: E731  (N*h*w, C)
     tasks = {f"token_{k}": (per_token(ztr), ttr[k].flatten(), per_token(zte), tte[k].flatten())
              for k in ("shape", "colour", "texture")}
     tasks.update({f"pooled_{k}": (ztr.mean((2, 3)), ttr[k], zte.mean((2, 3)), tte[k]) for k in ("count", "bg_colour")})
