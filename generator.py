@@ -1,22 +1,22 @@
-"""generator.py -- text -> tokenizer latents: a deep-fusion transformer with RAE's wide DDT head.
+"""generator.py -- text -> tokenizer latents: a deep-fusion transformer with RAE's wide DDT head,
+trained by flow matching.
 
 Paper: Zhang et al. 2025, "Both Semantics and Reconstruction Matter" (arXiv 2512.17909), Sec. 3.4
 and 4.1; the DDT head is RAE's DiT^DH (Zheng et al. 2025). Read top to bottom:
 
   1. presets and model sizes (a registry with `tiny`; `paper` = Qwen2.5-0.5B's shape)
   2. the text tokenizer: the world's words, and bytes for anything else
-  3. model pieces: RMSNorm, SwiGLU, rotary attention, the Qwen2-like block, the deep-fusion
-     backbone (text and image tokens share every block), the wide DDT head
-  4. flow matching, kept apart from the network (minRF style): flow_loss() and flow_sample()
-  5. data: (image, caption) pairs encoded ONCE by the frozen tokenizer and cached on disk
-  6. the training loop (DDP, EMA, exact resume, atomic checkpoints, metrics.jsonl)
-  7. sampling and the `sample` sub-command
-  8. the `bench` sub-command (samples/s and model FLOP utilisation); main()
+  3. the network: Qwen2-like layers shared by text and image tokens (deep fusion), the wide
+     DDT head, and the Generator that joins them
+  4. flow matching, kept apart from the network: flow_loss(), flow_sample(), the time shift
+  5. data: (image, caption) pairs encoded once by the frozen tokenizer and cached on disk
+  6. training: the flow-matching loop (edit.py trains with it too), and the T2I run around it
+  7. sampling: generate() and the `sample` sub-command
+  8. command line
 
   python generator.py --tokenizer runs/tokenizer-cpu/stage2.pt --preset cpu
   torchrun --nproc_per_node=2 generator.py --tokenizer runs/tokenizer-cpu/stage2.pt --preset cpu
   python generator.py sample --ckpt runs/generator-cpu --prompt "two red circles" --n 8 --out grid.png
-  python generator.py bench --preset world
 """
 import argparse
 import hashlib
@@ -24,21 +24,23 @@ import json
 import math
 import os
 import re
-import resource
 import sys
+import textwrap
 import time
 from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-import tokenizer
-from tokenizer import TokenizerError, all_mean, compute_cleanup, compute_init, print0, save_checkpoint
+import tokenizer as T
+from common import (Deadline, StepLog, all_mean, barrier, compute_cleanup, compute_init, is_rank0, print0,
+                    read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics, write_config)
+from tokenizer import TokenizerError
+from world import VOCAB, CaptionFolderDataset, WorldCaptions, to_uint8
 
 SCRIPT = "generator.py"  # written into every checkpoint, checked when one is loaded
 
@@ -54,7 +56,7 @@ class GeneratorError(ValueError):
 @dataclass
 class ModelConfig:
     width: int          # backbone hidden size D
-    depth: int          # backbone blocks, shared by text and image tokens
+    depth: int          # backbone layers, shared by text and image tokens
     heads: int          # query heads
     kv_heads: int       # key/value heads (grouped-query attention, as Qwen2)
     mlp: int            # SwiGLU hidden size
@@ -78,7 +80,7 @@ MODELS = {
 }
 
 # A preset is a dict of argparse defaults; any flag overrides it. Sampling defaults are the
-# paper's (Sec. 4.1: 50 Euler steps, shift 3, CFG 6.5) except where a preset says otherwise.
+# paper's (Sec. 4.1: 50 Euler steps, shift 3, guidance 6.5) except where a preset says otherwise.
 PRESETS = {
     # tests: seconds on CPU
     "tiny": dict(model="tiny", text_len=16, batch_size=8, lr=1e-3, warmup=0, steps=20, n_train=64, ema=0.9,
@@ -98,15 +100,10 @@ PRESETS = {
 SHAPE_KEYS = ("model", "patch", "text_len", "head")
 
 
-def shift_factor(C, P):
-    """Sec. 4.1: s = sqrt(C * P^2 / 16): 2 for Flux-VAE (C=16, P=2), 6.93 for DINOv2-B (768, 1)."""
-    return math.sqrt(C * P * P / 16)
-
-
 # ------------------------------------------------------------------------------------------
-# 2. Text tokenizer. The paper uses Qwen's; offline we have the world's word list. A word in it
-#    (compared lower-cased) is one token; anything else is spelled as UTF-8 bytes, so any text
-#    has an encoding. ids: 0 pad, 1 bos, 2..257 the bytes, 258.. the words.
+# 2. The text tokenizer. The paper uses Qwen's; offline we have the world's word list. A word in
+#    it (compared lower-cased) is one token; anything else is spelled as UTF-8 bytes, so any
+#    text has an encoding. ids: 0 pad, 1 bos, 2..257 the bytes, 258.. the words.
 # ------------------------------------------------------------------------------------------
 
 PAD, BOS, N_SPECIAL = 0, 1, 2
@@ -114,7 +111,7 @@ PAD, BOS, N_SPECIAL = 0, 1, 2
 
 class TextTokenizer:
     def __init__(self, words=None):
-        self.words = sorted(set(w.lower() for w in (words if words is not None else tokenizer.VOCAB)))
+        self.words = sorted(set(w.lower() for w in (words if words is not None else VOCAB)))
         self.word_id = {w: N_SPECIAL + 256 + i for i, w in enumerate(self.words)}
 
     def __len__(self):
@@ -157,7 +154,8 @@ class TextTokenizer:
 
 
 # ------------------------------------------------------------------------------------------
-# 3. Model pieces
+# 3. The network. The backbone's layers are Qwen2's (names included); image tokens join the
+#    text in every layer (deep fusion); a wide DDT head turns their states into the velocity.
 # ------------------------------------------------------------------------------------------
 
 class RMSNorm(nn.Module):
@@ -200,7 +198,7 @@ def apply_rope(x, cos, sin):  # x (B, H, L, hd)
     return x * cos + torch.cat([-x2, x1], -1) * sin
 
 
-class Attention(nn.Module):
+class Qwen2Attention(nn.Module):
     """Grouped-query self-attention (Qwen2: biases on q, k, v, none on o) with an optional boolean
     mask (True = may attend) and rotary tables; F.scaled_dot_product_attention does the work."""
 
@@ -224,13 +222,13 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))
 
 
-class Block(nn.Module):
-    """Qwen2 decoder layer: pre-RMSNorm attention and SwiGLU, residual."""
+class Qwen2Layer(nn.Module):
+    """Qwen2's decoder layer: pre-RMSNorm attention and SwiGLU, residual."""
 
     def __init__(self, dim, heads, kv_heads, mlp):
         super().__init__()
         self.input_layernorm = RMSNorm(dim)
-        self.self_attn = Attention(dim, heads, kv_heads)
+        self.self_attn = Qwen2Attention(dim, heads, kv_heads)
         self.post_attention_layernorm = RMSNorm(dim)
         self.mlp = SwiGLU(dim, mlp)
 
@@ -246,9 +244,9 @@ def sincos_1d(dim, pos):
     return torch.cat([ang.sin(), ang.cos()], 1)
 
 
-def sincos_2d(dim, h, w):
-    """(h*w, dim) 2D sin-cos code (MAE/DiT): half the channels code the row, half the column."""
-    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+def sincos_2d(dim, rows, cols):
+    """(rows*cols, dim) 2D sin-cos code (MAE/DiT): half the channels code the row, half the column."""
+    yy, xx = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
     return torch.cat([sincos_1d(dim // 2, yy.flatten()), sincos_1d(dim // 2, xx.flatten())], 1)
 
 
@@ -265,17 +263,16 @@ class TimestepEmbedder(nn.Module):
 
 
 def patchify(x, P):
-    """(B, C, h, w) -> (B, (h/P)(w/P), C P P), row-major over the token grid."""
-    B, C, h, w = x.shape
-    x = x.reshape(B, C, h // P, P, w // P, P).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(B, (h // P) * (w // P), C * P * P)
+    """(B, C, H, W) -> (B, (H/P)(W/P), C P P), row-major over the token grid."""
+    B, C, H, W = x.shape
+    x = x.reshape(B, C, H // P, P, W // P, P).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(B, (H // P) * (W // P), C * P * P)
 
 
-def unpatchify(x, C, h, w, P):
-    """(B, N, C P P) -> (B, C, h, w), the inverse of patchify."""
-    B = x.shape[0]
-    x = x.reshape(B, h // P, w // P, C, P, P).permute(0, 3, 1, 4, 2, 5)
-    return x.reshape(B, C, h, w)
+def unpatchify(x, C, H, W, P):
+    """(B, N, C P P) -> (B, C, H, W), the inverse of patchify."""
+    x = x.reshape(len(x), H // P, W // P, C, P, P).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(len(x), C, H, W)
 
 
 def modulate(x, shift, scale):
@@ -290,7 +287,7 @@ class HeadBlock(nn.Module):
     def __init__(self, dim, heads, mlp):
         super().__init__()
         self.norm1, self.norm2 = RMSNorm(dim, affine=False), RMSNorm(dim, affine=False)
-        self.attn = Attention(dim, heads, heads)
+        self.attn = Qwen2Attention(dim, heads, heads)
         self.mlp = SwiGLU(dim, mlp)
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
@@ -305,7 +302,7 @@ class DDTHead(nn.Module):
     their own embedder (the long skip from the input) and are conditioned, token by token, on the
     backbone's image hidden states plus the timestep. Modulation and output start at zero."""
 
-    def __init__(self, D, W, depth, heads, in_dim, n_tokens, grid):
+    def __init__(self, D, W, depth, heads, in_dim, grid):
         super().__init__()
         self.x_embed = nn.Linear(in_dim, W)  # its own embedder of x_t
         self.cond_proj = nn.Linear(D, W)  # backbone image states -> head width
@@ -317,9 +314,7 @@ class DDTHead(nn.Module):
         self.out = nn.Linear(W, in_dim)
 
     def zero_init(self):
-        for blk in self.blocks:
-            nn.init.zeros_(blk.adaLN[-1].weight), nn.init.zeros_(blk.adaLN[-1].bias)
-        for lin in (self.final_mod[-1], self.out):
+        for lin in [blk.adaLN[-1] for blk in self.blocks] + [self.final_mod[-1], self.out]:
             nn.init.zeros_(lin.weight), nn.init.zeros_(lin.bias)
 
     def forward(self, x_tok, h_img, t):
@@ -332,28 +327,28 @@ class DDTHead(nn.Module):
 
 
 class Generator(nn.Module):
-    """Deep fusion (Sec. 3.4, Transfusion-style): one stack of Qwen2-like blocks over the sequence
+    """Deep fusion (Sec. 3.4, Transfusion-style): one stack of Qwen2 layers over the sequence
     [bos, text..., pad... | image tokens]. Text tokens: rotary positions, causal mask. Image tokens:
     the patchified noisy latent projected to D, plus a 2D sin-cos code, plus the timestep
     embedding (added to their initial hidden states); they attend to all text and all image
-    tokens. Text never attends to the image. Output: the velocity v (B, C, h, w)."""
+    tokens. Text never attends to the image. Output: the velocity v (B, C, H, W)."""
 
     def __init__(self, cfg: ModelConfig, latent_shape, patch=1, text_len=16, head="ddt", vocab_size=None):
         super().__init__()
-        C, h, w = latent_shape
-        if h % patch or w % patch:
-            raise GeneratorError(f"--patch {patch} does not divide the {h}x{w} latent grid; pick a divisor")
+        C, H, W = latent_shape
+        if H % patch or W % patch:
+            raise GeneratorError(f"--patch {patch} does not divide the {H}x{W} latent grid; pick a divisor")
         self.cfg, self.latent_shape, self.P, self.T, self.head_kind = cfg, tuple(latent_shape), patch, text_len, head
-        D, grid = cfg.width, (h // patch, w // patch)
+        D, grid = cfg.width, (H // patch, W // patch)
         self.N = grid[0] * grid[1]
         in_dim = C * patch * patch
         self.embed_tokens = nn.Embedding(cfg.vocab_size or vocab_size, D)
         self.img_in = nn.Linear(in_dim, D)
         self.t_embed = TimestepEmbedder(D)
-        self.layers = nn.ModuleList([Block(D, cfg.heads, cfg.kv_heads, cfg.mlp) for _ in range(cfg.depth)])
+        self.layers = nn.ModuleList([Qwen2Layer(D, cfg.heads, cfg.kv_heads, cfg.mlp) for _ in range(cfg.depth)])
         self.norm = RMSNorm(D)
         if head == "ddt":
-            self.head = DDTHead(D, cfg.head_width, cfg.head_depth, cfg.head_heads, in_dim, self.N, grid)
+            self.head = DDTHead(D, cfg.head_width, cfg.head_depth, cfg.head_heads, in_dim, grid)
         else:  # --head none (Table 1's ablation): a linear read-out of the backbone's image states
             self.head = nn.Linear(D, in_dim)
         # latent normalisation (per channel, from the training cache): the flow sees unit-scale data
@@ -379,31 +374,35 @@ class Generator(nn.Module):
 
     @staticmethod
     def _init(m):
-        if isinstance(m, nn.Linear):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
             nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def image_tokens(self, x_t, t):
+        """The image tokens' initial hidden states: patches projected, + 2D positions + timestep."""
+        return self.img_in(patchify(x_t, self.P)) + self.pos + self.t_embed(t)[:, None]  # (B, N, D)
 
     def backbone(self, x_t, t, text):
-        """Hidden states after the last block and the final norm: (B, T + N, D)."""
-        tok = patchify(x_t, self.P)  # (B, N, C P P)
-        h_img = self.img_in(tok) + self.pos + self.t_embed(t)[:, None]  # (B, N, D)
-        h = torch.cat([self.embed_tokens(text), h_img.to(self.embed_tokens.weight.dtype)], 1)  # (B, T+N, D)
-        rope = (self.rope_cos, self.rope_sin)
+        """Hidden states after the last layer and the final norm: (B, T + N, D)."""
+        h = torch.cat([self.embed_tokens(text), self.image_tokens(x_t, t).to(self.embed_tokens.weight.dtype)], 1)
         for layer in self.layers:
-            h = layer(h, self.mask, rope)
+            h = layer(h, self.mask, (self.rope_cos, self.rope_sin))
         return self.norm(h)
 
-    def forward(self, x_t, t, text):
-        """x_t (B, C, h, w), t (B,), text (B, T) ids -> velocity (B, C, h, w)."""
-        h_img = self.backbone(x_t, t, text)[:, self.T:]  # (B, N, D)
-        if self.head_kind == "ddt":
-            out = self.head(patchify(x_t, self.P), h_img, t)
-        else:
-            out = self.head(h_img)
+    def velocity(self, x_t, t, h_img):
+        """The head: image hidden states (B, N, D) -> v (B, C, H, W)."""
+        out = self.head(patchify(x_t, self.P), h_img, t) if self.head_kind == "ddt" else self.head(h_img)
         return unpatchify(out, *self.latent_shape, self.P)
+
+    def forward(self, x_t, t, text):
+        """x_t (B, C, H, W), t (B,), text (B, T) ids -> velocity (B, C, H, W)."""
+        return self.velocity(x_t, t, self.backbone(x_t, t, text)[:, self.T:])
+
+
+def build_model(cfg, latent_shape):
+    return Generator(MODELS[cfg["model"]], latent_shape, cfg["patch"], cfg["text_len"], cfg["head"],
+                     len(TextTokenizer()))
 
 
 # ------------------------------------------------------------------------------------------
@@ -411,13 +410,19 @@ class Generator(nn.Module):
 #    noise, target v = eps - x0. Training t: logit-normal, then shifted by s.
 # ------------------------------------------------------------------------------------------
 
+def shift_factor(C, P):
+    """Sec. 4.1: s = sqrt(C * P^2 / 16): 2 for Flux-VAE (C=16, P=2), 6.93 for DINOv2-B (768, 1)."""
+    return math.sqrt(C * P * P / 16)
+
+
 def shift_t(t, s):
     """Resolution/channel shift t' = s t / (1 + (s - 1) t): s > 1 spends more time near noise."""
     return s * t / (1 + (s - 1) * t)
 
 
 def flow_loss(model, x0, cond, t, eps):
-    """Mean squared error of the velocity. x0, eps (B, C, h, w); t (B,) in (0, 1); cond (B, T)."""
+    """Mean squared error of the velocity. x0, eps (B, C, H, W); t (B,) in (0, 1); cond: the
+    model's condition (text ids (B, T), or edit.py's tuple)."""
     tb = t.view(-1, 1, 1, 1)
     x_t = (1 - tb) * x0 + tb * eps
     v = model(x_t, t, cond)
@@ -425,35 +430,33 @@ def flow_loss(model, x0, cond, t, eps):
 
 
 @torch.no_grad()
-def flow_sample(model, noise, cond, steps=50, shift=3.0, cfg=6.5, null=None):
-    """Euler from t = 1 (noise) to t = 0 on the shifted grid. With cfg != 1 and a null caption
-    batch `null`, v = v(null) + cfg (v(cond) - v(null)) (classifier-free guidance)."""
+def flow_sample(model, noise, cond, steps=50, shift=3.0, guidance=6.5, null=None):
+    """Euler from t = 1 (noise) to t = 0 on the shifted grid. With guidance != 1 and a null
+    caption batch `null`, v = v(null) + guidance (v(cond) - v(null)) (classifier-free guidance)."""
     ts = shift_t(torch.linspace(1, 0, steps + 1), shift).tolist()
     x = noise
-    guided = null is not None and cfg != 1.0
+    guided = null is not None and guidance != 1.0
     for t0, t1 in zip(ts[:-1], ts[1:]):
         t = torch.full((len(x),), t0, device=x.device)
         if guided:  # one forward for both halves
             v_c, v_u = model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null])).float().chunk(2)
-            v = v_u + cfg * (v_c - v_u)
+            v = v_u + guidance * (v_c - v_u)
         else:
             v = model(x, t, cond).float()
         x = x + (t1 - t0) * v
     return x
 
 
-def draws(idx, shape, seed, step):
-    """Per-sample noise eps, logit-normal pre-activation n and a uniform u for caption dropout,
-    seeded by (seed, step, data index): a sample draws the same numbers on any rank of any
-    world size, which is what makes 2 processes match 1 and resume exact."""
-    g = torch.Generator()
-    eps, n, u = [], [], []
-    for i in idx.tolist():
-        g.manual_seed(hash((seed, step, int(i))) % 2**63)
-        eps.append(torch.randn(shape, generator=g))
-        n.append(torch.randn((), generator=g))
-        u.append(torch.rand((), generator=g))
-    return torch.stack(eps), torch.stack(n), torch.stack(u)
+def flow_draws(idx, shape, seed, step, s):
+    """The noise eps and the time t of a batch, per sample (see tokenizer.seeded_randn): t is
+    logit-normal, then shifted by s."""
+    eps = seeded_randn(idx, shape, seed, step, 0)
+    return eps, shift_t(torch.sigmoid(seeded_randn(idx, (), seed, step, 1)), s)
+
+
+def coin(idx, p, seed, step, salt):
+    """True with probability p, per sample (caption dropout, source dropout), seeded as flow_draws."""
+    return torch.special.ndtr(seeded_randn(idx, (), seed, step, salt)) < p
 
 
 # ------------------------------------------------------------------------------------------
@@ -470,7 +473,7 @@ def file_hash(path):
 
 
 def open_tokenizer(path, device="cpu", expect_sha1=None):
-    """The frozen tokenizer and its shapes: (model, latent (C, h, w), image size in px). With
+    """The frozen tokenizer and its shapes: (model, latent (C, H, W), image size in px). With
     expect_sha1 (a generator's record of its tokenizer), a changed file is an error: its latents
     would not be the ones the generator learnt."""
     if not path:
@@ -481,49 +484,50 @@ def open_tokenizer(path, device="cpu", expect_sha1=None):
     if not os.path.isfile(path):
         raise GeneratorError(f"the tokenizer checkpoint {path} does not exist; pass --tokenizer with a stage-1/2 "
                              f"checkpoint of tokenizer.py, e.g. runs/tokenizer-cpu/stage2.pt")
-    tok = tokenizer.load_tokenizer(path, device).requires_grad_(False)
+    tok = T.load_tokenizer(path, device).requires_grad_(False)
     if expect_sha1 and file_hash(path) != expect_sha1:
         raise GeneratorError(f"the tokenizer {path} differs from the file this generator was trained on (another "
                              f"sha1); pass --tokenizer with the checkpoint it was trained on")
-    with torch.no_grad():  # probe the shapes through the public encode/decode
-        z = tokenizer.encode(tok, torch.zeros(1, 3, tok.encoder_size, tok.encoder_size, device=device))
-        size = tokenizer.decode(tok, z).shape[-1]
-    return tok, tuple(z.shape[1:]), size
+    z = tok.encode(torch.zeros(1, 3, tok.encoder_size, tok.encoder_size, device=device))  # probe the shapes
+    return tok, tuple(z.shape[1:]), tok.decode(z).shape[-1]
+
+
+def latent_cache(cfg, kind, dataset, tok_path, size, encode_batch):
+    """The dataset encoded once by the frozen tokenizer: {name: tensor or list}, read from
+    <cache>/<kind>-<key>.pt or made by rank 0 (the others wait). encode_batch(batch) gives the
+    dict of one batch. The key hashes the tokenizer file's bytes and the dataset's description,
+    so a retrained tokenizer or another dataset gets a new cache. -> (cache, path)."""
+    ds, spec = dataset
+    key = hashlib.sha1(json.dumps({"tokenizer": file_hash(tok_path), "size": size, **spec},
+                                  sort_keys=True).encode()).hexdigest()[:16]
+    path = os.path.join(cfg["cache"], f"{kind}-{key}.pt")
+    if is_rank0() and not os.path.isfile(path):
+        os.makedirs(cfg["cache"], exist_ok=True)
+        parts, t0 = {}, time.time()
+        loader = DataLoader(ds, batch_size=cfg["cache_batch"], num_workers=cfg["workers"])
+        with torch.no_grad():
+            for batch in tqdm(loader, desc=f"encoding {kind}", disable=not sys.stderr.isatty()):
+                for k, v in encode_batch(batch).items():
+                    parts.setdefault(k, []).append(v)
+        cache = {k: torch.cat(v) if torch.is_tensor(v[0]) else sum(v, []) for k, v in parts.items()}
+        torch.save({**cache, "tokenizer": tok_path}, path + ".tmp")
+        os.replace(path + ".tmp", path)  # atomic: an interrupted run never leaves half a cache
+        print0(f"cached {len(ds)} items in {path} ({time.time() - t0:.0f} s)")
+    barrier()
+    return torch.load(path, map_location="cpu", weights_only=True), path
 
 
 def caption_dataset(cfg, size):
+    """(dataset of (image, caption), its description for the cache key)."""
     if cfg["data"]:
         try:
-            return tokenizer.CaptionFolderDataset(cfg["data"], size), {"data": os.path.abspath(cfg["data"])}
+            return CaptionFolderDataset(cfg["data"], size), {"data": os.path.abspath(cfg["data"])}
         except (ValueError, FileNotFoundError) as e:
             raise GeneratorError(str(e))
     if cfg["n_train"] < 1:
         raise GeneratorError(f"preset {cfg['preset']} trains on real captions; pass --data FOLDER (images with "
                              f"same-named .txt files) or --n-train N for world captions")
-    return tokenizer.WorldCaptions("train", cfg["n_train"], size), {"world": cfg["n_train"]}
-
-
-def latent_cache(cfg, tok, tok_path, size, device, rank0=True):
-    """{"latents": (N, C, h, w) float32, "captions": [str]}, read from <cache>/<key>.pt or made
-    once (rank 0; the others wait). The key hashes the tokenizer file's bytes and the dataset, so
-    a retrained tokenizer or another dataset gets a new cache."""
-    ds, spec = caption_dataset(cfg, size)
-    key = hashlib.sha1(json.dumps({"tokenizer": file_hash(tok_path), "size": size, **spec},
-                                  sort_keys=True).encode()).hexdigest()[:16]
-    path = os.path.join(cfg["cache"], f"latents-{key}.pt")
-    if rank0 and not os.path.isfile(path):
-        os.makedirs(cfg["cache"], exist_ok=True)
-        zs, caps, t0 = [], [], time.time()
-        loader = DataLoader(ds, batch_size=cfg["cache_batch"], num_workers=cfg["workers"])
-        for x, c in tqdm(loader, desc="encoding latents", disable=not sys.stderr.isatty()):
-            zs.append(tokenizer.encode(tok, x.to(device)).float().cpu())
-            caps.extend(c)
-        torch.save({"latents": torch.cat(zs), "captions": caps, "tokenizer": tok_path}, path + ".tmp")
-        os.replace(path + ".tmp", path)  # atomic: an interrupted run never leaves half a cache
-        print0(f"cached {len(caps)} latents in {path} ({time.time() - t0:.0f} s)")
-    if dist.is_initialized():
-        dist.barrier()
-    return torch.load(path, map_location="cpu", weights_only=True), path
+    return WorldCaptions("train", cfg["n_train"], size), {"world": cfg["n_train"]}
 
 
 def batch_indices(n, global_bs, rank, world, seed, epoch, pos):
@@ -533,60 +537,16 @@ def batch_indices(n, global_bs, rank, world, seed, epoch, pos):
     return perm[pos * global_bs:(pos + 1) * global_bs][rank::world]
 
 
-# ------------------------------------------------------------------------------------------
-# 6. The training loop
-# ------------------------------------------------------------------------------------------
-
-def build_model(cfg, latent_shape):
-    mcfg = MODELS[cfg["model"]]
-    return Generator(mcfg, latent_shape, cfg["patch"], cfg["text_len"], cfg["head"], len(TextTokenizer()))
-
-
-@torch.no_grad()
-def ema_update(ema, model, decay):
-    for e, p in zip(ema.parameters(), model.parameters()):
-        e.lerp_(p.detach(), 1 - decay)  # e = decay e + (1 - decay) p
-
-
-def load_run(path, what="generator checkpoint", script=SCRIPT, name="generator.pt"):
-    """A checkpoint written by `script` (a file, or a run folder holding `name`), or one sentence.
-    edit.py reads its own checkpoints with script="edit.py", name="edit.pt"."""
-    if os.path.isdir(path):
-        path = os.path.join(path, name)
-    if not os.path.isfile(path):
-        raise GeneratorError(f"the {what} {path} does not exist; train one with `python {script} "
-                             f"...` or pass the right path")
+def text_ids(texts, length, what):
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise GeneratorError(f"cannot read {path} ({type(e).__name__}): it is not a PyTorch checkpoint "
-                             f"or it is damaged")
-    if not isinstance(ck, dict) or ck.get("script") != script:
-        who = ck.get("script", "an unknown program") if isinstance(ck, dict) else "an unknown program"
-        raise GeneratorError(f"{path} was written by {who}, not {script}; pass a checkpoint written by {script}")
-    return ck, path
+        return TextTokenizer()(texts, length)
+    except GeneratorError as e:
+        raise GeneratorError(f"{what} is too long: {e}")
 
 
-def append_metrics(out, rec):
-    with open(os.path.join(out, "metrics.jsonl"), "a") as f:
-        f.write(json.dumps(rec) + "\n")
-
-
-def trim_metrics(out, step):
-    """On resume: drop the metrics.jsonl records after `step` (they will be logged again)."""
-    path = os.path.join(out, "metrics.jsonl")
-    if os.path.isfile(path):
-        recs = [json.loads(x) for x in open(path) if x.strip()]
-        with open(path, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in recs if r.get("step", 0) <= step)
-
-
-def memory_gib(device):
-    """Peak memory of this process: CUDA allocations on a GPU, the resident set size on a CPU."""
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
-        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return round(peak / 2**30, 2)
-
+# ------------------------------------------------------------------------------------------
+# 6. Training. fit() is the flow-matching loop shared with edit.py; train() is the T2I run.
+# ------------------------------------------------------------------------------------------
 
 def lr_at(step, cfg):
     """The learning rate of 0-based `step`: linear warm-up over `warmup` steps, then constant
@@ -599,10 +559,16 @@ def lr_at(step, cfg):
     return cfg["lr"] * warm * decay
 
 
+@torch.no_grad()
+def ema_update(ema, model, decay):
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p.detach(), 1 - decay)  # e = decay e + (1 - decay) p
+
+
 def optimiser_step(model, ema, opt, loss, cfg, step, out):
-    """Everything after the forward pass, shared with edit.py: the loss averaged over processes
-    (a NaN stops the run; the last checkpoint in `out` is kept), the lr of `lr_at`, backward,
-    gradient clip, AdamW, EMA. Returns (averaged loss, lr, grad norm or None)."""
+    """Everything after the forward pass: the loss averaged over processes (a NaN stops the run;
+    the last checkpoint in `out` is kept), the lr of `lr_at`, backward, gradient clip, AdamW,
+    EMA. Returns the values to log."""
     logged = all_mean(loss.detach().float())
     if not torch.isfinite(logged):
         raise GeneratorError(f"the loss became {logged.item()} at step {step + 1}; the last checkpoint in {out} "
@@ -612,158 +578,151 @@ def optimiser_step(model, ema, opt, loss, cfg, step, out):
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]) if cfg["grad_clip"] else None
+    values = {"loss": logged.item(), "lr": lr}
+    if cfg["grad_clip"]:
+        values["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg["grad_clip"]))
     opt.step()
     ema_update(ema, model, cfg["ema"])
-    return logged, lr, gnorm
+    return values
 
 
-class StepLog:
-    """The progress bar and, every `log_every` steps, one metrics.jsonl record (loss, lr,
-    samples/s since the last record, memory); rank 0 writes. Checkpoint time is left out of
-    the throughput: call restart_clock() after saving."""
-
-    def __init__(self, cfg, out, rank0, step, desc):
-        self.cfg, self.out, self.rank0 = cfg, out, rank0
-        self.pbar = tqdm(total=cfg["steps"], initial=step, disable=not (rank0 and sys.stderr.isatty()), desc=desc)
-        self.t_start = self.t_last = time.time()
-        self.seen, self.last = 0, {}
-
-    def __call__(self, step, n_samples, logged, lr, gnorm, device, force=False):
-        self.seen += n_samples
-        self.pbar.update(1)
-        if step % self.cfg["log_every"] and step != self.cfg["steps"] and not force:
-            return
-        rec = {"step": step, "loss": round(logged.item(), 6), "lr": lr,
-               "samples_per_s": round(self.seen / (time.time() - self.t_last), 2),
-               "elapsed_s": round(time.time() - self.t_start, 1)}
-        if gnorm is not None:
-            rec["grad_norm"] = round(float(gnorm), 4)
-        rec["mem_gib"] = memory_gib(device)
-        if self.rank0:
-            append_metrics(self.out, rec)
-            self.pbar.write(f"step {step}/{self.cfg['steps']} | loss {rec['loss']:.4f} | lr {lr:.2e} | "
-                            f"{rec['samples_per_s']:.1f} samples/s | mem {rec['mem_gib']} GiB")
-        self.last, self.seen = rec, 0
-        self.restart_clock()
-
-    def restart_clock(self):
-        self.t_last = time.time()
-
-    def close(self):
-        self.pbar.close()
-
-
-def train(cfg, ddp, rank, local_rank, world, device):
-    out, rank0 = cfg["out"], rank == 0
-    if cfg["batch_size"] % world:
-        raise GeneratorError(f"--batch-size {cfg['batch_size']} (global) does not split over {world} processes")
-    ck = None
-    if cfg["resume"]:
-        ck, _ = load_run(os.path.join(out, "generator.pt"), "checkpoint to resume")
-        for k in SHAPE_KEYS:
-            if ck["config"][k] != cfg[k]:
-                raise GeneratorError(f"the checkpoint has {k}={ck['config'][k]!r} but this run asks for {cfg[k]!r}; "
-                                     f"pass --{k.replace('_', '-')} {ck['config'][k]} or use a new --out")
-        if cfg["tokenizer"] is None:  # --resume alone continues on the run's own tokenizer file
-            cfg["tokenizer"] = ck["tokenizer"]
-        # (the tokenizer is compared by its sha1 below; a setting newer than the checkpoint counts as off)
-        changed = {k: (ck["config"].get(k), v) for k, v in cfg.items() if k not in ("resume", "steps", "tokenizer")
-                   and ck["config"].get(k) != v and not (k not in ck["config"] and not v)}
-        if changed:
-            print0("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
-    if rank0:
-        os.makedirs(out, exist_ok=True)
-
-    # ---- the frozen tokenizer and the latent cache
-    tok_path = cfg["tokenizer"]
-    tok_path = os.path.join(tok_path, "stage2.pt") if tok_path and os.path.isdir(tok_path) else tok_path
-    # a resumed run must see the very tokenizer it started on (a retrained stage2.pt has other latents)
-    tok, latent_shape, size = open_tokenizer(tok_path, device, ck["tokenizer_sha1"] if ck else None)
-    C = latent_shape[0]
-    s = cfg["shift"] if cfg["shift"] else shift_factor(C, cfg["patch"])
-    print0(f"latent {C}x{latent_shape[1]}x{latent_shape[2]}, patch {cfg['patch']}: timestep shift "
-           f"s = sqrt(C P^2 / 16) = {shift_factor(C, cfg['patch']):.3f}" +
-           (f", overridden by --shift {cfg['shift']}" if cfg["shift"] else ""))
-    cache, cache_path = latent_cache(cfg, tok, tok_path, size, device, rank0)
-    tok_sha1 = file_hash(tok_path)
-    del tok  # frozen and no longer needed: training only sees cached latents
-    latents, captions = cache["latents"], cache["captions"]
-    text = TextTokenizer()
-    try:
-        ids = text(captions, cfg["text_len"])
-    except GeneratorError as e:
-        raise GeneratorError(f"a training caption is too long: {e}")
-    null = text([""], cfg["text_len"])  # the null caption for classifier-free guidance
-    n = len(latents)
-    if n < cfg["batch_size"]:
-        raise GeneratorError(f"the training set has {n} items, fewer than one batch of {cfg['batch_size']}")
-
-    # ---- model, EMA, optimiser: the same initial weights on every rank
-    torch.manual_seed(cfg["seed"])
-    model = build_model(cfg, latent_shape)
-    model.latent_mean.copy_(latents.mean((0, 2, 3)).view(-1, 1, 1))
-    model.latent_std.copy_(latents.std((0, 2, 3)).view(-1, 1, 1))
-    ema = build_model(cfg, latent_shape).requires_grad_(False)
-    ema.load_state_dict(model.state_dict())  # DiT: EMA starts as a copy (decay 0)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95), weight_decay=cfg["weight_decay"])
-    step, (epoch, pos) = 0, (0, 0)
-    if ck is not None:
-        model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), opt.load_state_dict(ck["opt"])
-        step, (epoch, pos) = ck["step"], ck["data"]
-    model.to(device), ema.to(device).eval()
-    n_params = sum(p.numel() for p in model.parameters())
-    n_head = sum(p.numel() for p in model.head.parameters())
-    print0(f"{world} process(es) on {device} | generator {cfg['model']}: {n_params / 1e6:.2f}M parameters "
-           f"({n_head / 1e6:.2f}M in the {cfg['head']} head) | {n} cached latents")
-    fwd = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
-    fwd = torch.compile(fwd) if cfg["compile"] else fwd
-    if rank0:
-        if ck is not None:
-            trim_metrics(out, step)
-        with open(os.path.join(out, "config.json"), "w") as f:
-            json.dump({**cfg, "latent_shape": latent_shape, "shift_used": s, "cache_file": cache_path}, f, indent=1)
-
-    # ---- the loop
-    amp = device.type == "cuda"
-    B = cfg["batch_size"]
-    mean, std = model.latent_mean.cpu(), model.latent_std.cpu()
-    log = StepLog(cfg, out, rank0, step, "generator")
-    time_up = tokenizer.Deadline(cfg["time_limit"], device)
+def fit(cfg, run, make_batch, n, shift, device):
+    """The flow-matching loop (Sec. 4.1) of generator.py and edit.py. `run` holds model, ema, opt,
+    fwd (the model as trained: DDP / compiled), step, data (epoch, position), rank, world;
+    make_batch(idx, step) gives the clean target latents x0 (B, C, H, W) and the model's
+    condition for the data indices idx. Checkpoints via run.save(step, data). -> last log record."""
+    step, (epoch, pos), B = run.step, run.data, cfg["batch_size"]
+    log = StepLog(cfg["out"], cfg["steps"], step, cfg["log_every"], os.path.basename(cfg["out"]))
+    time_up = Deadline(cfg["time_limit"], device)
     while step < cfg["steps"]:
         if (pos + 1) * B > n:
             epoch, pos = epoch + 1, 0
-        idx = batch_indices(n, B, rank, world, cfg["seed"], epoch, pos)
+        idx = batch_indices(n, B, run.rank, run.world, cfg["seed"], epoch, pos)
         pos += 1
-        x0 = ((latents[idx] - mean) / std).to(device)
-        eps, nrm, u = draws(idx, latent_shape, cfg["seed"], step)
-        t = shift_t(torch.sigmoid(nrm), s).to(device)  # logit-normal, then shifted
-        cond = torch.where((u < cfg["caption_dropout"])[:, None], null, ids[idx]).to(device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = flow_loss(fwd, x0, cond, t, eps.to(device))
-        logged, lr, gnorm = optimiser_step(model, ema, opt, loss, cfg, step, out)
+        x0, cond = make_batch(idx, step)
+        eps, t = flow_draws(idx, x0.shape[1:], cfg["seed"], step, shift)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = flow_loss(run.fwd, x0.to(device), cond, t.to(device), eps.to(device))
+        values = optimiser_step(run.model, run.ema, run.opt, loss, cfg, step, cfg["out"])
         step += 1
         stop = time_up()
-        log(step, B, logged, lr, gnorm, device, force=stop)
+        log(step, B, values, device, force=stop)
         if stop:
             print0(f"--time-limit {cfg['time_limit']} min reached at step {step}/{cfg['steps']}; --resume continues")
         if step % cfg["ckpt_every"] == 0 or step == cfg["steps"] or stop:
-            ckpt = dict(script=SCRIPT, step=step, config=cfg, model=model.state_dict(), ema=ema.state_dict(),
-                        opt=opt.state_dict(), data=(epoch, pos), latent_shape=latent_shape, world_size=world,
-                        tokenizer=os.path.abspath(tok_path), tokenizer_sha1=tok_sha1, shift=s)
-            save_checkpoint(os.path.join(out, "generator.pt"), ckpt)  # rank 0, atomic, then a barrier
+            run.save(step, (epoch, pos))
             log.restart_clock()
         if stop:
             break
     log.close()
-    if rank0 and cfg["n_samples"]:  # a look at the result: EMA samples for held-out captions
-        val = tokenizer.WorldCaptions("val", cfg["n_samples"], 32)
-        prompts = [val.item(i)[1] for i in range(len(val))] if not cfg["data"] else captions[:cfg["n_samples"]]
-        tok, _, _ = open_tokenizer(tok_path, device)
-        imgs = generate(ema, tok, prompts, steps=cfg["sample_steps"], shift=cfg["sample_shift"], cfg=cfg["cfg"],
-                        seed=cfg["seed"])
-        save_grid(os.path.join(out, "samples.png"), imgs, prompts, f"{cfg['model']} generator, step {step} (EMA)")
+    run.step = step
     return log.last
+
+
+class Run:
+    """What fit() trains: the model, its EMA (DiT: a copy, no gradients, eval mode) and AdamW,
+    from `state` (a resumed checkpoint) or fresh; fwd is the model wrapped for DDP / compile.
+    save() writes the checkpoint: everything needed to continue, plus `record`."""
+
+    def __init__(self, cfg, model, ema, ck, ddp, rank, local_rank, world, device, record, name):
+        self.cfg, self.rank, self.world, self.record, self.name = cfg, rank, world, record, name
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95),
+                                     weight_decay=cfg["weight_decay"])
+        ema.requires_grad_(False).load_state_dict(model.state_dict())
+        self.step, self.data = 0, (0, 0)
+        if ck is not None:
+            model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), self.opt.load_state_dict(ck["opt"])
+            self.step, self.data = ck["step"], ck["data"]
+        self.model, self.ema = model.to(device), ema.to(device).eval()
+        self.fwd = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
+        self.fwd = torch.compile(self.fwd) if cfg["compile"] else self.fwd
+
+    def save(self, step, data):
+        ckpt = dict(step=step, config=self.cfg, model=self.model.state_dict(),
+                    ema=self.ema.state_dict(), opt=self.opt.state_dict(), data=data, world_size=self.world,
+                    **self.record)
+        save_checkpoint(os.path.join(self.cfg["out"], self.name), ckpt)  # rank 0, atomic, then a barrier
+
+
+def start_run(cfg, world, name, script=SCRIPT, keep=("resume", "steps")):
+    """Check the batch split, make the run folder and return the checkpoint to resume (or None),
+    saying which settings changed since it was written."""
+    if cfg["batch_size"] % world:
+        raise GeneratorError(f"--batch-size {cfg['batch_size']} (global) does not split over {world} processes")
+    if is_rank0():
+        os.makedirs(cfg["out"], exist_ok=True)
+    if not cfg["resume"]:
+        return None
+    ck = load_run(os.path.join(cfg["out"], name), "checkpoint to resume", script, name)[0]
+    changed = {k: (ck["config"].get(k), v) for k, v in cfg.items()
+               if k not in keep and ck["config"].get(k) != v and not (k not in ck["config"] and not v)}
+    if changed:
+        print0("resuming with changed settings: " + ", ".join(f"{k} {a} -> {b}" for k, (a, b) in changed.items()))
+    truncate_metrics(cfg["out"], ck["step"])
+    return ck
+
+
+def train(cfg, ddp, rank, local_rank, world, device):
+    """The T2I run: cache the latents of (image, caption) pairs, then fit the generator to them."""
+    ck = start_run(cfg, world, "generator.pt", keep=("resume", "steps", "tokenizer"))
+    if ck is not None:
+        for k in SHAPE_KEYS:
+            if ck["config"][k] != cfg[k]:
+                raise GeneratorError(f"the checkpoint has {k}={ck['config'][k]!r} but this run asks for {cfg[k]!r}; "
+                                     f"pass --{k.replace('_', '-')} {ck['config'][k]} or use a new --out")
+        cfg["tokenizer"] = cfg["tokenizer"] or ck["tokenizer"]  # --resume alone: the run's own tokenizer
+    tok_path = cfg["tokenizer"]
+    tok_path = os.path.join(tok_path, "stage2.pt") if tok_path and os.path.isdir(tok_path) else tok_path
+    # a resumed run must see the very tokenizer it started on (a retrained stage2.pt has other latents)
+    tok, latent_shape, size = open_tokenizer(tok_path, device, ck and ck["tokenizer_sha1"])
+    s = cfg["shift"] or shift_factor(latent_shape[0], cfg["patch"])
+    print0(f"latent {'x'.join(map(str, latent_shape))}, patch {cfg['patch']}: timestep shift s = sqrt(C P^2 / 16) = "
+           f"{shift_factor(latent_shape[0], cfg['patch']):.3f}" + (f", overridden by --shift {s}" if cfg["shift"] else ""))
+    cache, cache_path = latent_cache(cfg, "latents", caption_dataset(cfg, size), tok_path, size,
+                                     lambda b, enc=tok.encode: {"latents": enc(b[0].to(device)).float().cpu(),
+                                                                "captions": list(b[1])})
+    del tok  # frozen and no longer needed: training only sees cached latents
+    latents, ids = cache["latents"], text_ids(cache["captions"], cfg["text_len"], "a training caption")
+    null = text_ids([""], cfg["text_len"], "the null caption")  # for classifier-free guidance
+    if len(latents) < cfg["batch_size"]:
+        raise GeneratorError(f"the training set has {len(latents)} items, fewer than one batch of {cfg['batch_size']}")
+    torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
+    model = build_model(cfg, latent_shape)
+    model.latent_mean.copy_(latents.mean((0, 2, 3)).view(-1, 1, 1))
+    model.latent_std.copy_(latents.std((0, 2, 3)).view(-1, 1, 1))
+    record = dict(script=SCRIPT, latent_shape=latent_shape, tokenizer=os.path.abspath(tok_path),
+                  tokenizer_sha1=file_hash(tok_path), shift=s)
+    run = Run(cfg, model, build_model(cfg, latent_shape), ck, ddp, rank, local_rank, world, device, record,
+              "generator.pt")
+    n_params, n_head = (sum(p.numel() for p in m.parameters()) for m in (model, model.head))
+    print0(f"{world} process(es) on {device} | generator {cfg['model']}: {n_params / 1e6:.2f}M parameters "
+           f"({n_head / 1e6:.2f}M in the {cfg['head']} head) | {len(latents)} cached latents")
+    write_config(cfg["out"], {**cfg, "latent_shape": latent_shape, "shift_used": s, "cache_file": cache_path})
+    mean, std = model.latent_mean.cpu(), model.latent_std.cpu()
+
+    def make_batch(idx, step):  # x0: normalised latents; the condition: the caption, or null for a share
+        drop = coin(idx, cfg["caption_dropout"], cfg["seed"], step, 2)
+        return (latents[idx] - mean) / std, torch.where(drop[:, None], null, ids[idx]).to(device)
+
+    last = fit(cfg, run, make_batch, len(latents), s, device)
+    if rank == 0 and cfg["n_samples"]:  # a look at the result: EMA samples for held-out captions
+        val = WorldCaptions("val", cfg["n_samples"], 32)
+        prompts = [val.item(i)[1] for i in range(len(val))] if not cfg["data"] else cache["captions"][:cfg["n_samples"]]
+        imgs = generate(run.ema, open_tokenizer(tok_path, device)[0], prompts, steps=cfg["sample_steps"],
+                        shift=cfg["sample_shift"], guidance=cfg["guidance"], seed=cfg["seed"])
+        save_grid(os.path.join(cfg["out"], "samples.png"), imgs, prompts, f"{cfg['model']} generator, step {run.step} (EMA)")
+    return last
+
+
+def load_run(path, what="generator checkpoint", script=SCRIPT, name="generator.pt"):
+    """A checkpoint written by `script` (a file, or a run folder holding `name`), or one sentence.
+    edit.py reads its own checkpoints with script="edit.py", name="edit.pt". -> (ckpt, path)."""
+    if os.path.isdir(path):
+        path = os.path.join(path, name)
+    if not os.path.isfile(path):
+        raise GeneratorError(f"the {what} {path} does not exist; train one with `python {script} "
+                             f"...` or pass the right path")
+    return read_checkpoint(path, script, what, GeneratorError), path
 
 
 # ------------------------------------------------------------------------------------------
@@ -779,11 +738,17 @@ def load_generator(path, device="cpu"):
     return model.to(device).eval(), {**ck["config"], "tokenizer_sha1": ck.get("tokenizer_sha1")}, ck["tokenizer"]
 
 
+def start_noise(model, first, n, seed):
+    """Noise for images first .. first + n - 1 of a list, each seeded by (seed, its position),
+    so a result does not depend on the batch size."""
+    return seeded_randn(range(first, first + n), model.latent_shape, seed).to(model.latent_mean.device)
+
+
 @torch.no_grad()
-def generate_latents(model, prompts, steps=50, shift=3.0, cfg=6.5, seed=0, batch=64, first=0):
-    """prompts (list of str) -> latents (len(prompts), C, h, w) in the tokenizer's scale. Image i
-    starts from noise seeded by (seed, first + i), so a result does not depend on the batch size
-    (a caller that splits a list passes each part's offset as `first`)."""
+def generate_latents(model, prompts, steps=50, shift=3.0, guidance=6.5, seed=0, batch=64, first=0):
+    """prompts (list of str) -> latents (len(prompts), C, H, W) in the tokenizer's scale. Image i
+    starts from noise seeded by (seed, first + i) (a caller that splits a list passes each part's
+    offset as `first`)."""
     for p in prompts:
         if not p.strip():
             raise GeneratorError("the prompt is empty; give a caption such as 'two red circles'")
@@ -793,11 +758,9 @@ def generate_latents(model, prompts, steps=50, shift=3.0, cfg=6.5, seed=0, batch
     out = []
     for b in range(0, len(prompts), batch):
         cond = ids[b:b + batch].to(dev)
-        noise = torch.stack([torch.randn(model.latent_shape, generator=torch.Generator().manual_seed(
-            hash((seed, first + b + i)) % 2**63)) for i in range(len(cond))]).to(dev)
-        null = text([""] * len(cond), model.T).to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
-            x = flow_sample(model, noise, cond, steps, shift, cfg, null)
+            x = flow_sample(model, start_noise(model, first + b, len(cond), seed), cond, steps, shift, guidance,
+                            text([""] * len(cond), model.T).to(dev))
         out.append(x.float() * model.latent_std + model.latent_mean)
     return torch.cat(out)
 
@@ -805,20 +768,18 @@ def generate_latents(model, prompts, steps=50, shift=3.0, cfg=6.5, seed=0, batch
 def generate(model, tok, prompts, **kw):
     """prompts -> images (B, 3, S, S) in [-1, 1], decoded by the tokenizer."""
     z = generate_latents(model, prompts, **kw)
-    return torch.cat([tokenizer.decode(tok, z[i:i + 64]) for i in range(0, len(z), 64)]).cpu()
+    return torch.cat([tok.decode(z[i:i + 64]) for i in range(0, len(z), 64)]).cpu()
 
 
 def save_grid(path, imgs, titles, suptitle):
     """A row-major grid of images with their prompts as titles (PNG via matplotlib)."""
-    import textwrap
     from matplotlib.figure import Figure
-    n = len(imgs)
-    cols = min(n, 4)
-    rows = math.ceil(n / cols)
+    cols = min(len(imgs), 4)
+    rows = math.ceil(len(imgs) / cols)
     fig = Figure(figsize=(2.4 * cols, 2.7 * rows))
-    for i in range(n):
+    for i, img in enumerate(imgs):
         ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(tokenizer.to_uint8(imgs[i]), interpolation="nearest")
+        ax.imshow(to_uint8(img), interpolation="nearest")
         ax.set_title("\n".join(textwrap.wrap(titles[i], 28)), fontsize=7)
         ax.set_axis_off()
     fig.suptitle(suptitle, fontsize=9)
@@ -836,7 +797,7 @@ def cmd_sample(argv):
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one used in training)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the run's, paper 50)")
     p.add_argument("--sample-shift", type=float, default=None, help="inference timestep shift (paper 3)")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance scale (paper 6.5)")
+    p.add_argument("--guidance", "--cfg", type=float, default=None, help="classifier-free guidance scale (paper 6.5)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
     a = p.parse_args(argv)
@@ -849,131 +810,17 @@ def cmd_sample(argv):
         raise GeneratorError(f"the tokenizer makes {tuple(shape)} latents but the generator was trained on "
                              f"{tuple(model.latent_shape)}; pass the tokenizer it was trained with")
     kw = dict(steps=a.steps or cfg["sample_steps"], shift=a.sample_shift or cfg["sample_shift"],
-              cfg=a.cfg if a.cfg is not None else cfg["cfg"], seed=a.seed)
+              guidance=a.guidance if a.guidance is not None else cfg["guidance"], seed=a.seed)
     imgs = generate(model, tok, [a.prompt] * a.n, **kw)
     save_grid(a.out, imgs, [f"#{i}" for i in range(a.n)],
-              f"\"{a.prompt}\" ({kw['steps']} Euler steps, shift {kw['shift']}, CFG {kw['cfg']})")
+              f"\"{a.prompt}\" ({kw['steps']} Euler steps, shift {kw['shift']}, guidance {kw['guidance']})")
     print(f"wrote {a.out}")
     return a.out
 
 
 # ------------------------------------------------------------------------------------------
-# 8. `bench`: training throughput and model FLOP utilisation of a preset's model, on random
-#    latents of the preset's tokenizer shape (no tokenizer or data needed)
+# 8. Command line
 # ------------------------------------------------------------------------------------------
-
-# dense bf16 tensor-core peaks from the vendors' datasheets, in TFLOP/s (no sparsity)
-PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.5, "H100": 989.4, "H200": 989.4, "A100": 312.0}
-
-
-def datasheet_peak(name):
-    """The datasheet bf16 peak of a GPU from its name, or None when unknown."""
-    for k, v in PEAK_BF16_TFLOPS.items():  # the more specific names come first
-        if k in name:
-            return v
-    return None
-
-
-def preset_latent_shape(preset):
-    """(C, h, w) of the latent made by the tokenizer preset of the same name."""
-    t = tokenizer.PRESETS[preset]
-    grid = t["encoder_size"] // tokenizer.ENCODERS[t["encoder"]].patch_size
-    return (t["latent_channels"], grid, grid)
-
-
-def train_step_flops(model, x0, cond, t, eps):
-    """Floating-point operations of one training step's forward and backward, counted by
-    PyTorch's FlopCounterMode over the matrix products and attention (the model FLOPs of MFU;
-    the optimiser and elementwise work are not counted)."""
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    # the counter knows the math and the CUDA attention kernels but not the CPU's fused one: count
-    # on the math path, whose products are the same numbers
-    with counter, sdpa_kernel(SDPBackend.MATH):
-        flow_loss(model, x0, cond, t, eps).backward()
-    model.zero_grad(set_to_none=True)
-    return counter.get_total_flops()
-
-
-def cmd_bench(argv):
-    p = argparse.ArgumentParser(prog="generator.py bench", description="training samples/s and model FLOP "
-                                "utilisation of a preset's generator on random latents")
-    p.add_argument("--preset", choices=list(PRESETS), default="cpu", help="model, text length and batch")
-    p.add_argument("--batch-size", type=int, default=None, help="per-device batch (default: the preset's)")
-    p.add_argument("--latent", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
-                   help="latent shape (default: the tokenizer preset of the same name)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
-    p.add_argument("--json", default=None, help="also write the result JSON to this file")
-    a = p.parse_args(argv)
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pre = PRESETS[a.preset]
-    cfg = dict(model=pre["model"], patch=1, text_len=pre["text_len"], head="ddt")
-    B = a.batch_size or pre["batch_size"]
-    shape = tuple(a.latent or preset_latent_shape(a.preset))
-    torch.manual_seed(0)
-    model = build_model(cfg, shape).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))  # as in train()
-    vocab = model.embed_tokens.num_embeddings
-    x0, eps = torch.randn(B, *shape, device=device), torch.randn(B, *shape, device=device)
-    cond = torch.randint(1, vocab, (B, cfg["text_len"]), device=device)
-    t = torch.rand(B, device=device)
-    amp = device.type == "cuda"
-    fwd = torch.compile(model) if a.compile else model
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        flops = train_step_flops(model, x0, cond, t, eps)
-
-    ema = build_model(cfg, shape).to(device).requires_grad_(False)
-    ema.load_state_dict(model.state_dict())
-    ocfg = dict(lr=1e-4, warmup=0, grad_clip=1.0, ema=0.9999)
-
-    def step():  # as a training step: loss averaged, backward, clip, AdamW, EMA
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = flow_loss(fwd, x0, cond, t, eps)
-        optimiser_step(model, ema, opt, loss, ocfg, 0, "bench")
-
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(a.warmup):
-        step()
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.time()
-    for _ in range(a.steps):
-        step()
-    sync()
-    dt = (time.time() - t0) / a.steps
-    n_params = sum(q.numel() for q in model.parameters())
-    achieved = flops / dt / 1e12
-    res = {"preset": a.preset, "model": cfg["model"], "params_m": round(n_params / 1e6, 2), "latent": list(shape),
-           "tokens": cfg["text_len"] + shape[1] * shape[2], "batch": B, "device": str(device),
-           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "compile": a.compile, "step_s": round(dt, 5), "samples_per_s": round(B / dt, 1),
-           "gflop_per_sample": round(flops / B / 1e9, 3), "achieved_tflops": round(achieved, 2),
-           "mem_gib": memory_gib(device)}
-    if device.type == "cuda":  # the two ceilings: the datasheet, and a large bf16 product measured here
-        peak = datasheet_peak(res["device_name"])
-        m = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-        for _ in range(3):
-            m @ m
-        sync()
-        t0 = time.time()
-        for _ in range(10):
-            m @ m
-        sync()
-        mm = 2 * 8192 ** 3 * 10 / (time.time() - t0) / 1e12
-        res.update(datasheet_tflops=peak, matmul_tflops=round(mm, 1),
-                   mfu=round(achieved / peak, 4) if peak else None, mfu_of_matmul=round(achieved / mm, 4))
-    print(json.dumps(res))
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
-            json.dump(res, f, indent=1)
-    return res
-
 
 def nonneg_int(text):
     v = int(text)
@@ -982,8 +829,24 @@ def nonneg_int(text):
     return v
 
 
-def add_optimisation_args(g):
-    """The optimiser flags of generator.py and edit.py (defaults come from the preset)."""
+def add_run_args(g, name):
+    """The run flags of generator.py and edit.py."""
+    g.add_argument("--out", default=None, help=f"run folder (default runs/{name}-<preset>)")
+    g.add_argument("--resume", action="store_true", help=f"continue exactly from <out>/{name}.pt")
+    g.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--seed", type=int, default=0, help="seed of the (new) weights, data order and noise")
+
+
+def add_training_args(p, data_help, cache_batch):
+    """The data, optimiser and logging flags of generator.py and edit.py (defaults: the preset)."""
+    g = p.add_argument_group("data")
+    g.add_argument("--data", default=None, help=data_help)
+    g.add_argument("--n-train", type=int, help="number of world training items")
+    g.add_argument("--cache", default=os.path.join("runs", "cache"), help="folder of cached latents")
+    g.add_argument("--cache-batch", type=int, default=cache_batch, help="items per tokenizer batch when caching")
+    g.add_argument("--workers", type=int, default=0, help="DataLoader workers while caching")
+    g = p.add_argument_group("optimisation")
     g.add_argument("--steps", type=int, help="training steps")
     g.add_argument("--time-limit", type=float, default=0, help="minutes of training after which the run "
                    "checkpoints and stops (--resume continues); 0 = none")
@@ -995,12 +858,10 @@ def add_optimisation_args(g):
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 = off")
     g.add_argument("--ema", type=float, help="EMA decay (paper 0.9999)")
-
-
-def add_logging_args(p):
     g = p.add_argument_group("logging")
     g.add_argument("--log-every", type=int, help="steps between log lines / metrics.jsonl records")
     g.add_argument("--ckpt-every", type=int, help="steps between checkpoints (the last step always gets one)")
+    return g
 
 
 def parse_args(argv=None):
@@ -1009,37 +870,25 @@ def parse_args(argv=None):
     g = p.add_argument_group("run")
     g.add_argument("--tokenizer", default=None, help="the frozen tokenizer: a stage-1/2 checkpoint or run folder")
     g.add_argument("--preset", choices=list(PRESETS), default="cpu", help="a dict of defaults; flags override it")
-    g.add_argument("--out", default=None, help="run folder (default runs/generator-<preset>)")
-    g.add_argument("--resume", action="store_true", help="continue exactly from <out>/generator.pt")
-    g.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--seed", type=int, default=0, help="seed of the weights, data order and noise")
+    add_run_args(g, "generator")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=list(MODELS), help="backbone and head sizes")
     g.add_argument("--head", choices=("ddt", "none"), default="ddt", help="wide DDT head, or none (Table 1 ablation)")
     g.add_argument("--patch", type=int, default=1, help="patch size P on the latent grid")
     g.add_argument("--text-len", type=int, help="text context in tokens, bos included")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=None, help="folder of images with same-named .txt captions instead of the world")
-    g.add_argument("--n-train", type=int, help="number of world training captions")
-    g.add_argument("--cache", default=os.path.join("runs", "cache"), help="folder of cached latents")
-    g.add_argument("--cache-batch", type=int, default=256, help="images per tokenizer batch when caching")
-    g.add_argument("--workers", type=int, default=0, help="DataLoader workers while caching")
-    g = p.add_argument_group("flow matching and optimisation (Sec. 4.1)")
+    add_training_args(p, "folder of images with same-named .txt captions instead of the world", 256)
+    g = p.add_argument_group("flow matching (Sec. 4.1)")
     g.add_argument("--shift", type=float, default=None, help="training timestep shift (default sqrt(C P^2 / 16))")
-    g.add_argument("--caption-dropout", type=float, default=0.1, help="share of null captions (for CFG)")
-    add_optimisation_args(g)
+    g.add_argument("--caption-dropout", type=float, default=0.1, help="share of null captions (for guidance)")
     g = p.add_argument_group("sampling")
     g.add_argument("--sample-steps", type=int, help="Euler steps (paper 50)")
     g.add_argument("--sample-shift", type=float, default=3.0, help="inference timestep shift (paper 3)")
-    g.add_argument("--cfg", type=float, default=6.5, help="classifier-free guidance scale (paper 6.5)")
+    g.add_argument("--guidance", "--cfg", type=float, default=6.5, help="classifier-free guidance scale (paper 6.5)")
     g.add_argument("--n-samples", type=int, help="images in the samples.png written at the end (0 = none)")
-    add_logging_args(p)
     pre, _ = p.parse_known_args(argv)
     p.set_defaults(**PRESETS[pre.preset])
     args = p.parse_args(argv)
-    if args.out is None:
-        args.out = os.path.join("runs", f"generator-{args.preset}")
+    args.out = args.out or os.path.join("runs", f"generator-{args.preset}")
     return vars(args)
 
 
@@ -1050,11 +899,6 @@ def run_cli(script, argv, parse, train_fn, sample_fn):
     if argv[:1] == ["sample"]:
         try:
             return sample_fn(argv[1:])
-        except (GeneratorError, TokenizerError) as e:
-            raise SystemExit(f"{script}: error: {e}")
-    if argv[:1] == ["bench"] and script == SCRIPT:
-        try:
-            return cmd_bench(argv[1:])
         except (GeneratorError, TokenizerError) as e:
             raise SystemExit(f"{script}: error: {e}")
     cfg = parse(argv)

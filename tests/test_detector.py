@@ -11,22 +11,22 @@ import numpy as np
 import pytest
 
 import evaluate
-import tokenizer
-from tokenizer import Scene, WorldObject
+import world
+from world import Scene, WorldObject
 
 
 def accuracy(n, size, noise=0.0, split="val"):
     exact = 0
     for i in range(n):
-        s = tokenizer.sample_scene(tokenizer.scene_seed(split, i))
-        img = tokenizer.render(s, size)
+        s = world.sample_scene(world.scene_seed(split, i))
+        img = world.render(s, size)
         if noise:
-            img = evaluate.add_noise(img, noise, seed=i)
-        exact += evaluate.same_scene(evaluate.detect(img), tokenizer.describe(s))
+            img = world.add_noise(img, noise, seed=i)
+        exact += world.same_scene(world.detect(img), world.describe(s))
     return exact / n
 
 
-# targets of issue 3 (the full 1000-scene numbers come from `python evaluate.py detector`)
+# the detector's targets (the full 1000-scene numbers come from `python evaluate.py detector`)
 def test_detector_exact_on_clean_64px():
     assert accuracy(200, 64) >= 0.99
 
@@ -47,7 +47,7 @@ def test_detector_reads_a_hand_made_scene_and_its_boxes():
     objs = (WorldObject("triangle", "purple", "striped", "large", 0.3, 0.35, 0.19, 0.4, 0.12, 1.0),
             WorldObject("circle", "cyan", "dotted", "small", 0.72, 0.7, 0.12, 1.2, 0.11, 2.0))
     s = Scene(objs, "white", 0.7, 15.0, 5, tone="cool", style="outlined")
-    d = evaluate.detect(tokenizer.render(s, 96))
+    d = world.detect(world.render(s, 96))
     assert (d["bg_colour"], d["tone"], d["style"]) == ("white", "cool", "outlined")
     found = sorted((o["shape"], o["colour"], o["texture"], o["size"]) for o in d["objects"])
     assert found == [("circle", "cyan", "dotted", "small"), ("triangle", "purple", "striped",
@@ -55,46 +55,46 @@ def test_detector_reads_a_hand_made_scene_and_its_boxes():
     tri = next(o for o in d["objects"] if o["shape"] == "triangle")
     assert np.allclose(tri["box"], (0.11, 0.16, 0.49, 0.54), atol=1.0 / 96)  # within a pixel
     # the same image as a float tensor in [-1, 1] gives the same answer
-    assert evaluate.detect(tokenizer.to_tensor(tokenizer.render(s, 96))) == d
+    assert world.detect(world.to_tensor(world.render(s, 96))) == d
 
 
 def test_detector_sees_nothing_in_an_empty_scene():
     s = Scene((), "grey", 1.0, 12.0, 3)
-    d = evaluate.detect(tokenizer.render(s, 64))
+    d = world.detect(world.render(s, 64))
     assert d["objects"] == [] and d["bg_colour"] == "grey" and d["style"] == "flat"
 
 
 def test_detector_rejects_an_image_that_is_not_square_rgb():
     with pytest.raises(ValueError, match="square RGB image"):
-        evaluate.detect(np.zeros((32, 40, 3), np.uint8))
+        world.detect(np.zeros((32, 40, 3), np.uint8))
 
 
 def test_same_scene_and_object_counts_reject_differences():
-    s = tokenizer.sample_scene(11)
+    s = world.sample_scene(11)
     while len(s.objects) < 2:
-        s = tokenizer.sample_scene(s.noise_seed)
-    true = tokenizer.describe(s)
-    assert evaluate.same_scene(true, true) and evaluate.object_counts(true, true) == (
+        s = world.sample_scene(s.noise_seed)
+    true = world.describe(s)
+    assert world.same_scene(true, true) and world.object_counts(true, true) == (
         len(s.objects), len(s.objects), len(s.objects))
-    moved = tokenizer.describe(dataclasses.replace(s, objects=(dataclasses.replace(
+    moved = world.describe(dataclasses.replace(s, objects=(dataclasses.replace(
         s.objects[0], x=s.objects[0].x + 0.1),) + s.objects[1:]))
-    assert not evaluate.same_scene(moved, true)
-    assert evaluate.object_counts(moved, true)[0] == len(s.objects) - 1
+    assert not world.same_scene(moved, true)
+    assert world.object_counts(moved, true)[0] == len(s.objects) - 1
     other = "red" if s.objects[0].colour != "red" else "blue"
-    recoloured = tokenizer.describe(dataclasses.replace(s, objects=(dataclasses.replace(
+    recoloured = world.describe(dataclasses.replace(s, objects=(dataclasses.replace(
         s.objects[0], colour=other),) + s.objects[1:]))
-    assert not evaluate.same_scene(recoloured, true)
-    assert not evaluate.same_scene(dict(true, objects=true["objects"][1:]), true)
-    assert not evaluate.same_scene(dict(true, tone="warm" if s.tone != "warm" else "cool"), true)
+    assert not world.same_scene(recoloured, true)
+    assert not world.same_scene(dict(true, objects=true["objects"][1:]), true)
+    assert not world.same_scene(dict(true, tone="warm" if s.tone != "warm" else "cool"), true)
 
 
 def test_every_render_satisfies_its_own_caption_1000_pairs():
-    # issue 3, point 2: 1000 random (scene, caption) pairs, all six GenEval categories
+    # 1000 random (scene, caption) pairs, all six GenEval categories
     rng = np.random.default_rng(0)
     failed = []
     for seed in rng.integers(0, 10**9, size=1000):
-        s, text, spec = tokenizer.caption_scene(int(seed))
-        if not evaluate.check_caption(evaluate.detect(tokenizer.render(s, 64)), spec):
+        s, text, spec = world.caption_scene(int(seed))
+        if not world.check_caption(world.detect(world.render(s, 64)), spec):
             failed.append(text)
     assert not failed, failed[:5]
 
@@ -102,23 +102,23 @@ def test_every_render_satisfies_its_own_caption_1000_pairs():
 def test_caption_check_rejects_wrong_captions():
     wrong = 0
     for i in range(120):
-        s, _, spec = tokenizer.caption_scene(i)
-        d = tokenizer.describe(s)
-        assert evaluate.check_caption(d, spec)
+        s, _, spec = world.caption_scene(i)
+        d = world.describe(s)
+        assert world.check_caption(d, spec)
         req = dict(spec["objects"][0])
         key = "colour" if "colour" in req else "shape"
-        values = list(tokenizer.COLOURS) if key == "colour" else tokenizer.SHAPES
+        values = list(world.COLOURS) if key == "colour" else world.SHAPES
         req[key] = values[(values.index(req[key]) + 1) % len(values)]
         bad = dict(spec, objects=[req] + spec["objects"][1:])
-        wrong += not evaluate.check_caption(d, bad)
+        wrong += not world.check_caption(d, bad)
         if spec["category"] == "counting":  # one more or one fewer is wrong
             more = dict(spec, n_objects=spec["n_objects"] + 1,
                         objects=[dict(spec["objects"][0], count=spec["objects"][0]["count"] + 1)])
-            assert not evaluate.check_caption(d, more)
+            assert not world.check_caption(d, more)
         if spec["relation"]:  # the opposite relation is wrong
             flip = {"left of": "right of", "right of": "left of", "above": "below",
                     "below": "above"}[spec["relation"][1]]
-            assert not evaluate.check_caption(d, dict(spec, relation=[0, flip, 1]))
+            assert not world.check_caption(d, dict(spec, relation=[0, flip, 1]))
     assert wrong == 120
 
 
@@ -128,12 +128,12 @@ def _obj(shape, colour="red", texture="solid", size="large", x=0.5, y=0.5):
 
 def test_geneval_rules_check_only_what_the_category_is_about():
     scene = lambda *objs, bg="grey": {"bg_colour": bg, "tone": "neutral", "style": "flat", "objects": list(objs)}  # noqa: E731
-    rules = evaluate.check_caption_geneval_rules
+    rules = world.check_caption_geneval_rules
     # colors: "a dotted green diamond on a grey background"; texture, size and background are not judged
     spec = {"category": "colors", "n_objects": 1, "bg_colour": "grey", "relation": None,
             "objects": [{"count": 1, "shape": "diamond", "colour": "green", "texture": "dotted"}]}
     plain = scene(_obj("diamond", "green", "solid", "small"), _obj("circle", "blue", x=0.1), bg="white")
-    assert rules(plain, spec) and not evaluate.check_caption(plain, spec)
+    assert rules(plain, spec) and not world.check_caption(plain, spec)
     assert not rules(scene(_obj("diamond", "red")), spec)  # the colour is what 'colors' is about
     assert not rules(scene(_obj("square", "green")), spec)
     # colour is not judged outside colors / color_attr
@@ -162,35 +162,35 @@ def test_geneval_rules_check_only_what_the_category_is_about():
 def test_geneval_rules_are_weaker_than_the_strict_check():
     # the true scene of every caption passes both; a changed shape fails both
     for i in range(300):
-        s, _, spec = tokenizer.caption_scene(i)
-        d = tokenizer.describe(s)
-        assert evaluate.check_caption(d, spec) and evaluate.check_caption_geneval_rules(d, spec)
+        s, _, spec = world.caption_scene(i)
+        d = world.describe(s)
+        assert world.check_caption(d, spec) and world.check_caption_geneval_rules(d, spec)
         req = dict(spec["objects"][0])
-        req["shape"] = tokenizer.SHAPES[(tokenizer.SHAPES.index(req["shape"]) + 1) % len(tokenizer.SHAPES)]
+        req["shape"] = world.SHAPES[(world.SHAPES.index(req["shape"]) + 1) % len(world.SHAPES)]
         others = [o for o in d["objects"] if o["shape"] != req["shape"]]
         bad = dict(spec, objects=[req] + spec["objects"][1:])
         if len(others) == len(d["objects"]):  # no object of the new shape in the picture
-            assert not evaluate.check_caption_geneval_rules(d, bad)
+            assert not world.check_caption_geneval_rules(d, bad)
 
 
-@pytest.mark.parametrize("cat", tokenizer.EDIT_CATEGORIES)
+@pytest.mark.parametrize("cat", world.EDIT_CATEGORIES)
 def test_edit_pairs_pass_the_edit_check_and_no_op_or_wrong_edits_fail(cat):
     for seed in range(30):
-        e = tokenizer.make_edit(seed, cat)
-        src = evaluate.detect(tokenizer.render(e.source, 64))
-        tgt = evaluate.detect(tokenizer.render(e.target, 64))
-        assert evaluate.check_edit(src, tgt, e.spec), (seed, e.instruction)
-        assert not evaluate.check_edit(src, src, e.spec)  # doing nothing is not the edit
+        e = world.make_edit(seed, cat)
+        src = world.detect(world.render(e.source, 64))
+        tgt = world.detect(world.render(e.target, 64))
+        assert world.check_edit(src, tgt, e.spec), (seed, e.instruction)
+        assert not world.check_edit(src, src, e.spec)  # doing nothing is not the edit
         # the edit plus one extra change elsewhere is not the edit either
-        extra = dict(tgt, bg_colour=next(c for c in tokenizer.BG_COLOURS
+        extra = dict(tgt, bg_colour=next(c for c in world.BG_COLOURS
                                          if c not in (tgt["bg_colour"], src["bg_colour"])))
-        assert not evaluate.check_edit(src, extra, e.spec)
+        assert not world.check_edit(src, extra, e.spec)
 
 
 def test_edit_check_rejects_editing_the_wrong_object():
     hits = 0
     for seed in range(60):
-        e = tokenizer.make_edit(seed, "color_alter")
+        e = world.make_edit(seed, "color_alter")
         if len(e.source.objects) < 2:
             continue
         k = next(i for i, (a, b) in enumerate(zip(e.source.objects, e.target.objects)) if a != b)
@@ -199,7 +199,7 @@ def test_edit_check_rejects_editing_the_wrong_object():
         objs = list(e.source.objects)
         objs[j] = dataclasses.replace(objs[j], colour=new)
         wrong = dataclasses.replace(e.source, objects=tuple(objs))
-        assert not evaluate.check_edit(tokenizer.describe(e.source), tokenizer.describe(wrong),
+        assert not world.check_edit(world.describe(e.source), world.describe(wrong),
                                        e.spec)
         hits += 1
     assert hits >= 20

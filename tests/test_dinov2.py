@@ -1,4 +1,4 @@
-"""The DINOv2 drop-in against the official model's outputs, and loading official checkpoints.
+"""The DINOv2 drop-in (pretrained.py) against the official model's outputs, and loading official checkpoints.
 
 Run: python -m pytest tests/test_dinov2.py
 The reference tensors in ../shared/fixtures/dinov2 come from the official code with random
@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import FIXTURES
+import pretrained as P
 import tokenizer as T
 
 FIX = os.path.join(FIXTURES, "dinov2")
@@ -24,7 +25,7 @@ def tiny_model(variant):
     common = {k: v for k, v in meta["tiny_common"].items()
               if k in ("img_size", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio",
                        "init_values", "ffn_layer", "block_chunks", "qkv_bias", "proj_bias", "ffn_bias")}
-    model = T.DinoVisionTransformer(**common, **meta["tiny_variants"][variant]).eval()
+    model = P.DinoVisionTransformer(**common, **meta["tiny_variants"][variant]).eval()
     sd = torch.load(os.path.join(FIX, f"{variant}.pth"), map_location="cpu")
     assert list(model.state_dict()) == list(sd)  # same names, same order
     model.load_state_dict(sd, strict=True)
@@ -83,7 +84,7 @@ def test_load_official_layout_from_path(tmp_path):
     path = tmp_path / "dinov2_vitb14_reg4_pretrain.pth"
     torch.save(src.state_dict(), path)
     enc = T.build_encoder("dinov2_vitb14_reg")
-    enc.load_state_dict(T.load_dinov2_state_dict("dinov2_vitb14_reg", str(path)), strict=True)
+    enc.load_state_dict(P.load_dinov2_state_dict("dinov2_vitb14_reg", str(path)), strict=True)
     assert torch.equal(enc.pos_embed, src.pos_embed) and torch.equal(enc.blocks[11].ls2.gamma, src.blocks[11].ls2.gamma)
     # the wrong variant is refused with one sentence, not a traceback
     with pytest.raises(SystemExit, match="do not fit --encoder dinov2_vitb14"):
@@ -100,9 +101,9 @@ def test_offline_without_path_says_where_to_put_the_file(tmp_path, monkeypatch):
         pytest.skip("online: the official download would succeed")
     except OSError:
         pass
-    with pytest.raises(T.TokenizerError) as e:
-        T.load_dinov2_state_dict("dinov2_vitb14")
+    with pytest.raises(ValueError) as e:
+        P.load_dinov2_state_dict("dinov2_vitb14")
     msg = str(e.value)
-    assert T.DINOV2_URLS["dinov2_vitb14"] in msg and "--encoder-ckpt" in msg
+    assert P.DINOV2_URLS["dinov2_vitb14"] in msg and "--encoder-ckpt" in msg
     assert os.path.join(str(tmp_path / "hub"), "hub", "checkpoints", "dinov2_vitb14_pretrain.pth") in msg
     assert msg.count(". ") == 0 and "\n" not in msg  # one sentence

@@ -187,15 +187,16 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     brings a world encoder trained elsewhere (none is trained under --runs)."""
     T.main(["--preset", "tiny", "--device", "cpu", "--stage", "0", "--steps", "3", "--out", str(tmp_path / "s0")])
     s0 = str(tmp_path / "s0" / "stage0.pt")
-    r = E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path),
-                "--recipes", "vae,rae", "--budget", "4", "--jobs", "1", "--stage0", s0])
+    argv = ["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path),
+            "--recipes", "vae,rae", "--budget", "4", "--jobs", "1", "--stage0", s0]
+    r = E.main(argv)
     assert not (tmp_path / "runs" / "stage0").exists() and f"`{s0}`, 3 steps" in open(r["table"]).read()
-    assert os.path.basename(r["table"]) == "table4_recon_tiny_b4_s0-s0_rae_vae.md" and r["channels"] == []
+    assert os.path.basename(r["table"]) == "table4_tiny_b4_rae_vae.md" and r["channels"] == []
     text = open(r["table"]).read()
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [line.split(" | ")[0] for line in rows] == ["| RAE", "| VAE (MAR-VAE role)"]  # table order
-    assert f"--budget 4 --recipes vae,rae --stage0 {s0} --runs {tmp_path / 'runs'}`" in text and "Figure 11" not in text
-    assert not (tmp_path / "table4_recon_tiny.md").exists() and not list(tmp_path.glob("*.png"))
+    assert "`python evaluate.py " + " ".join(argv) + "`" in text and "Figure 11" not in text
+    assert not (tmp_path / "table4_tiny.md").exists() and not list(tmp_path.glob("*.png"))
     assert torch.load(tmp_path / "runs" / "rae" / "stage1.pt", weights_only=True)["step"] == 4
     with pytest.raises(SystemExit, match="subset of psvae"):
         E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--recipes", "rea"])
@@ -216,44 +217,41 @@ def test_table4_budget_is_the_same_for_every_latent():
         E.table4_steps(2, 3)
 
 
+def stage0_of(tmp_path):
+    T.main(["--preset", "tiny", "--device", "cpu", "--stage", "0", "--out", str(tmp_path / "s0")])
+    return str(tmp_path / "s0" / "stage0.pt")
+
+
 def test_table4_reuses_only_finished_stages(tmp_path):
     """A stage checkpoint short of its planned steps (an interrupted run, or a smaller budget) is
     resumed to the plan; one at the plan is reused as it is; one beyond it is an error."""
-    out = tmp_path / "psvae"
-    T.main(["--preset", "tiny", "--device", "cpu", "--stage", "0", "--out", str(tmp_path / "s0")])
-    base = ["--preset", "tiny", "--device", "cpu", "--recipe", "svae"]
-    extra = ["--encoder-ckpt", str(tmp_path / "s0" / "stage0.pt")]
-    T.main([*base, "--stage", "1", "--steps", "3", "--out", str(out), *extra])  # the "interrupted" run
-    job = dict(kind="train", out=str(out), threads=1, base=base, extra=extra, budget=5, stages=[(1, 5)])
-    E._table4_job(job)
-    ck = torch.load(out / "stage1.pt", weights_only=True)
-    assert ck["step"] == 5
-    mtime = os.path.getmtime(out / "stage1.pt")
-    E._table4_job(job)  # at the plan: not touched
-    assert os.path.getmtime(out / "stage1.pt") == mtime
+    out, s0 = str(tmp_path / "svae"), stage0_of(tmp_path)
+    args = ["--preset", "tiny", "--device", "cpu", "--recipe", "svae"]
+    T.main([*args, "--stage", "1", "--steps", "3", "--out", out, "--encoder-ckpt", s0])  # the "interrupted" run
+    assert E.train_latent(out, args, [(1, 5)], s0) == 1
+    assert torch.load(os.path.join(out, "stage1.pt"), weights_only=True)["step"] == 5
+    mtime = os.path.getmtime(os.path.join(out, "stage1.pt"))
+    assert E.train_latent(out, args, [(1, 5)], s0) == 0  # at the plan: not touched
+    assert os.path.getmtime(os.path.join(out, "stage1.pt")) == mtime
     with pytest.raises(ValueError, match="more than the planned 4"):
-        E._table4_job(dict(job, stages=[(1, 4)]))
+        E.train_latent(out, args, [(1, 4)], s0)
 
 
 def test_table4_retrains_a_stage_whose_base_changed_and_refuses_another_encoder(tmp_path):
     """Extending stage 1 (a larger budget) trains stage 2 afresh on top of it, not on by resuming the
     old stage 2; a latent trained on one stage-0 encoder is not reused on another."""
-    out = tmp_path / "psvae"
-    T.main(["--preset", "tiny", "--device", "cpu", "--stage", "0", "--out", str(tmp_path / "s0")])
-    s0 = tmp_path / "s0" / "stage0.pt"
-    base = ["--preset", "tiny", "--device", "cpu", "--recipe", "psvae"]
-    job = dict(kind="train", out=str(out), threads=1, base=base, extra=["--encoder-ckpt", str(s0)], budget=5,
-               stages=[(1, 3), (2, 2)])
-    assert E._table4_job(job)["trained"] == 2
-    first = torch.load(out / "stage2.pt", weights_only=True)
-    assert E._table4_job(job)["trained"] == 0  # all at the plan: reused
-    assert E._table4_job(dict(job, budget=6, stages=[(1, 4), (2, 2)]))["trained"] == 2
-    ck1 = torch.load(out / "stage1.pt", weights_only=True)
-    ck2 = torch.load(out / "stage2.pt", weights_only=True)
+    out, s0 = str(tmp_path / "psvae"), stage0_of(tmp_path)
+    args = ["--preset", "tiny", "--device", "cpu", "--recipe", "psvae"]
+    assert E.train_latent(out, args, [(1, 3), (2, 2)], s0) == 2
+    first = torch.load(os.path.join(out, "stage2.pt"), weights_only=True)
+    assert E.train_latent(out, args, [(1, 3), (2, 2)], s0) == 0  # all at the plan: reused
+    assert E.train_latent(out, args, [(1, 4), (2, 2)], s0) == 2
+    ck1, ck2 = (torch.load(os.path.join(out, f"stage{s}.pt"), weights_only=True) for s in (1, 2))
     assert ck1["step"] == 4 and ck2["step"] == 2
     assert any(not torch.equal(a, b) for a, b in zip(first["model"].values(), ck2["model"].values()))
     # stage 2's metrics were written once, by the fresh run: no step repeated
-    steps2 = [r["step"] for r in map(json.loads, open(out / "metrics.jsonl")) if r.get("stage") == 2 and "loss" in r]
+    steps2 = [r["step"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl")))
+              if r.get("stage") == 2 and "loss" in r]
     assert steps2 == sorted(set(steps2)) and steps2[-1] == 2
     other = tmp_path / "other" / "stage0.pt"
     other.parent.mkdir()
@@ -261,7 +259,6 @@ def test_table4_retrains_a_stage_whose_base_changed_and_refuses_another_encoder(
     ck0["encoder"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ck0["encoder"].items()}
     torch.save(ck0, other)
     with pytest.raises(ValueError, match="trained on another stage-0 encoder"):
-        E._table4_job(dict(job, extra=["--encoder-ckpt", str(other)]))
+        E.train_latent(out, args, [(1, 4), (2, 2)], str(other))
     shutil.copy(s0, other)  # the same bytes under another name: reused
-    assert E._table4_job(dict(job, budget=6, stages=[(1, 4), (2, 2)], extra=["--encoder-ckpt", str(other)]))[
-        "trained"] == 0
+    assert E.train_latent(out, args, [(1, 4), (2, 2)], str(other)) == 0

@@ -1,4 +1,4 @@
-"""The miniature world (tokenizer.py, world section): scenes, renderer, semantic targets,
+"""The miniature world (world.py): scenes, renderer, semantic targets,
 captions, edit pairs, datasets and the real-data loaders with their errors.
 
 Run: python -m pytest tests/test_world.py -q      (about 10 s on 2 CPU cores)
@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-import tokenizer
-from tokenizer import Scene, WorldObject
+import world
+from world import Scene, WorldObject
 
 
 def obj(shape="square", colour="red", texture="solid", size="large", x=0.5, y=0.5, h=0.2):
@@ -30,31 +30,31 @@ def scene(*objects, bg="grey", tone="neutral", style="flat"):
 # --- scenes ---------------------------------------------------------------------------------
 
 def test_scene_is_a_pure_function_of_the_seed_and_respects_the_layout_rules():
-    assert tokenizer.sample_scene(123) == tokenizer.sample_scene(123)
+    assert world.sample_scene(123) == world.sample_scene(123)
     counts = set()
     for seed in range(300):
-        s = tokenizer.sample_scene(seed)
+        s = world.sample_scene(seed)
         counts.add(len(s.objects))
-        assert s.bg_colour in tokenizer.BG_COLOURS and s.tone in tokenizer.TONES
+        assert s.bg_colour in world.BG_COLOURS and s.tone in world.TONES
         for k, o in enumerate(s.objects):
-            lo, hi = tokenizer.SIZES[o.size]
-            assert lo <= o.h <= hi
+            lo, hi = world.SIZES[o.size]
+            assert lo <= o.half <= hi
             # inside the image with a margin, so the border frame stays background
-            assert min(o.x, o.y) - o.h >= tokenizer.MARGIN - 1e-9
-            assert max(o.x, o.y) + o.h <= 1 - tokenizer.MARGIN + 1e-9
+            assert min(o.x, o.y) - o.half >= world.MARGIN - 1e-9
+            assert max(o.x, o.y) + o.half <= 1 - world.MARGIN + 1e-9
             for p in s.objects[k + 1:]:  # boxes separated by the gap along x or y
-                gap = o.h + p.h + tokenizer.GAP
+                gap = o.half + p.half + world.GAP
                 assert abs(o.x - p.x) > gap or abs(o.y - p.y) > gap
     assert counts == {1, 2, 3, 4}
-    assert tokenizer.sample_scene(1) != tokenizer.sample_scene(2)
+    assert world.sample_scene(1) != world.sample_scene(2)
 
 
-def test_scene_vocabulary_is_as_large_as_the_issue_asks():
-    assert {"circle", "square", "triangle"} <= set(tokenizer.SHAPES)
-    assert {"solid", "striped", "dotted"} <= set(tokenizer.TEXTURES)
-    assert len(tokenizer.COLOURS) >= 6 and len(tokenizer.SIZES) >= 2
+def test_scene_vocabulary_has_the_planned_size():
+    assert {"circle", "square", "triangle"} <= set(world.SHAPES)
+    assert {"solid", "striped", "dotted"} <= set(world.TEXTURES)
+    assert len(world.COLOURS) >= 6 and len(world.SIZES) >= 2
     # palette hues pairwise at least 40 degrees apart (well separated)
-    rgb = np.array(list(tokenizer.COLOURS.values()), float)
+    rgb = np.array(list(world.COLOURS.values()), float)
     a = rgb[:, 0] - 0.5 * (rgb[:, 1] + rgb[:, 2])
     b = math.sqrt(3) / 2 * (rgb[:, 1] - rgb[:, 2])
     hue = np.degrees(np.arctan2(b, a))
@@ -66,56 +66,56 @@ def test_scene_vocabulary_is_as_large_as_the_issue_asks():
 
 @pytest.mark.parametrize("size", [32, 57, 64, 256])
 def test_render_shape_dtype_and_determinism(size):
-    s = tokenizer.sample_scene(7)
-    img = tokenizer.render(s, size)
+    s = world.sample_scene(7)
+    img = world.render(s, size)
     assert img.shape == (size, size, 3) and img.dtype == np.uint8
-    assert np.array_equal(img, tokenizer.render(s, size))
+    assert np.array_equal(img, world.render(s, size))
 
 
 def test_render_draws_the_palette_colour_inside_and_background_outside():
     s = scene(obj("circle", "blue", x=0.3, y=0.3, h=0.15), obj("square", "yellow", x=0.7, y=0.7,
                                                                 h=0.15), bg="white")
-    img = tokenizer.render(s, 64).astype(int)
-    assert tuple(img[19, 19]) == tokenizer.COLOURS["blue"]  # pixel (19, 19) ~ (0.3, 0.3)
-    assert tuple(img[44, 44]) == tokenizer.COLOURS["yellow"]
-    assert np.abs(img[2, 60] - tokenizer.BG_COLOURS["white"]).max() <= 8  # faint noise only
+    img = world.render(s, 64).astype(int)
+    assert tuple(img[19, 19]) == world.COLOURS["blue"]  # pixel (19, 19) ~ (0.3, 0.3)
+    assert tuple(img[44, 44]) == world.COLOURS["yellow"]
+    assert np.abs(img[2, 60] - world.BG_COLOURS["white"]).max() <= 8  # faint noise only
     # anti-aliasing: along the circle's edge there are pixels strictly between bg and colour
     row = img[19, :32, 0]  # red channel across the circle's left edge (blue has R = 50)
-    between = (row > tokenizer.COLOURS["blue"][0] + 8) & (row < tokenizer.BG_COLOURS["white"] - 8)
+    between = (row > world.COLOURS["blue"][0] + 8) & (row < world.BG_COLOURS["white"] - 8)
     assert 1 <= between.sum() <= 4
 
 
 def test_render_is_scale_consistent():
     # a 128 px render averaged down to 64 px matches the 64 px render: edges are anti-aliased
     # as area coverage, and the scene is defined in normalised coordinates
-    s = dataclasses.replace(tokenizer.sample_scene(3), style="flat")
-    big = tokenizer.render(s, 128).astype(float).reshape(64, 2, 64, 2, 3).mean((1, 3))
-    small = tokenizer.render(s, 64).astype(float)
+    s = dataclasses.replace(world.sample_scene(3), style="flat")
+    big = world.render(s, 128).astype(float).reshape(64, 2, 64, 2, 3).mean((1, 3))
+    small = world.render(s, 64).astype(float)
     assert np.abs(big - small).mean() < 4.0
 
 
 def test_textures_vary_detail_per_object_and_keep_the_colour():
     base = obj("square", "green", texture="striped", h=0.25)
-    a = tokenizer.render(scene(base), 64)
-    b = tokenizer.render(scene(dataclasses.replace(base, tex_phase=2.5)), 64)
-    c = tokenizer.render(scene(dataclasses.replace(base, tex_period=0.1)), 64)
+    a = world.render(scene(base), 64)
+    b = world.render(scene(dataclasses.replace(base, tex_phase=2.5)), 64)
+    c = world.render(scene(dataclasses.replace(base, tex_period=0.1)), 64)
     assert np.abs(a.astype(int) - b).max() > 40 and np.abs(a.astype(int) - c).max() > 40
     inside = a[20:44, 20:44].reshape(-1, 3).astype(float)
-    green = np.array(tokenizer.COLOURS["green"], float)
+    green = np.array(world.COLOURS["green"], float)
     ratio = inside @ green / (green @ green)  # stripes only darken the colour
     assert ratio.max() <= 1.01 and ratio.min() < 0.7
-    dots = tokenizer.render(scene(dataclasses.replace(base, texture="dotted")), 64)
+    dots = world.render(scene(dataclasses.replace(base, texture="dotted")), 64)
     d = dots[20:44, 20:44].reshape(-1, 3).astype(float)
     assert (d >= green - 1).all() and (d.sum(1) > green.sum() + 60).any()  # dots lighten
 
 
 def test_tone_and_style_change_the_pixels_as_named():
     s = scene(obj("circle", "red", h=0.2), bg="grey")
-    flat = tokenizer.render(s, 64).astype(int)
-    warm = tokenizer.render(dataclasses.replace(s, tone="warm"), 64).astype(int)
+    flat = world.render(s, 64).astype(int)
+    warm = world.render(dataclasses.replace(s, tone="warm"), 64).astype(int)
     diff = (warm - flat).reshape(-1, 3).mean(0)
     assert diff[0] > 10 and diff[2] < -10  # warm = more red, less blue
-    out = tokenizer.render(dataclasses.replace(s, style="outlined"), 64).astype(int)
+    out = world.render(dataclasses.replace(s, style="outlined"), 64).astype(int)
     # the outline is a dark ring just outside the circle (edge at 0.3 -> px 19.2)
     assert out[32, 17].mean() < 60 and flat[32, 17].mean() > 120
     assert np.array_equal(out[32, 24:40], flat[32, 24:40])  # the object itself is unchanged
@@ -126,44 +126,44 @@ def test_tone_and_style_change_the_pixels_as_named():
 def test_semantic_targets_of_a_hand_made_scene():
     s = scene(obj("square", "cyan", texture="dotted", x=0.25, y=0.25, h=0.2),
               obj("circle", "red", x=0.75, y=0.75, h=0.12), bg="black")
-    t = tokenizer.semantic_targets(s, 8)
-    assert set(t) == set(tokenizer.TARGET_CLASSES)
+    t = world.semantic_targets(s, 8)
+    assert set(t) == set(world.TARGET_CLASSES)
     for k in ("shape", "colour", "texture"):
         assert t[k].shape == (8, 8) and t[k].dtype == torch.long
-        assert 0 <= t[k].min() and t[k].max() < tokenizer.TARGET_CLASSES[k]
+        assert 0 <= t[k].min() and t[k].max() < world.TARGET_CLASSES[k]
     assert t["count"].shape == () and t["count"].item() == 1  # n_objects - 1
-    assert t["bg_colour"].item() == list(tokenizer.BG_COLOURS).index("black")
+    assert t["bg_colour"].item() == list(world.BG_COLOURS).index("black")
     # the square covers [0.05, 0.45]^2 of cells 0.125 wide: cells 1-2 fully, the border cells
     # 0 and 3 to 0.6 in one direction: edge cells (0.6 > 0.5) are square, corners (0.36) not
-    sq = 1 + tokenizer.SHAPES.index("square")
+    sq = 1 + world.SHAPES.index("square")
     expect = torch.zeros(8, 8, dtype=torch.long)
     expect[:4, :4] = sq
     expect[0, 0] = expect[0, 3] = expect[3, 0] = expect[3, 3] = 0
     assert torch.equal(t["shape"][:, :4], expect[:, :4])
-    assert t["colour"][1, 1] == 1 + list(tokenizer.COLOURS).index("cyan")
-    assert t["texture"][1, 1] == 1 + tokenizer.TEXTURES.index("dotted")
+    assert t["colour"][1, 1] == 1 + list(world.COLOURS).index("cyan")
+    assert t["texture"][1, 1] == 1 + world.TEXTURES.index("dotted")
     # the circle (centre cell 6, radius 0.12 < one cell side 0.125 * 2) wins only its centre
-    ci = t["shape"] == 1 + tokenizer.SHAPES.index("circle")
+    ci = t["shape"] == 1 + world.SHAPES.index("circle")
     assert ci[5:7, 5:7].all() and ci.sum() == 4 and t["shape"][0, 7] == 0
 
 
 # --- captions and edits -------------------------------------------------------------------------
 
 def test_captions_per_category_use_the_fixed_vocabulary_and_say_true_things():
-    vocab = set(tokenizer.VOCAB)
-    for cat in tokenizer.CAPTION_CATEGORIES:
+    vocab = set(world.VOCAB)
+    for cat in world.CAPTION_CATEGORIES:
         phrasings = set()
         for seed in range(40):
-            s, text, spec = tokenizer.caption_scene(seed, cat)
+            s, text, spec = world.caption_scene(seed, cat)
             assert set(text.split()) <= vocab, text
-            phrasings.add(tokenizer.make_caption(s, cat, np.random.default_rng(seed))[0])
+            phrasings.add(world.make_caption(s, cat, np.random.default_rng(seed))[0])
             first = s.objects[0]
             assert first.shape in text  # the named shape is there
             if cat in ("colors", "color_attr"):
                 assert first.colour in text
             if cat == "counting":
                 assert len({o.shape for o in s.objects}) == 1
-                assert tokenizer.NUMBER_WORDS[len(s.objects)] in text
+                assert world.NUMBER_WORDS[len(s.objects)] in text
             if cat in ("two_object", "color_attr", "position"):
                 assert len(s.objects) == 2 and s.objects[0].shape != s.objects[1].shape
             if cat == "position":
@@ -182,23 +182,23 @@ def changed_fields(a, b):
     return {f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)}
 
 
-@pytest.mark.parametrize("cat", tokenizer.EDIT_CATEGORIES)
+@pytest.mark.parametrize("cat", world.EDIT_CATEGORIES)
 def test_edit_pairs_change_exactly_what_the_instruction_says(cat):
-    vocab = set(tokenizer.VOCAB)
+    vocab = set(world.VOCAB)
     for seed in range(25):
-        e = tokenizer.make_edit(seed, cat)
+        e = world.make_edit(seed, cat)
         src, tgt = e.source, e.target
         assert e.category == cat and set(e.instruction.split()) <= vocab, e.instruction
-        src_img, tgt_img = (tokenizer.render(s, 64).astype(int) for s in (src, tgt))
+        src_img, tgt_img = (world.render(s, 64).astype(int) for s in (src, tgt))
         diff = np.abs(src_img - tgt_img).max(2) > 0
         assert diff.any()
         if cat in EDIT_FIELDS:  # a scene-level field and nothing else
             assert changed_fields(src, tgt) == {EDIT_FIELDS[cat]}
             assert getattr(tgt, EDIT_FIELDS[cat]) in e.instruction or cat != "background_change"
             if cat != "tone_transfer":  # object interiors keep their exact pixels
-                inner = tokenizer.object_masks(
+                inner = world.object_masks(
                     dataclasses.replace(src, objects=tuple(
-                        dataclasses.replace(o, h=o.h - 2 / 64) for o in src.objects)), 64)
+                        dataclasses.replace(o, half=o.half - 2 / 64) for o in src.objects)), 64)
                 assert not (diff & inner.any(0)).any()
             continue
         assert changed_fields(src, tgt) == {"objects"}
@@ -222,7 +222,7 @@ def test_edit_pairs_change_exactly_what_the_instruction_says(cat):
         allowed = np.zeros((64, 64), bool)
         c = (np.arange(64) + 0.5) / 64
         for o in edited:
-            r = o.h + tokenizer.OUTLINE_WIDTH + 2 / 64
+            r = o.half + world.OUTLINE_WIDTH + 2 / 64
             allowed |= (np.abs(c[:, None] - o.y) <= r) & (np.abs(c[None, :] - o.x) <= r)
         assert not (diff & ~allowed).any()
 
@@ -230,24 +230,24 @@ def test_edit_pairs_change_exactly_what_the_instruction_says(cat):
 # --- world datasets -----------------------------------------------------------------------------
 
 def test_world_images_dataset_items_splits_and_distributed_sampler():
-    data = tokenizer.WorldImages("train", 10, 48)
+    data = world.WorldImages("train", 10, 48)
     x = data[3]
     assert x.shape == (3, 48, 48) and x.dtype == torch.float32
     assert -1 <= x.min() and x.max() <= 1 and torch.equal(x, data[3])
-    assert torch.equal(x, tokenizer.to_tensor(tokenizer.render(data.scene(3), 48)))
-    img, t = tokenizer.WorldImages("val", 4, 32, grid=4)[0]
+    assert torch.equal(x, world.to_tensor(world.render(data.scene(3), 48)))
+    img, t = world.WorldImages("val", 4, 32, grid=4)[0]
     assert img.shape == (3, 32, 32) and t["shape"].shape == (4, 4)
     # train and val never share a scene: their seeds are disjoint and so are their scenes
-    train = {tokenizer.scene_seed("train", i) for i in range(3000)}
-    val = {tokenizer.scene_seed("val", i) for i in range(3000)}
+    train = {world.scene_seed("train", i) for i in range(3000)}
+    val = {world.scene_seed("val", i) for i in range(3000)}
     assert not train & val
-    tr = {tokenizer.WorldImages("train", 200, 32).scene(i) for i in range(200)}
-    assert not tr & {tokenizer.WorldImages("val", 200, 32).scene(i) for i in range(200)}
+    tr = {world.WorldImages("train", 200, 32).scene(i) for i in range(200)}
+    assert not tr & {world.WorldImages("val", 200, 32).scene(i) for i in range(200)}
     with pytest.raises(ValueError, match="unknown split"):
-        tokenizer.WorldImages("training", 5, 32)
+        world.WorldImages("training", 5, 32)
     # DistributedSampler: two ranks split the items between them; batches collate, targets too
     from torch.utils.data import DataLoader, DistributedSampler
-    data = tokenizer.WorldImages("train", 10, 32, grid=4)
+    data = world.WorldImages("train", 10, 32, grid=4)
     seen = []
     for rank in range(2):
         sampler = DistributedSampler(data, num_replicas=2, rank=rank, shuffle=True, seed=0)
@@ -258,16 +258,16 @@ def test_world_images_dataset_items_splits_and_distributed_sampler():
 
 
 def test_world_caption_and_edit_datasets():
-    caps = tokenizer.WorldCaptions("train", 12, 32)
+    caps = world.WorldCaptions("train", 12, 32)
     img, text = caps[4]
     assert img.shape == (3, 32, 32) and isinstance(text, str)
     assert caps.item(4)[1] == text and caps[4][1] == text  # deterministic
-    assert {caps.item(i)[2]["category"] for i in range(12)} == set(tokenizer.CAPTION_CATEGORIES)
-    edits = tokenizer.WorldEdits("val", 16, 32)
+    assert {caps.item(i)[2]["category"] for i in range(12)} == set(world.CAPTION_CATEGORIES)
+    edits = world.WorldEdits("val", 16, 32)
     src, instr, tgt = edits[5]
     assert src.shape == tgt.shape == (3, 32, 32) and isinstance(instr, str)
     assert not torch.equal(src, tgt)
-    assert {edits.item(i).category for i in range(16)} == set(tokenizer.EDIT_CATEGORIES)
+    assert {edits.item(i).category for i in range(16)} == set(world.EDIT_CATEGORIES)
 
 
 # --- real data --------------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def test_image_folder_reads_classes_and_centre_crops(tmp_path):
     wide[:] = (0, 0, 255)
     wide[:, 30:60] = (255, 0, 0)
     Image.fromarray(wide).save(tmp_path / "dog" / "wide.png")
-    data = tokenizer.ImageFolderDataset(str(tmp_path), 16)
+    data = world.ImageFolderDataset(str(tmp_path), 16)
     assert len(data) == 5 and data.classes == ["cat", "dog"]
     labels = [data[i][1] for i in range(5)]
     assert labels == [0, 0, 1, 1, 1]
@@ -298,17 +298,17 @@ def test_image_folder_reads_classes_and_centre_crops(tmp_path):
 
 def test_image_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        tokenizer.ImageFolderDataset(str(tmp_path / "nope"), 16)
+        world.ImageFolderDataset(str(tmp_path / "nope"), 16)
     with pytest.raises(ValueError, match="has no images"):
-        tokenizer.ImageFolderDataset(str(tmp_path), 16)
+        world.ImageFolderDataset(str(tmp_path), 16)
     os.makedirs(tmp_path / "a")
     (tmp_path / "a" / "bad.png").write_bytes(b"not a png at all")
-    only_bad = tokenizer.ImageFolderDataset(str(tmp_path), 16)
+    only_bad = world.ImageFolderDataset(str(tmp_path), 16)
     with pytest.raises(ValueError, match="cannot read image .*bad.png"):
         only_bad[0]
     for k in range(3):
         save(tmp_path / "a" / f"good{k}.png")
-    data = tokenizer.ImageFolderDataset(str(tmp_path), 16)
+    data = world.ImageFolderDataset(str(tmp_path), 16)
     assert len(data) == 4
     with pytest.warns(UserWarning, match="skipping: cannot read image"):
         img, label = data[0]  # bad.png sorts first: skipped, the next image is returned
@@ -321,15 +321,15 @@ def test_caption_folder_and_its_errors(tmp_path):
         (tmp_path / f"{name}.txt").write_text(text + "\n")
     save(tmp_path / "lonely.jpg")  # an image without a caption: skipped with a warning
     with pytest.warns(UserWarning, match="no .txt caption"):
-        data = tokenizer.CaptionFolderDataset(str(tmp_path), 24)
+        data = world.CaptionFolderDataset(str(tmp_path), 24)
     assert len(data) == 2
     img, text = data[1]
     assert img.shape == (3, 24, 24) and text == "two squares"
     (tmp_path / "ghost.txt").write_text("a caption without an image")
     with pytest.raises(ValueError, match="ghost.txt has no image with the same name"):
-        tokenizer.CaptionFolderDataset(str(tmp_path), 24)
+        world.CaptionFolderDataset(str(tmp_path), 24)
     with pytest.raises(FileNotFoundError, match="does not exist"):
-        tokenizer.CaptionFolderDataset(str(tmp_path / "missing"), 24)
+        world.CaptionFolderDataset(str(tmp_path / "missing"), 24)
 
 
 def test_edit_jsonl_and_its_errors(tmp_path):
@@ -338,14 +338,14 @@ def test_edit_jsonl_and_its_errors(tmp_path):
     path = tmp_path / "edits.jsonl"
     rec = {"input": "in.png", "instruction": "make it red", "output": "out.png"}
     path.write_text(json.dumps(rec) + "\n\n")
-    src, instr, tgt = tokenizer.EditJsonlDataset(str(path), 16)[0]
+    src, instr, tgt = world.EditJsonlDataset(str(path), 16)[0]
     assert instr == "make it red" and src[2].mean() > 0.5 and tgt[0].mean() > 0.5
     path.write_text(json.dumps(rec) + "\n{broken\n")
     with pytest.raises(ValueError, match="line 2 .* not valid JSON"):
-        tokenizer.EditJsonlDataset(str(path), 16)
+        world.EditJsonlDataset(str(path), 16)
     path.write_text(json.dumps(dict(rec, output="gone.png")) + "\n")
     with pytest.raises(FileNotFoundError, match="line 1 .*gone.png"):
-        tokenizer.EditJsonlDataset(str(path), 16)
+        world.EditJsonlDataset(str(path), 16)
 
 
 def test_cli_turns_data_errors_into_one_sentence(tmp_path, capsys):

@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
-# gpu_world.sh -- the world preset on one GPU, in phases that each fit a short lease and can be
+# experiments/gpu_world.sh -- the world preset on one GPU, in phases that each fit a short lease and can be
 # re-run: a tokenizer stage that used its time slot (or reached its steps) is skipped; one killed
 # before that (the lease ended) resumes from its last checkpoint with a new slot; the generator
 # phase always continues the run it finds for another GEN_MIN minutes.
 #
-#   bash gpu_world.sh check        torch imports and the GPU answers, within two minutes
-#   bash gpu_world.sh bench        generator throughput and MFU, world and paper presets
-#   bash gpu_world.sh tokenizer    world encoder (stage 0), S-VAE (1), PS-VAE (2); recon + probe
-#   bash gpu_world.sh generator    world generator on the PS-VAE latents; mini-GenEval, samples
-#   bash gpu_world.sh table4       Table 4 at the world sizes on the stage-0 encoder above
+#   bash experiments/gpu_world.sh check        torch imports and the GPU answers, within two minutes
+#   bash experiments/gpu_world.sh bench        generator throughput and MFU, world and paper presets
+#   bash experiments/gpu_world.sh tokenizer    world encoder (stage 0), S-VAE (1), PS-VAE (2); recon + probe
+#   bash experiments/gpu_world.sh generator    world generator on the PS-VAE latents; mini-GenEval, samples
+#   bash experiments/gpu_world.sh table4       Table 4 at the world sizes on the stage-0 encoder above
 #
 # Every training stops on a clock (--time-limit, minutes) rather than at the preset's steps, so
 # the results say how far a given time gets; the step counts reached are in the logs and tables.
@@ -17,10 +17,10 @@
 # per latent; by default what fits T4_SECONDS at the speed measured in stage 2), WORKERS and
 # T4_WORKERS (DataLoader workers), RESULTS and RUNS (where tables and runs go), PRESET, EVAL_STEPS
 # (PRESET=tiny EVAL_STEPS=20 BUDGET=6 RESULTS=/tmp/r: a dry run of the whole script on a CPU,
-# which tests/test_gpu_world.py makes), PYTHON.
+# which tests/test_gpu_world.py makes), PYTHON. Results go to RESULTS/{bench,table4,generation}.
 set -uo pipefail
 shopt -s nullglob
-cd "$(dirname "$0")"
+cd "$(dirname "$0")/.."
 PY=${PYTHON:-python}                 # the interpreter that has torch (on a lent GPU machine, say
                                      # PYTHON=/opt/torch/.venv/bin/python3)
 export PYTHONUNBUFFERED=1
@@ -38,7 +38,7 @@ TOK=$RUNS/$P                          # the tokenizer run (stage0.pt, stage1.pt,
 GEN=$RUNS/$P-gen                      # the generator run
 T4=$RUNS/table4-$P                    # Table 4's runs
 EVAL=$T4/evaluator                   # the rFID evaluator, shared by recon and table4
-mkdir -p "$R" "$RUNS"
+mkdir -p "$R/bench" "$R/table4" "$R/generation" "$RUNS"
 
 log() { echo "[gpu_world $(date +%H:%M:%S)] $*"; }
 
@@ -67,8 +67,8 @@ else:
     ;;
   bench)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    "$PY" generator.py bench --preset "$P" --json "$R/bench_generator_$P.json"
-    [ "$P" = tiny ] || "$PY" generator.py bench --preset paper --batch-size 64 --json "$R/bench_generator_paper.json"
+    "$PY" experiments/bench.py generator --preset "$P" --json "$R/bench/generator_$P.json"
+    [ "$P" = tiny ] || "$PY" experiments/bench.py generator --preset paper --batch-size 64 --json "$R/bench/generator_paper.json"
     ;;
   tokenizer)
     evaluator > "$RUNS/$P-evaluator.log" 2>&1 &  # CPU work beside the GPU training
@@ -84,8 +84,8 @@ else:
     done
     wait || exit 1
     "$PY" evaluate.py recon --ckpt "$TOK" --n 1000 --evaluator-steps "$EVAL_STEPS" --evaluator-cache "$EVAL" \
-      --json "$R/tokenizer_${P}_recon.json" | tail -n 1 || exit 1
-    "$PY" evaluate.py probe --ckpt "$TOK" --n-train 2000 --n-test 1000 --json "$R/tokenizer_${P}_probe.json" \
+      --json "$R/table4/tokenizer_${P}_recon.json" | tail -n 1 || exit 1
+    "$PY" evaluate.py probe --ckpt "$TOK" --n-train 2000 --n-test 1000 --json "$R/table4/tokenizer_${P}_probe.json" \
       | tail -n 1 || exit 1
     ;;
   generator)
@@ -93,10 +93,10 @@ else:
     log "generator for $GEN_MIN min $resume"
     train "$GEN.log" "$PY" generator.py --preset "$P" --tokenizer "$TOK" --out "$GEN" --ema 0.999 \
       --time-limit "$GEN_MIN" --workers "$WORKERS" --cache "$RUNS/cache" $resume
-    cp "$GEN/samples.png" "$R/generator_${P}_samples.png" || exit 1
-    "$PY" evaluate.py geneval --ckpt "$GEN" --preset "$P" --json "$R/geneval_$P.json" | tail -n 1 || exit 1
+    cp "$GEN/samples.png" "$R/generation/samples_${P}.png" || exit 1
+    "$PY" evaluate.py geneval --ckpt "$GEN" --preset "$P" --json "$R/generation/geneval_$P.json" | tail -n 1 || exit 1
     "$PY" evaluate.py geneval --ckpt "$GEN" --preset "$P" --baseline real \
-      --json "$R/geneval_${P}_baseline_real.json" | tail -n 1 || exit 1
+      --json "$R/generation/geneval_${P}_baseline_real.json" | tail -n 1 || exit 1
     ;;
   table4)  # the six latents of Table 4 (no channel sweep), 3 trainings at a time on the GPU
     [ -f "$EVAL/world_w16_s${EVAL_STEPS}_seed0.pt" ] || evaluator || exit 1
@@ -106,7 +106,7 @@ else:
       BUDGET=$("$PY" -c "
 import json, statistics, sys
 batch = json.load(open('$TOK/config.json'))['stage2']['batch_size']
-r = [x['img_per_s'] for x in map(json.loads, open('$TOK/metrics.jsonl')) if x.get('stage') == 2 and 'img_per_s' in x]
+r = [x['samples_per_s'] for x in map(json.loads, open('$TOK/metrics.jsonl')) if x.get('stage') == 2 and 'samples_per_s' in x]
 if not r:
     sys.exit('table4: no stage-2 speed in $TOK/metrics.jsonl to size the budget by; run the tokenizer phase or set BUDGET')
 b = statistics.median(r) / batch * ($T4_SECONDS - 120) / 6
@@ -114,12 +114,12 @@ print(max(3, int(b // 100 * 100 if b >= 100 else b)))") || exit 1
       log "budget $BUDGET steps per latent (T4_SECONDS=$T4_SECONDS)"
     fi
     "$PY" evaluate.py table4 --preset "$P" --runs "$T4" --stage0 "$TOK/stage0.pt" --recipes "$RECIPES" \
-      --budget "$BUDGET" --jobs 3 --workers "${T4_WORKERS:-4}" --results "$R"
+      --budget "$BUDGET" --jobs 3 --workers "${T4_WORKERS:-4}" --results "$R/table4"
     ;;
   pack)  # everything but the checkpoints, into one archive (a lease gives files back, not folders)
     tar czf "${2:?pack needs an archive path}" "$R" "$RUNS"/$P*.log \
       $(find "$TOK" "$GEN" "$T4" -name '*.json*' -o -name '*.png' -o -name '*.log' 2>/dev/null)
     ;;
   *)
-    echo "usage: bash gpu_world.sh check|bench|tokenizer|generator|table4|pack ARCHIVE" >&2; exit 2 ;;
+    echo "usage: bash experiments/gpu_world.sh check|bench|tokenizer|generator|table4|pack ARCHIVE" >&2; exit 2 ;;
 esac

@@ -1,0 +1,205 @@
+"""
+common.py -- what the three training scripts (tokenizer.py, generator.py, edit.py) share and the
+paper does not describe: one code path for a laptop CPU, one GPU, or torchrun on many (gloo on
+CPU, NCCL on GPU), seeded per-sample noise, atomic checkpoints, the resumable data order, and
+the logs. Nothing in training draws from torch's global random state (the noise is seeded per
+sample, the data order per epoch), so a resumed run continues exactly without saving it.
+"""
+import datetime
+import json
+import os
+import resource
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+from tqdm import tqdm
+
+DIST_TIMEOUT_HOURS = 3  # how long a rank waits at a collective before the run aborts
+
+
+def compute_init(device=None):
+    """Detect torchrun (RANK in the environment), start gloo on CPU or NCCL on GPU.
+    Returns (ddp, rank, local_rank, world_size, device)."""
+    ddp, env = "RANK" in os.environ, lambda k, d: int(os.environ.get(k, d))  # noqa: E731
+    rank, local_rank, world_size = env("RANK", 0), env("LOCAL_RANK", 0), env("WORLD_SIZE", 1)
+    kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device("cuda", local_rank) if kind == "cuda" else torch.device(kind)
+    if kind == "cuda":
+        torch.cuda.set_device(dev)
+    if ddp and not dist.is_initialized():
+        # generator.py and edit.py let rank 0 encode the latent cache while the other ranks wait at
+        # a barrier; at ImageNet scale that outlasts NCCL's default 10-minute collective timeout
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(hours=DIST_TIMEOUT_HOURS))
+    return ddp, rank, local_rank, world_size, dev
+
+
+def compute_cleanup():
+    """Tear down the process group, only if one was started."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def is_rank0():
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def print0(*args, **kwargs):
+    """print on rank 0 only."""
+    if is_rank0():
+        print(*args, **kwargs, flush=True)
+
+
+def barrier():
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_mean(t):
+    """Average a tensor over ranks (a no-op in one process)."""
+    if dist.is_initialized():
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        t /= dist.get_world_size()
+    return t
+
+
+def seeded_randn(keys, shape, *salt):
+    """Standard-normal noise (len(keys), *shape): row k from a generator seeded by hash((*salt,
+    key)). Keyed by the data index, a sample draws the same numbers in 1 process or on rank 1 of
+    2, and after a resume; keyed by the position in a list of prompts, an image does not depend
+    on the batch size. Keys and salt are ints: Python salts the hash of a str per process.
+    torch.special.ndtr of it gives uniform draws."""
+    g = torch.Generator()
+    return torch.stack([torch.randn(shape, generator=g.manual_seed(hash((*salt, int(k))) % 2**63)) for k in keys])
+
+
+class Deadline:
+    """`--time-limit MIN`: a run stops cleanly (last checkpoint written, --resume continues)
+    once this many minutes of training have passed, as a cluster's job limit would stop it,
+    but at a step boundary. Rank 0's clock decides for every rank, so all stop at one step."""
+
+    def __init__(self, minutes, device):
+        self.t0, self.minutes, self.device = time.time(), minutes, device
+
+    def __call__(self):
+        if not self.minutes:
+            return False
+        up = time.time() - self.t0 > 60 * self.minutes
+        if not dist.is_initialized():
+            return up
+        up = torch.tensor([float(up)], device=self.device)
+        dist.broadcast(up, 0)
+        return bool(up.item())
+
+
+def save_checkpoint(path, ckpt):
+    """Rank 0 writes to a temporary file and renames it (atomic); then everyone waits."""
+    if is_rank0():
+        torch.save(ckpt, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    barrier()
+
+
+def read_checkpoint(path, script, what="checkpoint", error=ValueError):
+    """A checkpoint written by `script`, read on the CPU, or `error` with one sentence saying
+    why it cannot be used."""
+    if not os.path.isfile(path):
+        raise error(f"the {what} {path} does not exist")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise error(f"cannot read {path} ({type(e).__name__}): it is not a PyTorch checkpoint or it is damaged")
+    if not isinstance(ck, dict) or ck.get("script") != script:
+        who = ck.get("script", "an unknown program") if isinstance(ck, dict) else "an unknown program"
+        raise error(f"{path} was written by {who}, not {script}; pass a checkpoint written by {script}")
+    return ck
+
+
+def batches(ds, local_bs, rank, world, seed, epoch, pos, workers):
+    """Endless batches (data index, images, targets or None). Each epoch is a DistributedSampler
+    permutation, rank r taking every world-th index, so the ranks' batches at a step make the same
+    global batch for any number of processes. Yields ((epoch, position after it), batch)."""
+    while True:
+        sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+        sampler.set_epoch(epoch)
+        idx = list(sampler)
+        n = len(idx) // local_bs
+        if pos < n:  # on resume: skip the batches already seen in this epoch
+            part = idx[pos * local_bs:n * local_bs]
+            for k, item in enumerate(DataLoader(Subset(ds, part), batch_size=local_bs, num_workers=workers)):
+                pos += 1
+                x, y = item if isinstance(item, (list, tuple)) else (item, None)
+                yield (epoch, pos), (torch.tensor(part[k * local_bs:(k + 1) * local_bs]), x, y)
+        epoch, pos = epoch + 1, 0
+
+
+def memory_gib(device):
+    """Peak memory of this process: CUDA allocations on a GPU, the resident set size on a CPU."""
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    return round(peak / 2**30, 2)
+
+
+def append_metrics(out, rec):
+    if is_rank0():
+        with open(os.path.join(out, "metrics.jsonl"), "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
+def truncate_metrics(out, step, stage=None):
+    """On resume, drop the records (of this stage) after `step`: they will be written again."""
+    path = os.path.join(out, "metrics.jsonl")
+    if is_rank0() and os.path.isfile(path):
+        recs = [json.loads(line) for line in open(path) if line.strip()]
+        with open(path + ".tmp", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in recs if r.get("stage") != stage or r.get("step", 0) <= step)
+        os.replace(path + ".tmp", path)
+
+
+def write_config(out, cfg, key=None):
+    """<out>/config.json: the run's settings (tokenizer.py keeps one entry per stage)."""
+    path = os.path.join(out, "config.json")
+    if is_rank0():
+        if key is not None:
+            cfg = {**(json.load(open(path)) if os.path.isfile(path) else {}), key: cfg}
+        with open(path + ".tmp", "w") as f:
+            json.dump(cfg, f, indent=1, default=str)
+        os.replace(path + ".tmp", path)
+
+
+class StepLog:
+    """The progress bar and, every `every` steps (and at the last), one metrics.jsonl record and
+    one log line: the given values (already averaged over processes), samples/s since the last
+    record (checkpoint time left out: call restart_clock() after saving) and peak memory."""
+
+    def __init__(self, out, total, step, every, desc, extra=None):
+        self.out, self.total, self.every, self.desc, self.extra = out, total, every, desc, extra or {}
+        self.pbar = tqdm(total=total, initial=step, disable=not (is_rank0() and sys.stderr.isatty()), desc=desc)
+        self.t_start = self.t_last = time.time()
+        self.seen, self.last = 0, {}
+
+    def __call__(self, step, n_samples, values, device, force=False):
+        self.seen += n_samples
+        self.pbar.update(1)
+        if step % self.every and step != self.total and not force:
+            return
+        rec = {**self.extra, "step": step, **{k: float(f"{v:.7g}") for k, v in values.items()},
+               "samples_per_s": round(self.seen / (time.time() - self.t_last), 2),
+               "elapsed_s": round(time.time() - self.t_start, 1), "mem_gib": memory_gib(device)}
+        append_metrics(self.out, rec)
+        if is_rank0():
+            self.pbar.write(f"{self.desc} step {step}/{self.total} | " + " ".join(f"{k} {v:.4g}" for k, v in
+                                                                                  values.items()) +
+                            f" | {rec['samples_per_s']:.1f} samples/s | mem {rec['mem_gib']} GiB")
+        self.last, self.seen = rec, 0
+        self.restart_clock()
+
+    def restart_clock(self):
+        self.t_last = time.time()
+
+    def close(self):
+        self.pbar.close()
