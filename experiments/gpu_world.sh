@@ -15,7 +15,8 @@
 # The preset's full lengths (tokenizer 20k/40k/20k steps, generator 60k) need hours, not minutes.
 # Environment: TOK_MIN="S0 S1 S2" (minutes per tokenizer stage), GEN_MIN, BUDGET (table4 steps
 # per latent; by default what fits T4_SECONDS at the speed measured in stage 2), WORKERS and
-# T4_WORKERS (DataLoader workers), RESULTS and RUNS (where tables and runs go), PRESET, EVAL_STEPS
+# T4_WORKERS (DataLoader workers), RESULTS and RUNS (where tables and runs go), PRESET, EVAL_STEPS,
+# MEASURE_N ("recon probe-train probe-test" scenes, default "1000 2000 1000")
 # (PRESET=tiny EVAL_STEPS=20 BUDGET=6 RESULTS=/tmp/r: a dry run of the whole script on a CPU,
 # which tests/test_gpu_world.py makes), PYTHON. Results go to RESULTS/{bench,table4,generation}.
 set -uo pipefail
@@ -27,6 +28,7 @@ export PYTHONUNBUFFERED=1
 read -r S0 S1 S2 <<< "${TOK_MIN:-1 2.25 2.25}"
 P=${PRESET:-world}                   # tiny: a dry run of this script on a CPU, in seconds
 EVAL_STEPS=${EVAL_STEPS:-3000}
+read -r RECON_N PROBE_TRAIN PROBE_TEST <<< "${MEASURE_N:-1000 2000 1000}"  # scenes for recon and probe
 GEN_MIN=${GEN_MIN:-5.5}
 BUDGET=${BUDGET:-}                   # table4 steps per latent; empty: what fits T4_SECONDS
 T4_SECONDS=${T4_SECONDS:-400}
@@ -83,9 +85,9 @@ else:
       touch "$TOK/stage$s.done"  # its slot is used: a re-run goes on to the next stage
     done
     wait || exit 1
-    "$PY" evaluate.py recon --ckpt "$TOK" --n 1000 --evaluator-steps "$EVAL_STEPS" --evaluator-cache "$EVAL" \
+    "$PY" evaluate.py recon --ckpt "$TOK" --n "$RECON_N" --evaluator-steps "$EVAL_STEPS" --evaluator-cache "$EVAL" \
       --json "$R/table4/tokenizer_${P}_recon.json" | tail -n 1 || exit 1
-    "$PY" evaluate.py probe --ckpt "$TOK" --n-train 2000 --n-test 1000 --json "$R/table4/tokenizer_${P}_probe.json" \
+    "$PY" evaluate.py probe --ckpt "$TOK" --n-train "$PROBE_TRAIN" --n-test "$PROBE_TEST" --json "$R/table4/tokenizer_${P}_probe.json" \
       | tail -n 1 || exit 1
     ;;
   generator)

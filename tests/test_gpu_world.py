@@ -17,7 +17,7 @@ def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results
     # stage 0 stops on its clock after one step; the table4 budget comes from the measured speed
     env = {**os.environ, "PRESET": "tiny", "EVAL_STEPS": "20", "BUDGET": "", "T4_SECONDS": "122", "RESULTS": str(res),
            "RUNS": str(runs), "TOK_MIN": "1e-9 1 1", "GEN_MIN": "1", "WORKERS": "0", "T4_WORKERS": "0", "PYTHON": sys.executable,
-           "OMP_NUM_THREADS": "1"}
+           "OMP_NUM_THREADS": "1", "MEASURE_N": "64 64 32"}
     for phase in ("check", "bench", "tokenizer", "generator", "table4"):
         r = subprocess.run(["bash", os.path.join(ROOT, "experiments", "gpu_world.sh"), phase], env=env, capture_output=True,
                            text=True, timeout=600)
