@@ -59,7 +59,7 @@ PRESETS = {
     "paper": dict(batch_size=256, lr=1e-4, warmup=500, steps=50000, n_train=0, ema=0.9999, log_every=100,
                   ckpt_every=5000, sample_steps=50, n_samples=8, guidance_text=3.0, guidance_image=1.5),
 }
-MODEL_KEYS = ("model", "patch", "text_len", "head")  # taken from the T2I checkpoint's config
+MODEL_KEYS = ("model", "patch", "text_len", "head", "lm")  # taken from the T2I checkpoint's config
 
 
 # ------------------------------------------------------------------------------------------
@@ -72,8 +72,8 @@ class EditModel(G.Generator):
     takes cond = (text ids (B, T), source latent (B, C, H, W), keep (B,) bool or None): keep[b]
     False hides the source from sample b (image-guidance dropout)."""
 
-    def __init__(self, cfg, latent_shape, patch=1, text_len=16, head="ddt", vocab_size=None):
-        super().__init__(cfg, latent_shape, patch, text_len, head, vocab_size)
+    def __init__(self, cfg, latent_shape, patch=1, text_len=16, head="ddt", text=None):
+        super().__init__(cfg, latent_shape, patch, text_len, head, text)
         N, T, D = self.N, text_len, cfg.width
         self.source_embed = nn.Parameter(torch.randn(D) * 0.02)
         L = N + T + N
@@ -106,8 +106,8 @@ class EditModel(G.Generator):
 
 
 def build_model(cfg, latent_shape):
-    return EditModel(G.MODELS[cfg["model"]], latent_shape, cfg["patch"], cfg["text_len"], cfg["head"],
-                     len(G.TextTokenizer()))
+    """The EditModel of a config (the T2I run's sizes), with its text tokenizer."""
+    return EditModel(G.model_config(cfg), latent_shape, cfg["patch"], cfg["text_len"], cfg["head"], G.text_tokenizer(cfg))
 
 
 def init_from_t2i(model, state):
@@ -149,7 +149,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
     if not cfg["init"]:
         raise GeneratorError("no --init given; pass the text-to-image run to fine-tune, e.g. runs/generator-cpu")
     t2i, t2i_path = G.load_run(cfg["init"], "T2I checkpoint given to --init")
-    cfg.update({k: t2i["config"][k] for k in MODEL_KEYS})
+    cfg.update({k: t2i["config"].get(k) for k in MODEL_KEYS})
 
     # the T2I run's frozen tokenizer (the same latents it learnt) and the pair cache
     tok_path = cfg["tokenizer"] or t2i["tokenizer"]
@@ -164,15 +164,15 @@ def train(cfg, ddp, rank, local_rank, world, device):
 
     cache, cache_path = G.latent_cache(cfg, "edits", edit_dataset(cfg, size), tok_path, size, encode_pairs)
     del tok
-    ids = G.text_ids(cache["instructions"], cfg["text_len"], "an instruction for the T2I model's text context")
-    null = G.text_ids([""], cfg["text_len"], "the null instruction")
-    n = len(ids)
+    n = len(cache["instructions"])
     if n < cfg["batch_size"]:
         raise GeneratorError(f"the training set has {n} pairs, fewer than one batch of {cfg['batch_size']}")
 
     # the T2I weights (its EMA: the model one would sample from) and a fresh source embedding
     torch.manual_seed(cfg["seed"])
     model = build_model(cfg, latent_shape)
+    ids, cut = G.text_ids(model.text, cache["instructions"], cfg["text_len"], "instructions")
+    null = model.text([""], cfg["text_len"])
     fresh = init_from_t2i(model, t2i["ema"])
     if ck is None:
         print0(f"initialised from {t2i_path} (T2I step {t2i['step']}, EMA weights): "
@@ -184,7 +184,8 @@ def train(cfg, ddp, rank, local_rank, world, device):
     print0(f"{world} process(es) on {device} | edit model {cfg['model']}: "
            f"{sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters | {n} cached pairs | "
            f"training shift {s:.3f}")
-    write_config(cfg["out"], {**cfg, "latent_shape": latent_shape, "shift_used": s, "cache_file": cache_path})
+    write_config(cfg["out"], {**cfg, "latent_shape": latent_shape, "shift_used": s, "cache_file": cache_path,
+                              "instructions_cut": cut})
     mean, std = model.latent_mean.cpu(), model.latent_std.cpu()
     src_all, tgt_all = (cache["source"] - mean) / std, (cache["target"] - mean) / std
 
@@ -238,7 +239,7 @@ def edit_images(model, tok, images, instructions, steps=50, shift=3.0, guidance_
     for s in instructions:
         if not s.strip():
             raise GeneratorError("the instruction is empty; say what to change, e.g. 'make the red circle blue'")
-    text = G.TextTokenizer()
+    text = model.text
     ids = text(instructions, model.T)  # raises the "too long" sentence
     dev = model.latent_mean.device
     outs = []

@@ -5,7 +5,7 @@ Paper: Zhang et al. 2025, "Both Semantics and Reconstruction Matter" (arXiv 2512
 and 4.1; the DDT head is RAE's DiT^DH (Zheng et al. 2025). Read top to bottom:
 
   1. presets and model sizes (a registry with `tiny`; `paper` = Qwen2.5-0.5B's shape)
-  2. the text tokenizer: the world's words, and bytes for anything else
+  2. the text tokenizers: the world's words (bytes for anything else), or Qwen2.5's (--lm)
   3. the network: Qwen2-like layers shared by text and image tokens (deep fusion), the wide
      DDT head, and the Generator that joins them
   4. flow matching, kept apart from the network: flow_loss(), flow_sample(), the time shift
@@ -16,6 +16,7 @@ and 4.1; the DDT head is RAE's DiT^DH (Zheng et al. 2025). Read top to bottom:
 
   python generator.py --tokenizer runs/tokenizer-cpu/stage2.pt --preset cpu
   torchrun --nproc_per_node=2 generator.py --tokenizer runs/tokenizer-cpu/stage2.pt --preset cpu
+  torchrun --nproc_per_node=8 generator.py --preset paper --lm Qwen2.5-0.5B/ --tokenizer RUN/stage2.pt --data CAPTIONS/
   python generator.py sample --ckpt runs/generator-cpu --prompt "two red circles" --n 8 --out grid.png
 """
 import argparse
@@ -39,6 +40,7 @@ from tqdm import tqdm
 import tokenizer as T
 from common import (Deadline, StepLog, all_mean, barrier, compute_cleanup, compute_init, is_rank0, print0,
                     read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics, write_config)
+from pretrained import QwenTokenizer, load_qwen2_weights, qwen2_config
 from tokenizer import TokenizerError
 from world import VOCAB, CaptionFolderDataset, WorldCaptions, to_uint8
 
@@ -63,13 +65,14 @@ class ModelConfig:
     head_width: int     # wide DDT head: width W > D (RAE: 2048 against DiT-XL's 1152)
     head_depth: int     # DDT head blocks (RAE: 2)
     head_heads: int
-    vocab_size: int = 0  # 0: the size of the text tokenizer below
+    vocab_size: int = 0  # 0: the size of the text tokenizer (the embedding table's rows)
     rope_theta: float = 1e6  # Qwen2's rotary base
+    rms_eps: float = 1e-6  # Qwen2's RMSNorm epsilon
 
 
 # The backbone of `paper` has Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 query / 2 key-value
-# heads, SwiGLU 4864, vocabulary 151936); offline nothing loads its weights. The DDT head of
-# `paper` is RAE's: 2 blocks of width 2048.
+# heads, SwiGLU 4864, vocabulary 151936); with --lm its size and weights come from a Qwen2.5 folder
+# instead (model_config). The DDT head of `paper` is RAE's: 2 blocks of width 2048.
 MODELS = {
     "tiny": ModelConfig(width=32, depth=2, heads=2, kv_heads=1, mlp=64, head_width=48, head_depth=1, head_heads=2),
     "cpu": ModelConfig(width=128, depth=4, heads=4, kv_heads=2, mlp=344, head_width=192, head_depth=2, head_heads=4),
@@ -97,7 +100,23 @@ PRESETS = {
                   ema=0.9999, log_every=100, ckpt_every=5000, sample_steps=50, n_samples=8),
 }
 # config keys that fix tensor shapes: resuming with other values cannot work
-SHAPE_KEYS = ("model", "patch", "text_len", "head")
+SHAPE_KEYS = ("model", "patch", "text_len", "head", "lm")
+
+
+def model_config(cfg):
+    """The network's sizes: the preset's MODELS entry, its backbone replaced by a Qwen2.5
+    config.json's when --lm names a folder (the DDT head keeps the preset's size)."""
+    m = MODELS[cfg["model"]]
+    if not cfg.get("lm"):
+        return m
+    try:
+        q = qwen2_config(cfg["lm"])
+    except ValueError as e:
+        raise GeneratorError(str(e))
+    return ModelConfig(width=q["hidden_size"], depth=q["num_hidden_layers"], heads=q["num_attention_heads"],
+                       kv_heads=q["num_key_value_heads"], mlp=q["intermediate_size"], head_width=m.head_width,
+                       head_depth=m.head_depth, head_heads=m.head_heads, vocab_size=q["vocab_size"],
+                       rope_theta=q["rope_theta"], rms_eps=q["rms_norm_eps"])
 
 
 # ------------------------------------------------------------------------------------------
@@ -109,7 +128,36 @@ SHAPE_KEYS = ("model", "patch", "text_len", "head")
 PAD, BOS, N_SPECIAL = 0, 1, 2
 
 
-class TextTokenizer:
+class TextBatcher:
+    """A batch of texts -> (B, length) long ids [bos?, ids..., pad...]; the empty text is the
+    null caption of classifier-free guidance. A subclass gives encode(), bos and pad."""
+
+    def batch(self, texts, length):
+        """-> (ids (B, length), the number of texts cut to fit the context)."""
+        out, cut = torch.full((len(texts), length), self.pad, dtype=torch.long), 0
+        for b, text in enumerate(texts):
+            ids = ([] if self.bos is None else [self.bos]) + self.encode(text)
+            cut += len(ids) > length
+            out[b, :min(length, len(ids))] = torch.tensor(ids[:length], dtype=torch.long)
+        return out, cut
+
+    def __call__(self, texts, length):
+        """batch(), where a text too long for the context is an error (a prompt, at sampling)."""
+        for text in texts:
+            n = len(self.encode(text)) + (self.bos is not None)
+            if n > length:
+                raise GeneratorError(f"the prompt {text[:40]!r}{'...' if len(text) > 40 else ''} has "
+                                     f"{n - (self.bos is not None)} tokens but the model's text context holds "
+                                     f"{length - (self.bos is not None)}; shorten it (or train with a larger --text-len)")
+        return self.batch(texts, length)[0]
+
+
+class TextTokenizer(TextBatcher):
+    """The world's words (compared lower-cased), one token each; anything else is spelled as UTF-8
+    bytes, so any text has an encoding. ids: 0 pad, 1 bos, 2..257 the bytes, 258.. the words."""
+
+    bos, pad = BOS, PAD
+
     def __init__(self, words=None):
         self.words = sorted(set(w.lower() for w in (words if words is not None else VOCAB)))
         self.word_id = {w: N_SPECIAL + 256 + i for i, w in enumerate(self.words)}
@@ -137,20 +185,27 @@ class TextTokenizer:
                 out.append(i - N_SPECIAL)
         return out.decode("utf-8", errors="replace").strip()
 
-    def __call__(self, texts, length, strict=True):
-        """A batch of texts -> (B, length) long: [bos, ids..., pad...]. The empty text is the
-        null caption of classifier-free guidance. Too long a text is an error (strict) or cut."""
-        out = torch.full((len(texts), length), PAD, dtype=torch.long)
-        for b, text in enumerate(texts):
-            ids = [BOS] + self.encode(text)
-            if len(ids) > length:
-                if strict:
-                    raise GeneratorError(f"the prompt {text[:40]!r}{'...' if len(text) > 40 else ''} has "
-                                         f"{len(ids) - 1} tokens but the model's text context holds "
-                                         f"{length - 1}; shorten it (or train with a larger --text-len)")
-                ids = ids[:length]
-            out[b, :len(ids)] = torch.tensor(ids)
-        return out
+
+class QwenText(TextBatcher):
+    """Qwen2.5's byte-level BPE (pretrained.QwenTokenizer) read from the --lm folder: no bos (Qwen
+    adds none), right padding with <|endoftext|>, as the paper's backbone was trained."""
+
+    bos = None
+
+    def __init__(self, folder):
+        try:
+            self.bpe = QwenTokenizer.from_folder(folder)
+        except ValueError as e:
+            raise GeneratorError(str(e))
+        self.pad, self.encode, self.decode = self.bpe.special.get("<|endoftext|>", 0), self.bpe.encode, self.bpe.decode
+
+    def __len__(self):
+        return len(self.bpe)
+
+
+def text_tokenizer(cfg):
+    """The run's text tokenizer: Qwen2.5's with --lm, else the world's words."""
+    return QwenText(cfg["lm"]) if cfg.get("lm") else TextTokenizer()
 
 
 # ------------------------------------------------------------------------------------------
@@ -200,7 +255,9 @@ def apply_rope(x, cos, sin):  # x (B, H, L, hd)
 
 class Qwen2Attention(nn.Module):
     """Grouped-query self-attention (Qwen2: biases on q, k, v, none on o) with an optional boolean
-    mask (True = may attend) and rotary tables; F.scaled_dot_product_attention does the work."""
+    mask (True = may attend) and rotary tables; F.scaled_dot_product_attention does the work.
+    Query head h reads key/value head h // (heads / kv_heads): each k/v head is repeated in place
+    (repeat_interleave), not the set tiled."""
 
     def __init__(self, dim, heads, kv_heads):
         super().__init__()
@@ -218,18 +275,22 @@ class Qwen2Attention(nn.Module):
         if rope is not None:  # (bf16 under autocast: the tables follow q's dtype)
             cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.heads)
+        k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, L, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))
+
+    def repeat_kv(self, x):  # (B, KV, L, hd) -> (B, H, L, hd)
+        return x.repeat_interleave(self.heads // self.kv_heads, dim=1)
 
 
 class Qwen2Layer(nn.Module):
     """Qwen2's decoder layer: pre-RMSNorm attention and SwiGLU, residual."""
 
-    def __init__(self, dim, heads, kv_heads, mlp):
+    def __init__(self, dim, heads, kv_heads, mlp, eps=1e-6):
         super().__init__()
-        self.input_layernorm = RMSNorm(dim)
+        self.input_layernorm = RMSNorm(dim, eps)
         self.self_attn = Qwen2Attention(dim, heads, kv_heads)
-        self.post_attention_layernorm = RMSNorm(dim)
+        self.post_attention_layernorm = RMSNorm(dim, eps)
         self.mlp = SwiGLU(dim, mlp)
 
     def forward(self, x, mask, rope):
@@ -331,9 +392,10 @@ class Generator(nn.Module):
     [bos, text..., pad... | image tokens]. Text tokens: rotary positions, causal mask. Image tokens:
     the patchified noisy latent projected to D, plus a 2D sin-cos code, plus the timestep
     embedding (added to their initial hidden states); they attend to all text and all image
-    tokens. Text never attends to the image. Output: the velocity v (B, C, H, W)."""
+    tokens. Text never attends to the image. Output: the velocity v (B, C, H, W). `text` is the
+    text tokenizer (the world's words by default), kept as model.text for sampling."""
 
-    def __init__(self, cfg: ModelConfig, latent_shape, patch=1, text_len=16, head="ddt", vocab_size=None):
+    def __init__(self, cfg: ModelConfig, latent_shape, patch=1, text_len=16, head="ddt", text=None):
         super().__init__()
         C, H, W = latent_shape
         if H % patch or W % patch:
@@ -342,11 +404,13 @@ class Generator(nn.Module):
         D, grid = cfg.width, (H // patch, W // patch)
         self.N = grid[0] * grid[1]
         in_dim = C * patch * patch
-        self.embed_tokens = nn.Embedding(cfg.vocab_size or vocab_size, D)
+        self.text = text or TextTokenizer()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size or len(self.text), D)
         self.img_in = nn.Linear(in_dim, D)
         self.t_embed = TimestepEmbedder(D)
-        self.layers = nn.ModuleList([Qwen2Layer(D, cfg.heads, cfg.kv_heads, cfg.mlp) for _ in range(cfg.depth)])
-        self.norm = RMSNorm(D)
+        self.layers = nn.ModuleList([Qwen2Layer(D, cfg.heads, cfg.kv_heads, cfg.mlp, cfg.rms_eps)
+                                     for _ in range(cfg.depth)])
+        self.norm = RMSNorm(D, cfg.rms_eps)
         if head == "ddt":
             self.head = DDTHead(D, cfg.head_width, cfg.head_depth, cfg.head_heads, in_dim, grid)
         else:  # --head none (Table 1's ablation): a linear read-out of the backbone's image states
@@ -390,6 +454,26 @@ class Generator(nn.Module):
             h = layer(h, self.mask, (self.rope_cos, self.rope_sin))
         return self.norm(h)
 
+    def text_parts(self):
+        """The text backbone as a module whose state_dict has Qwen2's names without "model."."""
+        return nn.ModuleDict({"embed_tokens": self.embed_tokens, "layers": self.layers, "norm": self.norm})
+
+    def text_forward(self, ids, attention_mask=None):
+        """The backbone on text alone, as Qwen2: ids (B, L), mask 1 = token / 0 = right padding ->
+        (hidden_states [embeddings, each layer's output, the last one after the final norm],
+        last_hidden_state (B, L, D), logits (B, L, V) through the tied embedding)."""
+        L = ids.shape[1]
+        keep = torch.ones_like(ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        mask = torch.ones(L, L, dtype=torch.bool, device=ids.device).tril() & keep[:, None, None, :]  # (B, 1, L, L)
+        rope = rope_tables(list(range(L)), self.cfg.width // self.cfg.heads, self.cfg.rope_theta)
+        h = self.embed_tokens(ids)
+        hidden = [h]
+        for layer in self.layers:
+            h = layer(h, mask, (rope[0].to(ids.device), rope[1].to(ids.device)))
+            hidden.append(h)
+        hidden[-1] = h = self.norm(h)
+        return hidden, h, h @ self.embed_tokens.weight.T
+
     def velocity(self, x_t, t, h_img):
         """The head: image hidden states (B, N, D) -> v (B, C, H, W)."""
         out = self.head(patchify(x_t, self.P), h_img, t) if self.head_kind == "ddt" else self.head(h_img)
@@ -401,8 +485,8 @@ class Generator(nn.Module):
 
 
 def build_model(cfg, latent_shape):
-    return Generator(MODELS[cfg["model"]], latent_shape, cfg["patch"], cfg["text_len"], cfg["head"],
-                     len(TextTokenizer()))
+    """The Generator of a config, with its text tokenizer."""
+    return Generator(model_config(cfg), latent_shape, cfg["patch"], cfg["text_len"], cfg["head"], text_tokenizer(cfg))
 
 
 # ------------------------------------------------------------------------------------------
@@ -537,11 +621,13 @@ def batch_indices(n, global_bs, rank, world, seed, epoch, pos):
     return perm[pos * global_bs:(pos + 1) * global_bs][rank::world]
 
 
-def text_ids(texts, length, what):
-    try:
-        return TextTokenizer()(texts, length)
-    except GeneratorError as e:
-        raise GeneratorError(f"{what} is too long: {e}")
+def text_ids(text, texts, length, what):
+    """(B, length) ids of training texts. A text longer than the context is cut, not a stop: the
+    count is printed and kept in config.json."""
+    ids, cut = text.batch(texts, length)
+    if cut:
+        print0(f"warning: {cut} of {len(texts)} {what} were longer than the {length}-token text context and cut")
+    return ids, cut
 
 
 # ------------------------------------------------------------------------------------------
@@ -667,9 +753,9 @@ def train(cfg, ddp, rank, local_rank, world, device):
     ck = start_run(cfg, world, "generator.pt", keep=("resume", "steps", "tokenizer"))
     if ck is not None:
         for k in SHAPE_KEYS:
-            if ck["config"][k] != cfg[k]:
-                raise GeneratorError(f"the checkpoint has {k}={ck['config'][k]!r} but this run asks for {cfg[k]!r}; "
-                                     f"pass --{k.replace('_', '-')} {ck['config'][k]} or use a new --out")
+            if ck["config"].get(k) != cfg[k]:
+                raise GeneratorError(f"the checkpoint has {k}={ck['config'].get(k)!r} but this run asks for {cfg[k]!r}; "
+                                     f"pass --{k.replace('_', '-')} {ck['config'].get(k)} or use a new --out")
         cfg["tokenizer"] = cfg["tokenizer"] or ck["tokenizer"]  # --resume alone: the run's own tokenizer
     tok_path = cfg["tokenizer"]
     tok_path = os.path.join(tok_path, "stage2.pt") if tok_path and os.path.isdir(tok_path) else tok_path
@@ -682,14 +768,21 @@ def train(cfg, ddp, rank, local_rank, world, device):
                                      lambda b, enc=tok.encode: {"latents": enc(b[0].to(device)).float().cpu(),
                                                                 "captions": list(b[1])})
     del tok  # frozen and no longer needed: training only sees cached latents
-    latents, ids = cache["latents"], text_ids(cache["captions"], cfg["text_len"], "a training caption")
-    null = text_ids([""], cfg["text_len"], "the null caption")  # for classifier-free guidance
+    latents = cache["latents"]
     if len(latents) < cfg["batch_size"]:
         raise GeneratorError(f"the training set has {len(latents)} items, fewer than one batch of {cfg['batch_size']}")
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     model = build_model(cfg, latent_shape)
+    if cfg["lm"] and ck is None:  # the paper: the backbone starts from Qwen2.5's weights
+        try:
+            load_qwen2_weights(cfg["lm"], model.text_parts())
+        except ValueError as e:
+            raise GeneratorError(str(e))
+        print0(f"text backbone initialised from {cfg['lm']}")
     model.latent_mean.copy_(latents.mean((0, 2, 3)).view(-1, 1, 1))
     model.latent_std.copy_(latents.std((0, 2, 3)).view(-1, 1, 1))
+    ids, cut = text_ids(model.text, cache["captions"], cfg["text_len"], "training captions")
+    null = model.text([""], cfg["text_len"])  # the null caption, for classifier-free guidance
     record = dict(script=SCRIPT, latent_shape=latent_shape, tokenizer=os.path.abspath(tok_path),
                   tokenizer_sha1=file_hash(tok_path), shift=s)
     run = Run(cfg, model, build_model(cfg, latent_shape), ck, ddp, rank, local_rank, world, device, record,
@@ -697,7 +790,8 @@ def train(cfg, ddp, rank, local_rank, world, device):
     n_params, n_head = (sum(p.numel() for p in m.parameters()) for m in (model, model.head))
     print0(f"{world} process(es) on {device} | generator {cfg['model']}: {n_params / 1e6:.2f}M parameters "
            f"({n_head / 1e6:.2f}M in the {cfg['head']} head) | {len(latents)} cached latents")
-    write_config(cfg["out"], {**cfg, "latent_shape": latent_shape, "shift_used": s, "cache_file": cache_path})
+    write_config(cfg["out"], {**cfg, "latent_shape": latent_shape, "shift_used": s, "cache_file": cache_path,
+                              "captions_cut": cut})
     mean, std = model.latent_mean.cpu(), model.latent_std.cpu()
 
     def make_batch(idx, step):  # x0: normalised latents; the condition: the caption, or null for a share
@@ -709,7 +803,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
         val = WorldCaptions("val", cfg["n_samples"], 32)
         prompts = [val.item(i)[1] for i in range(len(val))] if not cfg["data"] else cache["captions"][:cfg["n_samples"]]
         imgs = generate(run.ema, open_tokenizer(tok_path, device)[0], prompts, steps=cfg["sample_steps"],
-                        shift=cfg["sample_shift"], guidance=cfg["guidance"], seed=cfg["seed"])
+                        shift=cfg["sample_shift"], guidance=cfg["guidance"], seed=cfg["seed"], cut=True)
         save_grid(os.path.join(cfg["out"], "samples.png"), imgs, prompts, f"{cfg['model']} generator, step {run.step} (EMA)")
     return last
 
@@ -745,15 +839,15 @@ def start_noise(model, first, n, seed):
 
 
 @torch.no_grad()
-def generate_latents(model, prompts, steps=50, shift=3.0, guidance=6.5, seed=0, batch=64, first=0):
+def generate_latents(model, prompts, steps=50, shift=3.0, guidance=6.5, seed=0, batch=64, first=0, cut=False):
     """prompts (list of str) -> latents (len(prompts), C, H, W) in the tokenizer's scale. Image i
     starts from noise seeded by (seed, first + i) (a caller that splits a list passes each part's
-    offset as `first`)."""
+    offset as `first`). A prompt too long for the text context is an error, or cut with cut=True."""
     for p in prompts:
         if not p.strip():
             raise GeneratorError("the prompt is empty; give a caption such as 'two red circles'")
-    text = TextTokenizer()
-    ids = text(prompts, model.T)  # raises the "too long" sentence
+    text = model.text
+    ids = text.batch(prompts, model.T)[0] if cut else text(prompts, model.T)  # text(): the "too long" sentence
     dev = model.latent_mean.device
     out = []
     for b in range(0, len(prompts), batch):
@@ -873,6 +967,8 @@ def parse_args(argv=None):
     add_run_args(g, "generator")
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=list(MODELS), help="backbone and head sizes")
+    g.add_argument("--lm", default=None, help="a Qwen2/Qwen2.5 folder (config.json, model.safetensors, vocab.json, "
+                   "merges.txt): the backbone's size, weights and text tokenizer (the paper: Qwen2.5-0.5B)")
     g.add_argument("--head", choices=("ddt", "none"), default="ddt", help="wide DDT head, or none (Table 1 ablation)")
     g.add_argument("--patch", type=int, default=1, help="patch size P on the latent grid")
     g.add_argument("--text-len", type=int, help="text context in tokens, bos included")

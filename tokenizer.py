@@ -48,7 +48,8 @@ from torch.utils.data import DataLoader, Subset
 
 from common import (Deadline, StepLog, all_mean, append_metrics, barrier, batches, compute_cleanup, compute_init,
                     is_rank0, print0, read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics, write_config)
-from pretrained import DINOV2_URLS, DinoVisionTransformer, ViTConfig, load_dinov2_state_dict
+from pretrained import (DINOV2_URLS, DinoVisionTransformer, SiglipConfig, SiglipVisionTower, ViTConfig,
+                        load_dinov2_state_dict, load_siglip_state_dict)
 from world import TARGET_CLASSES, ImageFolderDataset, WorldImages
 
 SCRIPT = "tokenizer.py"  # written into every checkpoint, checked when one is loaded
@@ -64,7 +65,7 @@ class TokenizerError(Exception):
 
 # --encoder. The world encoders see 64 px images with patch 8: an 8x8 token grid, so that the
 # 8x8xC latent keeps the paper's compression (256^2*3 / (16^2*96) = 8 = 64^2*3 / (8^2*24)).
-# dinov2_* are the official hub models.
+# dinov2_* are the official hub models; siglip2_so400m_patch14_224 is Table 3's encoder.
 ENCODERS = {
     "world-tiny": ViTConfig(img_size=32, patch_size=8, embed_dim=32, depth=3, num_heads=2),
     "world-cpu": ViTConfig(img_size=64, patch_size=8, embed_dim=128, depth=6, num_heads=4),
@@ -72,12 +73,19 @@ ENCODERS = {
     "dinov2_vitb14": ViTConfig(img_size=518, patch_size=14, embed_dim=768, depth=12, num_heads=12),
     "dinov2_vitb14_reg": ViTConfig(img_size=518, patch_size=14, embed_dim=768, depth=12, num_heads=12,
                                    num_register_tokens=4, interpolate_antialias=True, interpolate_offset=0.0),
+    "siglip2_so400m_patch14_224": SiglipConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                               num_attention_heads=16, image_size=224, patch_size=14),
 }
+# Sec 4.4: the semantic:pixel loss ratio for SigLIP2 is 0.05:1 ("its reconstruction saturates
+# earlier"); the other encoders take the Sec 4.1 weights (see tokenizer_loss)
+LOSS_WEIGHTS = {"siglip2_so400m_patch14_224": (0.05, 1.0)}
+DEFAULT_LOSS_WEIGHTS = (1.0, 0.1)
 
 
 def build_encoder(name):
     """The representation encoder named by --encoder, with fresh weights."""
-    return DinoVisionTransformer(**asdict(ENCODERS[name]))
+    cfg = ENCODERS[name]
+    return (SiglipVisionTower if isinstance(cfg, SiglipConfig) else DinoVisionTransformer)(**asdict(cfg))
 
 
 @dataclass
@@ -273,16 +281,14 @@ class ConvEncoder(nn.Module):
 #    terms apply; everything else is frozen (no gradient, eval mode).
 # ------------------------------------------------------------------------------------------
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def encoder_input(x, size):
+def encoder_input(x, size, encoder):
     """Images in [-1, 1] as the encoder expects them: resized to its input size (paper: 256 px
-    data, 224 px encoder input) and ImageNet-normalised, as DINOv2 was trained."""
+    data, 224 px encoder input) and normalised as it was trained (DINOv2: ImageNet's mean and
+    std; SigLIP: 0.5 and 0.5)."""
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    mean, std = (torch.tensor(v, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+                 for v in (encoder.input_mean, encoder.input_std))
     return ((x + 1) / 2 - mean) / std
 
 
@@ -306,7 +312,8 @@ class Tokenizer(nn.Module):
     # -- the representation encoder
     def features(self, x, encoder=None):
         """f_h: the encoder's normalised patch tokens (B, L, D) of images x."""
-        return (encoder or self.encoder).forward_features(encoder_input(x, self.encoder_size))["x_norm_patchtokens"]
+        encoder = encoder or self.encoder
+        return encoder.forward_features(encoder_input(x, self.encoder_size, encoder))["x_norm_patchtokens"]
 
     def encoder_pass(self, x):
         """(f_h, the target of L_s). A frozen encoder runs without a graph and its features are
@@ -467,8 +474,9 @@ class RAE(Tokenizer):
         encoder.norm.requires_grad_(False)  # its affine is unused (DDP wants every learning weight used)
 
     def features(self, x, encoder=None):
-        out = (encoder or self.encoder).forward_features(encoder_input(x, self.encoder_size))
-        f = out["x_prenorm"][:, 1 + self.encoder.num_register_tokens:]
+        encoder = encoder or self.encoder
+        f = encoder.forward_features(encoder_input(x, self.encoder_size, encoder))["x_prenorm"]
+        f = f[:, encoder.num_prefix_tokens:]  # DINOv2's cls and registers go; SigLIP has none
         return F.layer_norm(f, f.shape[-1:], eps=1e-6)
 
     def forward(self, x, eps, stage):
@@ -651,7 +659,7 @@ class StageZero(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(encoder.embed_dim, n) for k, n in sorted(classes.items())})
 
     def forward(self, x):
-        out = self.encoder.forward_features(encoder_input(x, x.shape[-1]))
+        out = self.encoder.forward_features(encoder_input(x, x.shape[-1], self.encoder))
         B, L, _ = out["x_norm_patchtokens"].shape
         g = math.isqrt(L)
         return {k: head(out["x_norm_patchtokens"]).transpose(1, 2).reshape(B, -1, g, g) if k in self.MAPS
@@ -811,7 +819,7 @@ def check_config(cfg, world):
     for key, (flag, recipes, off) in VARIANTS.items():
         if cfg[key] != off and r not in recipes:
             raise TokenizerError(f"{flag} is a variant of --recipe {' / '.join(recipes)}, not of --recipe {r}")
-    if stage == 0 and cfg["encoder"] in DINOV2_URLS:
+    if stage == 0 and not cfg["encoder"].startswith("world"):
         raise TokenizerError(f"stage 0 pre-trains a world encoder; {cfg['encoder']} is already pre-trained, "
                              f"go to --stage 1")
     if cfg["batch_size"] % world:
@@ -876,34 +884,43 @@ def previous_stage(cfg):
 
 
 def init_encoder(cfg):
-    """The representation encoder with its weights: the official DINOv2 checkpoint, or the world
-    encoder from stage 0 (--encoder-ckpt or <out>/stage0.pt). 'random' keeps random weights."""
+    """The representation encoder with its weights: DINOv2's official checkpoint (--encoder-ckpt or
+    the hub cache), a SigLIP .safetensors (--encoder-ckpt), or this world's encoder from stage 0
+    (--encoder-ckpt or <out>/stage0.pt). 'random' keeps random weights."""
     name, path = cfg["encoder"], cfg["encoder_ckpt"]
     enc = build_encoder(name)
     if path == "random":
         print0(f"warning: {name} keeps random weights (--encoder-ckpt random): only for smoke tests and measurements")
         return enc
-    if name in DINOV2_URLS:
-        try:
-            sd = load_dinov2_state_dict(name, path)
-        except ValueError as e:
-            raise TokenizerError(str(e))
-    else:
-        path = path or os.path.join(cfg["out"], "stage0.pt")
-        if not os.path.isfile(path):
-            raise TokenizerError(f"the world encoder checkpoint {path} does not exist; run --stage 0 with the same "
-                                 f"--out first or pass --encoder-ckpt PATH")
-        ck = load_checkpoint(path, "stage-0 checkpoint")
-        if ck["stage"] != 0:
-            raise TokenizerError(f"{path} is a stage-{ck['stage']} checkpoint; --encoder-ckpt needs a stage-0 one")
-        check_shapes(ck, cfg, path, keys=("encoder",))
-        sd = ck["encoder"]
+    try:
+        if isinstance(enc, SiglipVisionTower):
+            if not path:
+                raise ValueError(f"--encoder {name} needs --encoder-ckpt: the model.safetensors of "
+                                 f"google/siglip2-so400m-patch14-224 (vision part or full checkpoint)")
+            load_siglip_state_dict(path, enc)  # strict, one sentence per problem
+            return enc
+        sd = load_dinov2_state_dict(name, path) if name in DINOV2_URLS else world_encoder_weights(cfg)
+    except ValueError as e:
+        raise TokenizerError(str(e))
     try:
         enc.load_state_dict(sd)
     except RuntimeError as e:
         raise TokenizerError(f"the weights in {path or 'the hub cache'} do not fit --encoder {name} "
                              f"({str(e).splitlines()[0]}); pick the matching --encoder")
     return enc
+
+
+def world_encoder_weights(cfg):
+    """The world encoder's weights from a stage-0 checkpoint (--encoder-ckpt or <out>/stage0.pt)."""
+    path = cfg["encoder_ckpt"] or os.path.join(cfg["out"], "stage0.pt")
+    if not os.path.isfile(path):
+        raise TokenizerError(f"the world encoder checkpoint {path} does not exist; run --stage 0 with the same "
+                             f"--out first or pass --encoder-ckpt PATH")
+    ck = load_checkpoint(path, "stage-0 checkpoint")
+    if ck["stage"] != 0:
+        raise TokenizerError(f"{path} is a stage-{ck['stage']} checkpoint; --encoder-ckpt needs a stage-0 one")
+    check_shapes(ck, cfg, path, keys=("encoder",))
+    return ck["encoder"]
 
 
 def make_datasets(cfg, stage, world):
@@ -1065,8 +1082,10 @@ def parse_args(argv=None):
     g.add_argument("--beta2", type=float, default=0.9, help="AdamW beta2 (LDM autoencoders: 0.9)")
     g.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip, 0 = off")
     g = p.add_argument_group("losses (Sec 4.1)")
-    g.add_argument("--semantic-weight", type=float, default=1.0, help="w_s of L_s (Sec 4.1: 1)")
-    g.add_argument("--pixel-weight", type=float, default=0.1, help="w_p of L_p (Sec 4.1: 0.1; Sec 4.4 differs)")
+    g.add_argument("--semantic-weight", type=float, default=None, help="w_s of L_s (default: LOSS_WEIGHTS of the "
+                   "encoder; Sec 4.1: 1)")
+    g.add_argument("--pixel-weight", type=float, default=None, help="w_p of L_p (default: LOSS_WEIGHTS of the "
+                   "encoder; Sec 4.1: 0.1; Sec 4.4 differs)")
     g.add_argument("--kl-weight", type=float, default=1e-3, help="w_kl of the per-element L_kl (not in the paper)")
     g.add_argument("--lpips-weight", type=float, default=1.0, help="LPIPS inside L_p (skipped if unavailable)")
     g.add_argument("--disc-weight", type=float, default=0.5, help="PatchGAN weight times the adaptive weight (LDM 0.5)")
@@ -1078,6 +1097,9 @@ def parse_args(argv=None):
     pre, _ = p.parse_known_args(argv)
     p.set_defaults(**PRESETS[pre.preset] if pre.preset else {})
     args = p.parse_args(argv)
+    w_s, w_p = LOSS_WEIGHTS.get(args.encoder, DEFAULT_LOSS_WEIGHTS)
+    args.semantic_weight = w_s if args.semantic_weight is None else args.semantic_weight
+    args.pixel_weight = w_p if args.pixel_weight is None else args.pixel_weight
     if isinstance(args.steps, (tuple, list)):  # the preset's per-stage default
         args.steps = args.steps[min(args.stage, 2)]  # rpiae's stage 3 takes stage 2's budget
     if args.out is None:

@@ -56,7 +56,7 @@ def random_edit_model(text_len=6, shape=(4, 4, 4), seed=0):
     """A tiny EditModel with every weight but the norms drawn at std 0.15 (every path live and
     strong enough that a dependency shows far above float error)."""
     torch.manual_seed(seed)
-    m = E.EditModel(G.MODELS["tiny"], shape, 1, text_len, "ddt", len(G.TextTokenizer()))
+    m = E.EditModel(G.MODELS["tiny"], shape, 1, text_len, "ddt")
     with torch.no_grad():
         for name, p in m.named_parameters():
             if "norm" not in name:
@@ -152,7 +152,7 @@ def test_dropped_source_is_exactly_the_t2i_model():
     weights computes: the text path and positions are the same, and attention does not care
     where in the sequence a key sits."""
     m = random_edit_model()
-    g = G.Generator(G.MODELS["tiny"], (4, 4, 4), 1, m.T, "ddt", len(G.TextTokenizer())).eval()
+    g = G.Generator(G.MODELS["tiny"], (4, 4, 4), 1, m.T, "ddt").eval()
     g.load_state_dict({k: v for k, v in m.state_dict().items() if k != "source_embed"})
     x, t, text = torch.randn(3, 4, 4, 4), torch.rand(3), torch.randint(2, 100, (3, m.T))
     with torch.no_grad():

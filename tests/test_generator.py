@@ -46,7 +46,7 @@ def losses(out):
 def random_model(head="ddt", text_len=6, shape=(4, 4, 4), patch=1, seed=0):
     """A tiny generator whose zero-initialised parts are randomised too (every path live)."""
     torch.manual_seed(seed)
-    m = G.Generator(G.MODELS["tiny"], shape, patch, text_len, head, len(G.TextTokenizer()))
+    m = G.Generator(G.MODELS["tiny"], shape, patch, text_len, head)
     with torch.no_grad():
         for p in m.parameters():
             if not p.any():
@@ -125,7 +125,7 @@ def test_masks_in_the_outputs(head):
 
 def test_zero_init_ddt_head_ignores_the_backbone_at_first():
     torch.manual_seed(0)
-    m = G.Generator(G.MODELS["tiny"], (4, 4, 4), 1, 6, "ddt", len(G.TextTokenizer())).eval()
+    m = G.Generator(G.MODELS["tiny"], (4, 4, 4), 1, 6, "ddt").eval()
     x, t = torch.randn(2, 4, 4, 4), torch.rand(2)
     a, b = torch.randint(2, 300, (2, 6)), torch.randint(2, 300, (2, 6))
     assert m(x, t, a).abs().max() == 0  # zero output layer
