@@ -16,8 +16,7 @@ renders the same at any size from 32 to 256 px. Read top to bottom:
   4. semantics: `semantic_targets` (stage 0's labels) and `describe`
   5. captions, one family per GenEval category, each with a machine-checkable spec
   6. edit pairs, one family per GEdit category (source, instruction, target)
-  7. datasets: world images / captions / edits, and real data (image folder, caption folder,
-     edit JSONL) with one-sentence errors
+  7. datasets: world images / captions / edits; real data (image folder, caption folder, JSONL)
   8. the scene detector: pixels -> scene description, exact on clean renders
   9. the judge: `check_caption`, `check_edit` and the comparisons they use
   10. the mini-GenEval and mini-GEdit suites and their scorers (run by evaluate.py)
@@ -43,8 +42,7 @@ from scipy import ndimage as ndi
 SHAPES = ["circle", "square", "triangle", "diamond"]
 COLOURS = {  # name -> RGB (hue in degrees: 0, 52, 128, 183, 227, 284)
     "red": (215, 45, 45), "yellow": (230, 200, 40), "green": (40, 180, 60),
-    "cyan": (40, 190, 200), "blue": (50, 90, 225), "purple": (165, 60, 205),
-}
+    "cyan": (40, 190, 200), "blue": (50, 90, 225), "purple": (165, 60, 205)}
 TEXTURES = ["solid", "striped", "dotted"]
 # half-extent of the object's box, as a fraction of the image side; the gap between the two
 # ranges lets the detector name the size. Small objects are >= 7 px wide even at 32 px.
@@ -64,13 +62,11 @@ GAP = 0.06  # minimum empty space between two objects' boxes (outlines never tou
 MARGIN = 0.05  # objects (and outlines) keep off the border: the 1-px frame is pure background
 
 # class counts for `semantic_targets` (class 0 = background for the per-patch maps)
-TARGET_CLASSES = {
-    "shape": 1 + len(SHAPES), "colour": 1 + len(COLOURS), "texture": 1 + len(TEXTURES),
-    "count": 4, "bg_colour": len(BG_COLOURS),
-}
+TARGET_CLASSES = {"shape": 1 + len(SHAPES), "colour": 1 + len(COLOURS),
+                  "texture": 1 + len(TEXTURES), "count": 4, "bg_colour": len(BG_COLOURS)}
 
 # ----------------------------------------------------------------------------------------------
-# 2. Scenes. Every continuous parameter below is "pixel detail" except position and size.
+# 2. Scenes. Every continuous parameter is pixel detail except position and size.
 
 
 @dataclass(frozen=True)
@@ -106,9 +102,8 @@ def scene_seed(split, index):
 
 
 def place(rng, size, taken, tries=200):
-    """Rejection-sample a centre for a box of the given size name; None if the scene is full.
-    All candidates are drawn at once; the first one whose box is at least GAP away from every
-    taken box (x, y, half) along x or along y wins, so objects never overlap or touch."""
+    """Rejection-sample a centre for a box of the given size name (None if the scene is full):
+    the first of `tries` candidates at least GAP from every taken box (x, y, half) along x or y."""
     a = rng.uniform(*SIZES[size], size=tries)  # half-extents
     x, y = rng.uniform(a + MARGIN, 1 - a - MARGIN, size=(2, tries))
     free = np.ones(tries, bool)
@@ -165,9 +160,8 @@ def box_sdf(qx, qy, a):
 
 
 def shape_sdf(shape, dx, dy, a):
-    """Exact Euclidean signed distance (negative inside) to a shape of half-extent a centred at
-    dx = dy = 0. Exact outside too, so an outline of width w is a rounded offset that stays
-    within w of the shape's box (a mitred triangle corner would reach 2.2 w beyond)."""
+    """Exact signed distance (negative inside) to a shape of half-extent a at dx = dy = 0, outside
+    too: an outline of width w stays within w of the box (a mitred corner would reach 2.2 w)."""
     if shape == "circle":
         return np.sqrt(dx * dx + dy * dy) - a
     if shape == "square":
@@ -186,8 +180,7 @@ def shape_sdf(shape, dx, dy, a):
 
 
 def texture_pattern(o, dx, dy):
-    """Pattern p in [0, 1], how strongly the texture shows at each pixel (None for solid);
-    smooth, so it does not alias even at 32 px."""
+    """Texture strength p in [0, 1] per pixel (None if solid); smooth: it never aliases at 32 px."""
     if o.texture == "solid":
         return None
     if o.shape == "triangle":
@@ -277,8 +270,7 @@ def semantic_targets(scene, grid):
 
 
 def describe(scene):
-    """The semantic description of a scene, in the same format as evaluate.detect returns:
-    what a caption or an edit may talk about, and nothing of the pixel detail."""
+    """The semantic description of a scene in detect's format: what captions and edits speak of."""
     return {
         "bg_colour": scene.bg_colour, "tone": scene.tone, "style": scene.style,
         "objects": [{"shape": o.shape, "colour": o.colour, "texture": o.texture, "size": o.size,
@@ -294,8 +286,7 @@ def describe(scene):
 #           "objects": [{"count": exact number, attribute: value, ...}],
 #           "relation": None or [i, "left of" | "right of" | "above" | "below", j]}
 
-CAPTION_CATEGORIES = ["single_object", "two_object", "counting", "colors", "position",
-                      "color_attr"]
+CAPTION_CATEGORIES = ["single_object", "two_object", "counting", "colors", "position", "color_attr"]
 NUMBER_WORDS = ["zero", "one", "two", "three", "four"]
 RELATIONS = ["left of", "right of", "above", "below"]  # by the centres' dominant axis
 TEMPLATES = {
@@ -308,8 +299,7 @@ TEMPLATES = {
     "position": ["a photo of a {o0} {rel} a {o1}", "a {o0} is {rel} a {o1}",
                  "on a {bg} background a {o0} {rel} a {o1}"],
     "color_attr": ["a photo of a {o0} and a {o1}", "a {o0} and a {o1} on a {bg} background",
-                   "an image with a {o0} and a {o1}"],
-}
+                   "an image with a {o0} and a {o1}"]}
 # the attributes each category names besides the shape: a texture word only for a textured
 # object ("striped", "dotted"), a size word only for the single object
 CAPTION_ATTRS = {"single_object": ("size", "texture"), "two_object": ("texture",),
@@ -387,8 +377,8 @@ def caption_scene(seed, category=None):
 
 # ----------------------------------------------------------------------------------------------
 # 6. Edit pairs, one family per GEdit-Bench category the paper reports (Sec. 4.1, Table 4).
-# The target is the source scene with exactly the instructed change: same background gradient
-# and noise, same other objects, same texture phase; an added object goes into free space.
+# The target is the source scene with exactly the instructed change and the same detail; an
+# added object goes into free space.
 # spec = {"category", "ref": {"shape", "colour"} of the edited object or None,
 #         "change": {attribute: new value} or the added object's attributes}
 
@@ -410,8 +400,7 @@ EDIT_TEMPLATES = {
                         "change the {ref} into a {new}"],
     "tone_transfer": {"warm": ["give the image a warm tone", "make the colours warmer"],
                       "cool": ["give the image a cool tone", "make the colours cooler"],
-                      "neutral": ["remove the colour cast", "make the tone neutral"]},
-}
+                      "neutral": ["remove the colour cast", "make the tone neutral"]}}
 
 
 @dataclass(frozen=True)
@@ -707,15 +696,13 @@ class EditJsonlDataset(SkippingDataset):
 
 # ----------------------------------------------------------------------------------------------
 # 8. The scene detector reads a scene description back from pixels with nothing pretrained; it
-# is what judges mini-GenEval and mini-GEdit. The world is designed so that it can be exact:
-# backgrounds are neutral grey levels, object colours are saturated and far apart in hue,
-# objects never touch and keep off the border. So:
-#   1. the 1-px border frame is pure background: it gives tone (colour cast), background colour,
-#      noise level and the background gradient;
+# judges mini-GenEval and mini-GEdit. The world lets it be exact: backgrounds are neutral, object
+# colours saturated and far apart in hue, objects never touch and keep off the border. So:
+#   1. the 1-px border frame is pure background: it gives the tone (colour cast), background
+#      colour, noise level and the gradient;
 #   2. "object" = a pixel with chroma after removing the cast; connected components = objects;
 #   3. colour = nearest palette hue of the component's mean colour;
-#   4. shape and size = the ideal shape (fitted from the component's area and centroid) that
-#      best overlaps the component's mask;
+#   4. shape and size = the ideal shape (from the component's area and centroid) that fits best;
 #   5. texture = how the pixel brightness varies along the object colour inside the object;
 #   6. style = whether the ring just outside each object is pushed away from the background.
 
@@ -740,12 +727,8 @@ TONE_CAST = {t: np.asarray(v, np.float32) for t, v in TONES.items()}
 
 def as_uint8(image):
     """Accept uint8 (H, W, 3) or a float tensor/array (3, H, W) in [-1, 1]."""
-    if isinstance(image, torch.Tensor):
-        return to_uint8(image)
-    image = np.asarray(image)
-    if image.dtype != np.uint8:  # float (3, H, W) in [-1, 1]
-        return to_uint8(torch.as_tensor(image))
-    return image
+    image = image if isinstance(image, torch.Tensor) else np.asarray(image)
+    return image if image.dtype == np.uint8 else to_uint8(torch.as_tensor(image))
 
 
 def denoise(a):
@@ -760,10 +743,9 @@ def frame(a):
 
 
 def fit_shape(alpha, oy, ox, size, blurred=False):
-    """Best ideal shape for a soft coverage map `alpha` (a window starting at pixel (oy, ox)):
-    each candidate takes its centre and half-extent from the area and centroid of alpha and is
-    scored by how far its own anti-aliased coverage (blurred like the image, if it was) is from
-    alpha. Returns (shape, x, y, a)."""
+    """(shape, x, y, a) that best fits a soft coverage map `alpha` (a window from pixel (oy, ox)):
+    each shape takes its centre and size from alpha's area and centroid and is scored by how far
+    its own anti-aliased coverage (blurred like the image, if it was) is from alpha."""
     gy = (np.arange(alpha.shape[0]) + oy + 0.5)[:, None] / size
     gx = (np.arange(alpha.shape[1]) + ox + 0.5)[None, :] / size
     area = alpha.sum() / size**2
@@ -815,8 +797,7 @@ def read_object(pix, c, own, free, origin, size, blurred):
     ci = int(np.argmin(np.abs(np.angle(np.exp(1j * (PALETTE_HUE - math.atan2(b, a)))))))
     ref = PALETTE[ci]
     # 4. soft coverage = chroma relative to the object's chroma nearby (background and outlines
-    # have none; "nearby" follows the darker stripes), 1 well inside; then the best-fitting
-    # ideal shape
+    # have none; "nearby" follows the darker stripes), 1 well inside; then the best ideal shape
     mask = own & (c > 0.5 * np.median(c[own]))  # ~ coverage > 0.5
     inner = ndi.binary_erosion(mask, iterations=2 if blurred else 1)
     near = own | (free & ndi.binary_dilation(own))  # the object and the 1-px ring around it
@@ -865,9 +846,8 @@ def detect(image):
         obj, mask, alpha, ref = read_object(img[sl], chroma[sl], own, free,
                                             (sl[0].start, sl[1].start), size, blurred)
         objects.append(obj)
-        # 6. style evidence: the ring within 2 px outside the object, with the object's own
-        # share (alpha) taken out, pushed away from the background level (outlines are dark
-        # on white and grey backgrounds, light on black)
+        # 6. style evidence: the ring within 2 px outside the object, its share (alpha) taken out,
+        # pushed away from the background (outlines are dark on white and grey, light on black)
         ring = ndi.binary_dilation(mask, iterations=2) & ~mask & (own | free) & (alpha < 0.7)
         al = alpha[ring]
         rest = (img[sl][ring].mean(1) - al * ref.mean()) / (1 - al)  # the neutral remainder
@@ -943,9 +923,8 @@ def fits(obj, req):
 
 
 def check_caption(desc, spec):
-    """Does a scene description satisfy a caption's spec (make_caption)? GenEval
-    style: exact counts per named object, the total where given, background colour where
-    named, and the spatial relation between the two named objects."""
+    """Does a scene description satisfy a caption's spec (make_caption)? GenEval style: exact
+    counts per named object, the total and background colour where given, the relation."""
     objs = desc["objects"]
     if spec.get("n_objects") is not None and len(objs) != spec["n_objects"]:
         return False
@@ -979,13 +958,11 @@ def relation_holds(objs, rel, req_a, req_b):
 
 
 def check_caption_geneval_rules(desc, spec):
-    """The same spec judged by GenEval's own rules instead of this world's strict ones: only the
-    attribute the category is about counts. Each named object must be present at least `count`
-    times, by shape alone, plus its colour in 'colors' and 'color_attr'; 'counting' also caps the
-    count (exact); 'position' needs the relation. Texture, size, background colour and other
-    objects in the picture are not checked (GenEval's COCO prompts name none of them). Where
-    GenEval checks the colour of the most confident detections, any objects of the shape count
-    here (the detector has no confidences)."""
+    """The spec judged by GenEval's own rules: only the attribute the category is about counts.
+    Each named object must be there at least `count` times, by shape, plus its colour in 'colors'
+    and 'color_attr'; 'counting' is exact; 'position' needs the relation. Texture, size, background
+    and other objects are not checked (GenEval's COCO prompts name none); where GenEval checks the
+    colour of the most confident detections, any object of the shape counts (no confidences)."""
     objs, cat = desc["objects"], spec["category"]
     wants = [{k: v for k, v in req.items() if k == "shape" or (k == "colour" and cat in ("colors", "color_attr"))}
              for req in spec["objects"]]
@@ -1034,32 +1011,21 @@ def check_edit(src, out, spec, tol=POS_TOL):
 
 
 def add_noise(img, std, seed):
-    """Gaussian pixel noise of `std` on the [0, 1] intensity scale (std 0.05 = 12.75 grey
-    levels, i.e. 0.1 in the models' [-1, 1] units), re-quantised to uint8."""
+    """Gaussian pixel noise of `std` on the [0, 1] scale (0.05 = 12.75 grey levels), as uint8."""
     noise = np.random.default_rng(seed).normal(0.0, std * 255.0, img.shape)
     return np.clip(img + noise + 0.5, 0, 255).astype(np.uint8)
 
 
 # ----------------------------------------------------------------------------------------------
-# 10. The benchmark suites. mini-GenEval (Sec. 4.1 reports GenEval): captions of the six GenEval categories, several images
-# per caption from the generator, and the scene detector as the judge (check_caption). Accuracy
-# per category = share of images that satisfy their caption; overall = the mean over categories
-# (as GenEval's overall score).
-#
-# The prompt suite, version 1: prompt k of category c is caption_scene(
-# scene_seed("test", k), c) for k < n: the held-out test split, which training never
-# reads. It is a pure function of (k, c); its sha1 is printed so a changed world shows up.
-
-# Two scores on the same images: the strict one (check_caption: every word of the caption,
-# texture, size and background included, and exact totals) and GenEval's own rules
-# (check_caption_geneval_rules: only the attribute each category is about, "at least" counts
-# except in counting), the closer reading of the paper's GenEval numbers.
+# 10. The benchmark suites. mini-GenEval (Sec. 4.1 reports GenEval): captions of the six GenEval
+# categories, several generated images per caption, the scene detector as the judge. Accuracy per
+# category = share of images that satisfy their caption; overall = the mean over categories. Two
+# scores: the strict one (check_caption: every word, exact totals) and GenEval's own rules
+# (check_caption_geneval_rules), the closer reading of the paper's GenEval numbers. Suite version
+# 1: prompt k of category c is caption_scene(scene_seed("test", k), c) for k < n, from the test
+# split training never reads; its sha1 is printed so a change shows up.
 GENEVAL_VERSION = "mini-geneval-v1"
-GENEVAL_SIZES = {  # prompts per category, images per prompt
-    "tiny": (2, 2),  # tests: a few
-    "cpu": (50, 2),  # the laptop demo
-    "world": (100, 4),  # GenEval's 4 images per prompt
-}
+GENEVAL_SIZES = {"tiny": (2, 2), "cpu": (50, 2), "world": (100, 4)}  # prompts, images per prompt
 
 
 def geneval_suite(per_category):
@@ -1070,18 +1036,13 @@ def geneval_suite(per_category):
 
 # ----------------------------------------------------------------------------------------------
 # mini-GEdit (Sec. 4.1 reports GEdit-Bench): edits of the eight GEdit categories, scored two ways.
-#   adherence: the detector reads the edited image and check_edit asks whether it equals the
-#     source changed exactly as the instruction says, and in nothing else (GEdit's semantic
-#     consistency, judged without a VLM);
-#   consistency: PSNR between the output and the world's exact target render, over the pixels
-#     outside the edited objects' boxes (GEdit's perceptual consistency: what should not change
-#     did not). Background, style and tone edits touch every pixel, so there it is the whole
-#     image. The tokenizer's own reconstruction PSNR is the ceiling of this number.
-# Per category the mean over its edits; overall the mean over categories.
-#
-# The suite, version 1: edit k of category c is make_edit(scene_seed("test",
-# k), c) for k < n: held-out test scenes. Its sha1 is printed so a changed world shows up.
-
+#   adherence: check_edit on the detector's reading: is the output the source changed exactly as
+#     the instruction says, and in nothing else (GEdit's semantic consistency, without a VLM)?
+#   consistency: PSNR between the output and the exact target render outside the edited objects'
+#     boxes (GEdit's perceptual consistency: what should not change did not); the whole image for
+#     global edits. The tokenizer's own reconstruction PSNR is its ceiling.
+# Per category the mean over its edits; overall the mean over categories. The suite, version 1:
+# edit k of category c is make_edit(scene_seed("test", k), c) for k < n; its sha1 is printed.
 GEDIT_VERSION = "mini-gedit-v1"
 GEDIT_SIZES = {"tiny": 2, "cpu": 30, "world": 50}  # edits per category
 
@@ -1092,12 +1053,9 @@ def gedit_suite(per_category):
 
 
 def consistency_region(pair, size, margin=None):
-    """(size, size) bool: where the consistency PSNR is measured: outside the boxes of the
-    objects the edit changes, padded by `margin` of the side (default 0.04 + 1.5 px: outlines,
-    mitred corners and anti-aliasing). Object edits change the objects present in only one of
-    source and target; a style edit (outlines on or off) changes every object's rim; background
-    and tone edits change every pixel, so there the region is the whole image (compared with the
-    exact target)."""
+    """(size, size) bool, where consistency is measured: outside the boxes of the objects the edit
+    changes (those in only one of source and target; every object for a style edit), padded by
+    `margin` (default 0.04 + 1.5 px: outlines, anti-aliasing); all of it for background and tone."""
     margin = 0.04 + 1.5 / size if margin is None else margin
     region = np.ones((size, size), bool)
     if pair.category in ("background_change", "tone_transfer"):
@@ -1123,11 +1081,10 @@ def masked_psnr(a, b, mask):
 
 
 def check_instruction(src, out, spec, tol=POS_TOL):
-    """The looser question: did the instructed change happen, whatever else changed? Background,
-    tone, style: the output has the new value. Colour / material / replace: an object where the
-    named one was has the new colour / texture / shape. Remove: no object is left there. Add: an
-    object of the new shape and colour stands where the source had none. check_edit is this plus
-    "and nothing else changed", which a blurry or half-trained model rarely achieves."""
+    """Did the instructed change happen, whatever else changed? Background, tone, style: the new
+    value. Colour / material / replace: an object where the named one was has the new value.
+    Remove: none is left there. Add: one of the new shape and colour where the source had none.
+    check_edit adds "and nothing else changed", which a half-trained model rarely achieves."""
     cat, change = spec["category"], spec["change"]
     if cat in ("background_change", "tone_transfer", "style_change"):
         key = {"background_change": "bg_colour", "tone_transfer": "tone", "style_change": "style"}[cat]
@@ -1146,10 +1103,8 @@ def check_instruction(src, out, spec, tol=POS_TOL):
 
 
 def score_edit(pair, output, size):
-    """(adherence 0/1, consistency PSNR, instruction hit 0/1) of one edited image (3, S, S) in
-    [-1, 1] for a world EditPair: the detector's reading of the output against the instruction's
-    spec (check_edit; check_instruction for the hit), and the PSNR to the exact target render
-    over consistency_region."""
+    """(adherence 0/1, consistency PSNR, instruction hit 0/1) of an edited image (3, S, S) in
+    [-1, 1] for an EditPair: check_edit, masked_psnr over consistency_region, check_instruction."""
     src, out = describe(pair.source), detect(output)
     tgt = to_tensor(render(pair.target, size))
     return (float(check_edit(src, out, pair.spec)), masked_psnr(output, tgt, consistency_region(pair, size)),
