@@ -95,6 +95,15 @@ def cmd_world_bench(args):
     return out
 
 
+def cmd_detail_bound(args):
+    """The no-detail bound (world.no_detail_bound): the PSNR against the render of the mean of
+    --k renders of the scene with its detail redrawn, i.e. what a latent that holds semantics and
+    positions but no pixel detail could reconstruct at best."""
+    if args.n < 1 or args.k < 1:
+        raise ValueError(f"--n {args.n} --k {args.k}: use --n >= 1 scenes and --k >= 1 renders each")
+    return W.no_detail_bound(args.n, args.size, k=args.k, split=args.split)
+
+
 def cmd_world_sheet(args):
     """Contact sheets: world.png (scenes and captions, per GenEval category) and edits.png
     (source -> target with the instruction, per GEdit category)."""
@@ -751,6 +760,12 @@ def build_parser():
     p.add_argument("--n", type=int, default=3000, help="images to render")
     p.add_argument("--size", type=int, default=64, help="render size in px")
     p.set_defaults(func=cmd_world_bench)
+    p = sub.add_parser("detail-bound", help="PSNR of a scene's no-detail mean render (the no-detail bound)")
+    p.add_argument("--n", type=int, default=200, help="number of held-out scenes")
+    p.add_argument("--size", type=int, default=64, help="render size in px")
+    p.add_argument("--k", type=int, default=16, help="renders with redrawn detail averaged per scene")
+    p.add_argument("--split", default="val", help="world split the scenes come from")
+    p.set_defaults(func=cmd_detail_bound)
     p = sub.add_parser("world-sheet", help="contact sheets world.png and edits.png")
     p.add_argument("--out", default=os.path.join("results", "world"), help="folder for the PNGs")
     p.add_argument("--size", type=int, default=96, help="render size in px")
