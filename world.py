@@ -4,7 +4,7 @@ world.py -- the miniature world that replaces ImageNet here, and its judge.
 Nothing in this project can download ImageNet, DINOv2, Inception or a VLM, so the data is a
 procedurally rendered world built for the paper's question: *semantics* (which objects, colours,
 textures, counts, positions) against *pixel detail* (texture phase, angle and period, background
-gradient and noise, anti-aliased edges, sub-pixel position; `resample_detail` redraws it). A
+lines and gradient, anti-aliased edges, sub-pixel position; `resample_detail` redraws it). A
 semantic encoder should keep the first and may drop the second; a pixel decoder needs both (the
 premise of PS-VAE, Sec. 1 and 3). Every scene is a pure function of an integer seed, so datasets
 are infinite, reproducible and need no files. Coordinates are normalised (x right, y down, both
@@ -47,8 +47,11 @@ TEXTURES = ["solid", "striped", "dotted"]
 # half-extent of the object's box, as a fraction of the image side; the gap between the two
 # ranges lets the detector name the size. Small objects are >= 7 px wide even at 32 px.
 SIZES = {"small": (0.11, 0.135), "large": (0.17, 0.21)}
-BG_COLOURS = {"white": 220, "grey": 132, "black": 40}  # mean grey level; with the gradient
-# (<= 18) and a tone cast (<= 16) no channel clips, so a background stays exactly neutral + cast
+BG_COLOURS = {"white": 220, "grey": 132, "black": 40}  # grey level
+# a background's lines (its texture): their sign (dark on white and grey) and where on their
+# profile (0 = between lines, 3/8 = its mean) the level sits; with the gradient (<= 18) and a
+# tone cast (<= 16) no channel clips, so a background stays exactly neutral + cast
+BG_LINES = {"white": (-1.0, 0.0), "grey": (-1.0, 0.375), "black": (1.0, 0.0)}
 TONES = {"neutral": (0, 0, 0), "warm": (16, 4, -16), "cool": (-14, 0, 16)}  # global RGB shift
 STYLES = ["flat", "outlined"]  # "outlined" = cartoon style: a bold ring around every object
 SPLITS = {"train": 0, "val": 1, "test": 2}  # held-out splits use disjoint seeds
@@ -92,12 +95,19 @@ class Scene:
     noise_seed: int  # the faint background noise
     tone: str = "neutral"
     style: str = "flat"
+    bg_tex_angle: float = 0.0  # the background's lines (background_grating)
+    bg_tex_period: float = 0.1
+    bg_tex_phase: float = 0.0
+    bg_tex_contrast: float = 0.0  # grey levels; 0 = no lines
 
 
-# Pixel detail, drawn uniformly from these ranges in order: per object, and per background
-# (then a noise seed).
+# Pixel detail, drawn uniformly from these ranges in order: per object, per background (then a
+# noise seed), and the background's lines (period >= 2.5 px at 32 px, contrast in grey levels)
+# from a stream of their own, so that adding them left every scene's semantics as it was.
 OBJECT_DETAIL = {"tex_angle": (0, math.pi), "tex_period": (0.10, 0.14), "tex_phase": (0, math.tau)}
 GRADIENT_DETAIL = {"bg_angle": (0, math.tau), "bg_amp": (6, 18)}
+LINE_DETAIL = {"bg_tex_angle": (0, math.pi), "bg_tex_period": (0.08, 0.16),
+               "bg_tex_phase": (0, math.tau), "bg_tex_contrast": (65.0, 95.0)}
 
 
 def draw_detail(rng, ranges):
@@ -152,7 +162,8 @@ def sample_scene(seed, n_objects=None):
         objects=tuple(objects), bg_colour=list(BG_COLOURS)[rng.integers(len(BG_COLOURS))],
         **draw_detail(rng, GRADIENT_DETAIL), noise_seed=int(rng.integers(2**31)),
         tone=("neutral", "neutral", "warm", "cool")[rng.integers(4)],
-        style=("flat", "flat", "flat", "outlined")[rng.integers(4)])
+        style=("flat", "flat", "flat", "outlined")[rng.integers(4)],
+        **draw_detail(np.random.default_rng([int(seed), 8]), LINE_DETAIL))
 
 
 def resample_detail(scene, rng, jitter=0.01):
@@ -168,7 +179,7 @@ def resample_detail(scene, rng, jitter=0.01):
             objects = moved
             break
     return dataclasses.replace(scene, objects=objects, **draw_detail(rng, GRADIENT_DETAIL),
-                               noise_seed=int(rng.integers(2**31)))
+                               noise_seed=int(rng.integers(2**31)), **draw_detail(rng, LINE_DETAIL))
 
 
 def layout_kept(old, new):
@@ -241,11 +252,12 @@ def render(scene, size):
                          "designed for 32..256)")
     px = 1.0 / size
     coords = (np.arange(size, dtype=np.float32) + 0.5) * px  # pixel centres, normalised
-    # background: neutral grey level + a linear gradient + faint noise (pixel detail)
+    # background: neutral grey level + a linear gradient + faint noise + lines (pixel detail)
     gx = (coords - 0.5) * (2 * scene.bg_amp * math.cos(scene.bg_angle))
     gy = (coords - 0.5) * (2 * scene.bg_amp * math.sin(scene.bg_angle))
     noise = np.random.default_rng(scene.noise_seed).standard_normal((size, size), np.float32)
-    grey = BG_COLOURS[scene.bg_colour] + gy[:, None] + gx[None, :] + 2.0 * noise
+    grey = BG_COLOURS[scene.bg_colour] + gy[:, None] + gx[None, :] + 2.0 * noise + \
+        background_grating(scene, coords)
     img = np.repeat(grey[:, :, None], 3, axis=2)  # (H, W, 3) float32
     ring = OUTLINE_WIDTH if scene.style == "outlined" else 0.0
     outline = 245.0 if scene.bg_colour == "black" else 15.0  # contrasts with the background
@@ -273,6 +285,22 @@ def render(scene, size):
         win += (fill - win) * cov
     img += np.asarray(TONES[scene.tone], np.float32)  # tone: a global colour cast
     return np.clip(img + 0.5, 0, 255).astype(np.uint8)
+
+
+def background_grating(scene, coords):
+    """The background's lines (H, W) in grey levels at pixel centres `coords` (W,), signed and
+    placed by BG_LINES: ((1 + cos u) / 2)^2 = 3/8 + cos(u) / 2 + cos(2u) / 8, each harmonic averaged
+    over the pixel's square (exactly: two sincs damp it), so it never aliases at any size."""
+    c, s = math.cos(scene.bg_tex_angle), math.sin(scene.bg_tex_angle)
+    k = 2 * math.pi / scene.bg_tex_period  # radians per unit length
+    # e^{iu}, u = k (x c + y s) + phase: the outer product of a y factor and an x factor
+    wave = np.exp(1j * (k * s * coords + scene.bg_tex_phase))[:, None] * np.exp(1j * k * c * coords)
+    side = float(coords[1] - coords[0]) / scene.bg_tex_period  # the pixel's side in periods
+    sinc = lambda t: math.sin(math.pi * t) / (math.pi * t) if t else 1.0  # noqa: E731
+    d1, d2 = (sinc(m * side * c) * sinc(m * side * s) for m in (1, 2))  # harmonic m's damping
+    profile = 3 / 8 + d1 / 2 * wave.real + d2 / 8 * (wave * wave).real  # (H, W) in [0, 1]
+    sign, level_at = BG_LINES[scene.bg_colour]
+    return sign * scene.bg_tex_contrast * (profile - level_at)
 
 
 def object_masks(scene, size, supersample=1):
@@ -751,8 +779,8 @@ class EditJsonlDataset(SkippingDataset):
 # 8. The scene detector reads a scene description back from pixels with nothing pretrained; it
 # judges mini-GenEval and mini-GEdit. The world lets it be exact: backgrounds are neutral, object
 # colours saturated and far apart in hue, objects never touch and keep off the border. So:
-#   1. the 1-px border frame is pure background: it gives the tone (colour cast), background
-#      colour, noise level and the gradient;
+#   1. the 1-px border frame is pure background: it gives the tone (colour cast), the noise level
+#      and the gradient; the mean grey away from all colour gives the background colour;
 #   2. "object" = a pixel with chroma after removing the cast; connected components = objects;
 #   3. colour = nearest palette hue of the component's mean colour;
 #   4. shape and size = the ideal shape (from the component's area and centroid) that fits best;
@@ -776,6 +804,8 @@ def opponent(rgb):
 PALETTE = np.asarray(list(COLOURS.values()), np.float32)  # (6, 3)
 PALETTE_HUE = np.arctan2(*opponent(PALETTE)[:, ::-1].T)  # (6,)
 TONE_CAST = {t: np.asarray(v, np.float32) for t, v in TONES.items()}
+BG_MEAN = {c: BG_COLOURS[c] + sign * np.mean(LINE_DETAIL["bg_tex_contrast"]) * (3 / 8 - at)
+           for c, (sign, at) in BG_LINES.items()}  # each background's mean grey, lines and all
 
 
 def as_uint8(image):
@@ -819,25 +849,30 @@ def fit_shape(alpha, oy, ox, size, blurred=False):
 
 
 def read_background(img):
-    """Step 1, from the border frame of a float (H, W, 3) image. Returns the image with the
+    """Step 1, mostly from the border frame of a float (H, W, 3) image. Returns the image with the
     colour cast removed (and blurred if it is noisy), the tone and background names, the
     background level as a plane fitted to the frame (H, W), and whether it was blurred."""
     size = img.shape[0]
-    f = frame(img)
-    # noise level from neighbour differences along the frame (the smooth gradient cancels)
-    noise = np.median(np.abs(np.diff(f.mean(1)))) * 1.48 / math.sqrt(2)
-    blurred = noise > 5  # the world's own faint noise is 2 grey levels
-    if blurred:
-        img = denoise(img)
-        f = frame(img)
-    cast = np.median(f - f.mean(1, keepdims=True), 0)  # what is left of a neutral grey
+    # each frame pixel's channels about their mean: the cast of a neutral grey (its gradient and
+    # lines cancel) plus noise, whose level their spread about the cast gives
+    spread = frame(img) - frame(img).mean(1, keepdims=True)  # (4H - 4, 3)
+    cast = np.median(spread, 0)
+    noise = np.median(np.abs(spread - cast)) * 1.4826 / math.sqrt(2 / 3)  # std of one channel
+    blurred = noise > 5  # the world's own faint noise is neutral: it does not show here
+    img = denoise(img) if blurred else img
     tone = min(TONE_CAST, key=lambda t: np.abs(TONE_CAST[t] - TONE_CAST[t].mean() - cast).sum())
     img = img - TONE_CAST[tone]
-    grey = frame(img).mean(1)
-    bg = min(BG_COLOURS, key=lambda c: abs(BG_COLOURS[c] - np.median(grey)))
+    # background colour: the mean grey away from the objects (the frame, and every pixel farther
+    # than an outline from colour) against each background's mean with its texture (BG_MEAN)
+    grey = img.mean(2)
+    colour = img.max(2) - img.min(2) > FG_CHROMA
+    reach = math.ceil(OUTLINE_WIDTH * size + 1)
+    far = ~ndi.binary_dilation(colour, np.ones((3, 3), bool), iterations=reach)
+    level = np.concatenate([frame(grey), grey[far]]).mean()
+    bg = min(BG_COLOURS, key=lambda c: abs(BG_MEAN[c] - level))
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     A = np.stack([np.ones_like(frame(xx)), frame(xx), frame(yy)], 1)  # plane a + b x + c y
-    plane = np.linalg.lstsq(A, grey, rcond=None)[0]
+    plane = np.linalg.lstsq(A, frame(grey), rcond=None)[0]
     return img, tone, bg, plane[0] + plane[1] * xx + plane[2] * yy, blurred
 
 
