@@ -4,6 +4,8 @@ captions, edit pairs, datasets and the real-data loaders with their errors.
 Run: python -m pytest tests/test_world.py -q      (about 10 s on 2 CPU cores)
 """
 import dataclasses
+import hashlib
+import itertools
 import json
 import math
 import os
@@ -225,6 +227,111 @@ def test_edit_pairs_change_exactly_what_the_instruction_says(cat):
             r = o.half + world.OUTLINE_WIDTH + 2 / 64
             allowed |= (np.abs(c[:, None] - o.y) <= r) & (np.abs(c[None, :] - o.x) <= r)
         assert not (diff & ~allowed).any()
+
+
+# --- pixel detail: the background's lines, resample_detail, the no-detail bound -------------------
+
+def fingerprint(items):
+    return hashlib.sha1(json.dumps(items).encode()).hexdigest()[:12]
+
+
+def test_the_detail_left_every_scene_caption_and_edit_as_the_suites_were_made():
+    """The background's lines come from a stream of their own, so descriptions, captions, edits and
+    the v1 suites are those of the world before them: fingerprints taken on that world (the suite
+    sha1s are the ones evaluate.py prints for the cpu sizes)."""
+    assert fingerprint([world.describe(world.sample_scene(s)) for s in range(500)]) == "fae14ddb8159"
+    assert fingerprint([world.caption_scene(s)[1:] for s in range(300)]) == "c951fc281759"
+    edits = [(e.instruction, e.spec, world.describe(e.source), world.describe(e.target))
+             for e in map(world.make_edit, range(300))]
+    assert fingerprint(edits) == "150312a48f95"
+    assert fingerprint([p[1] for p in world.geneval_suite(50)]) == "9f9fb1696047"
+    assert fingerprint([e.instruction for e in world.gedit_suite(30)]) == "d36404301273"
+
+
+@pytest.mark.parametrize("bg", list(world.BG_COLOURS))
+def test_background_lines_swing_from_the_level_towards_mid_grey(bg):
+    """The strongest lines on a background without gradient: they only darken white, only lighten
+    black and swing both ways about grey, and stay achromatic (the faint noise is 2 levels)."""
+    s = dataclasses.replace(scene(bg=bg), bg_tex_angle=0.4, bg_tex_period=0.1, bg_tex_phase=1.0,
+                            bg_tex_contrast=max(world.LINE_DETAIL["bg_tex_contrast"]))
+    img = world.render(s, 64).astype(int)
+    assert (img.max(2) == img.min(2)).all()
+    g, level = img[..., 0], world.BG_COLOURS[bg]
+    if bg == "white":
+        assert g.max() <= level + 8 and g.min() < level - 60
+    elif bg == "black":
+        assert g.min() >= level - 8 and g.max() > level + 60
+    else:
+        assert abs(g.mean() - level) < 3 and g.min() < level - 30 and g.max() > level + 20
+
+
+def test_the_lines_clip_no_channel_and_backgrounds_stay_neutral_plus_cast():
+    """On the pure-background frame: the lines saturate no channel the same scene without them
+    leaves unsaturated (the faint noise alone clips a few levels in some corners of warm or cool
+    white backgrounds), and every unsaturated pixel is exactly a neutral grey plus the cast."""
+    saturated = lambda img: ((img == 0) | (img == 255)).any(1)  # noqa: E731
+    for seed in range(300):
+        s = world.sample_scene(seed)
+        border = world.frame(world.render(s, 64).astype(int))
+        plain = world.frame(world.render(dataclasses.replace(s, bg_tex_contrast=0.0), 64))
+        sat = saturated(border)
+        assert not (sat & ~saturated(plain)).any(), seed
+        grey = border[~sat] - np.array(world.TONES[s.tone])
+        assert (grey.max(1) - grey.min(1)).max() <= 1, seed  # rounding only
+
+
+def test_resample_detail_keeps_every_attribute_relation_and_layout_rule():
+    """New detail, the same semantics: attributes, background, tone, style, sizes, and for every
+    pair of objects whether each relation holds by more than REL_MARGIN; centres move by at most
+    the jitter (0.01) and stay inside the margins, boxes GAP apart."""
+    moved = 0
+    for seed in range(2000):
+        s = world.sample_scene(seed)
+        t = world.resample_detail(s, np.random.default_rng(seed))
+        a, b = world.describe(s), world.describe(t)
+        assert all(a[k] == b[k] for k in ("bg_colour", "tone", "style"))
+        assert [[o[k] for k in world.ATTRS] for o in a["objects"]] == \
+            [[o[k] for k in world.ATTRS] for o in b["objects"]]
+        assert t.bg_tex_phase != s.bg_tex_phase and t.noise_seed != s.noise_seed
+        for o, p in zip(s.objects, t.objects):
+            assert p.half == o.half and max(abs(p.x - o.x), abs(p.y - o.y)) <= 0.01
+            assert min(p.x, p.y) - p.half >= world.MARGIN and max(p.x, p.y) + p.half <= 1 - world.MARGIN
+            assert p.tex_phase != o.tex_phase
+        moved += any(p.x != o.x for o, p in zip(s.objects, t.objects))
+        for (o, p), (q, r) in zip(itertools.combinations(a["objects"], 2),
+                                  itertools.combinations(b["objects"], 2)):
+            for axis, sign in world.RELATION_AXES.values():
+                key = "xy"[axis]
+                assert (sign * (o[key] - p[key]) > world.REL_MARGIN) == \
+                    (sign * (q[key] - r[key]) > world.REL_MARGIN)
+        for p, q in itertools.combinations(t.objects, 2):
+            assert max(abs(p.x - q.x), abs(p.y - q.y)) > p.half + q.half + world.GAP
+    assert moved > 1900  # the jitter is real: almost every twin has moved
+
+
+def test_resampled_caption_scenes_keep_their_captions():
+    """Every caption category: the twin satisfies the original's spec, and a position caption
+    states the same relation of the twin (make_caption's dominant axis is kept)."""
+    for seed in range(120):
+        for cat in world.CAPTION_CATEGORIES:
+            s, text, spec = world.caption_scene(seed, cat)
+            t = world.resample_detail(s, np.random.default_rng(seed))
+            assert world.check_caption(world.describe(t), spec), (seed, cat, text)
+            phrasing = np.random.default_rng(0)
+            assert world.make_caption(t, cat, phrasing)[0] == \
+                world.make_caption(s, cat, np.random.default_rng(0))[0]
+
+
+def test_no_detail_bound_is_below_20_db_at_64_px(monkeypatch):
+    """The mean of k renders with the detail redrawn scores below 20 dB against the render. A guess
+    from k renders has (1 + 1/k) times the error of the exact mean, so k = 4 reads 0.71 dB below
+    k = 16, which is added back; 8 scenes leave a standard error of std / sqrt(8) (about 0.4 dB),
+    the tolerance allows two of it. Without the lines the same measure is far above 20 dB."""
+    r = world.no_detail_bound(8, 64, k=4)
+    k16 = r["psnr_mean"] + 10 * math.log10((1 + 1 / 4) / (1 + 1 / 16))
+    assert k16 < 20 + 2 * r["psnr_std"] / math.sqrt(8)
+    monkeypatch.setitem(world.LINE_DETAIL, "bg_tex_contrast", (0.0, 0.0))
+    assert world.no_detail_bound(8, 64, k=4)["psnr_mean"] > 25
 
 
 # --- world datasets -----------------------------------------------------------------------------
