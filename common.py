@@ -9,7 +9,9 @@ import datetime
 import json
 import os
 import resource
+import shutil
 import sys
+import sysconfig
 import time
 
 import torch
@@ -65,6 +67,53 @@ def all_mean(t):
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
     return t
+
+
+def cpu_has_bf16():
+    """Does this CPU compute in bf16 natively (AVX512-BF16 or AMX)? Elsewhere torch emulates bf16,
+    many times slower than fp32 (measured on an AVX2 CPU: 20x)."""
+    checks = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+def choose_amp(flag, device):
+    """--amp auto|bf16|off -> (the autocast dtype or None for fp32, why). auto: bf16 on a GPU, and
+    on a CPU only where it has bf16 units; elsewhere fp32, which is then the faster mode."""
+    if flag != "auto":
+        return (torch.bfloat16 if flag == "bf16" else None), f"--amp {flag}"
+    if device.type == "cuda":
+        return torch.bfloat16, "auto: bf16 autocast on the GPU"
+    if device.type == "cpu" and cpu_has_bf16():
+        return torch.bfloat16, "auto: bf16 autocast, this CPU has bf16 matrix units (AVX512-BF16 or AMX)"
+    return None, f"auto: fp32, this {device.type} has no native bf16 (emulated bf16 is slower than fp32)"
+
+
+COMPILE_MIN_STEPS = 1000  # compiling takes one to a few minutes on a CPU: worth it for long runs only
+
+
+def choose_compile(flag, device, steps):
+    """--compile auto|on|off -> (compile?, why). auto compiles a run of at least COMPILE_MIN_STEPS
+    steps where torch.compile can build its kernels (a C compiler and Python's headers), on a GPU
+    or on a CPU with bf16 units, where fused kernels pay; on a CPU without them fp32 matrix
+    products dominate and compiling saves little (results/README.md, bench/)."""
+    if flag != "auto":
+        return flag == "on", f"--compile {flag}"
+    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc")
+    if steps < COMPILE_MIN_STEPS:
+        return False, f"auto: eager, {steps} steps are too few to repay compiling (< {COMPILE_MIN_STEPS})"
+    if not cc or not os.path.isfile(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        return False, "auto: eager, no C compiler or no Python headers to build compiled kernels"
+    if device.type == "cpu" and not cpu_has_bf16():
+        return False, "auto: eager, on a CPU without bf16 units compiling saves little"
+    return True, f"auto: compiled ({cc}, {steps} steps)"
+
+
+def add_speed_args(g):
+    """--amp and --compile, the same in every training script (and experiments/bench.py)."""
+    g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast: auto = on a GPU, "
+                   "and on a CPU with bf16 units (AVX512-BF16 / AMX); off = fp32")
+    g.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
+                   help=f"torch.compile: auto = where a C compiler is found, for runs of >= {COMPILE_MIN_STEPS} steps")
 
 
 def seeded_randn(keys, shape, *salt):

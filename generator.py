@@ -38,8 +38,9 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import tokenizer as T
-from common import (Deadline, StepLog, all_mean, barrier, compute_cleanup, compute_init, is_rank0, print0,
-                    read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics, write_config)
+from common import (Deadline, StepLog, add_speed_args, all_mean, barrier, choose_amp, choose_compile, compute_cleanup,
+                    compute_init, is_rank0, print0, read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics,
+                    write_config)
 from pretrained import QwenTokenizer, load_qwen2_weights, qwen2_config
 from tokenizer import TokenizerError
 from world import VOCAB, CaptionFolderDataset, WorldCaptions, to_uint8
@@ -687,7 +688,7 @@ def fit(cfg, run, make_batch, n, shift, device):
         pos += 1
         x0, cond = make_batch(idx, step)
         eps, t = flow_draws(idx, x0.shape[1:], cfg["seed"], step, shift)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=run.amp, enabled=run.amp is not None):
             loss = flow_loss(run.fwd, x0.to(device), cond, t.to(device), eps.to(device))
         values = optimiser_step(run.model, run.ema, run.opt, loss, cfg, step, cfg["out"])
         step += 1
@@ -721,7 +722,11 @@ class Run:
             self.step, self.data = ck["step"], ck["data"]
         self.model, self.ema = model.to(device), ema.to(device).eval()
         self.fwd = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
-        self.fwd = torch.compile(self.fwd) if cfg["compile"] else self.fwd
+        self.amp, why_amp = choose_amp(cfg["amp"], device)
+        compiled, why_compile = choose_compile(cfg["compile"], device, cfg["steps"] - self.step)
+        print0(f"precision: {'bf16 autocast' if self.amp else 'fp32'} ({why_amp}); "
+               f"{'compiled' if compiled else 'eager'} ({why_compile})")
+        self.fwd = torch.compile(self.fwd) if compiled else self.fwd
 
     def save(self, step, data):
         ckpt = dict(step=step, config=self.cfg, model=self.model.state_dict(),
@@ -928,7 +933,7 @@ def add_run_args(g, name):
     g.add_argument("--out", default=None, help=f"run folder (default runs/{name}-<preset>)")
     g.add_argument("--resume", action="store_true", help=f"continue exactly from <out>/{name}.pt")
     g.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_speed_args(g)
     g.add_argument("--seed", type=int, default=0, help="seed of the (new) weights, data order and noise")
 
 

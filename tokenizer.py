@@ -46,8 +46,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Subset
 
-from common import (Deadline, StepLog, all_mean, append_metrics, barrier, batches, compute_cleanup, compute_init,
-                    is_rank0, print0, read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics, write_config)
+from common import (Deadline, StepLog, add_speed_args, all_mean, append_metrics, barrier, batches, choose_amp,
+                    choose_compile, compute_cleanup, compute_init, is_rank0, print0, read_checkpoint, save_checkpoint,
+                    seeded_randn, truncate_metrics, write_config)
 from pretrained import (DINOV2_URLS, DinoVisionTransformer, SiglipConfig, SiglipVisionTower, ViTConfig,
                         load_dinov2_state_dict, load_siglip_state_dict)
 from world import TARGET_CLASSES, ImageFolderDataset, WorldImages
@@ -734,7 +735,11 @@ def train(cfg, ddp, rank, local_rank, world, device):
             opt_d.load_state_dict(ck["opt_d"])
     ids = [local_rank] if device.type == "cuda" else None
     fwd, disc_fwd = (DDP(m, device_ids=ids) if ddp and m is not None else m for m in (model, disc))
-    if cfg["compile"]:  # the GAN's adaptive weight back-propagates twice (retain_graph): no donated buffers
+    amp, why_amp = choose_amp(cfg["amp"], device)
+    compiled, why_compile = choose_compile(cfg["compile"], device, steps - (ck["step"] if ck else 0))
+    print0(f"precision: {'bf16 autocast' if amp else 'fp32'} ({why_amp}); {'compiled' if compiled else 'eager'} "
+           f"({why_compile})")
+    if compiled:  # the GAN's adaptive weight back-propagates twice (retain_graph): no donated buffers
         torch._functorch.config.donated_buffer = False
         fwd = torch.compile(fwd)
     lpips = make_lpips(device) if stage and cfg["lpips_weight"] > 0 and cfg["image_size"] >= 64 else None
@@ -743,12 +748,12 @@ def train(cfg, ddp, rank, local_rank, world, device):
     data = batches(train_set, cfg["batch_size"] // world, rank, world, cfg["seed"], epoch, pos, cfg["workers"])
     log, time_up = StepLog(out, steps, step, cfg["log_every"], f"stage {stage}", {"stage": stage}), \
         Deadline(cfg["time_limit"], device)
-    last_good, amp = ck and os.path.join(out, f"stage{stage}.pt"), device.type == "cuda"
+    last_good = ck and os.path.join(out, f"stage{stage}.pt")
     while step < steps:
         (epoch, pos), (idx, x, targets) = next(data)
         x = x.to(device, non_blocking=True)
         gan = disc if stage and step >= cfg["disc_start"] and "pixel_decoder" in model.plan(stage)[0] else None
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if stage == 0:
                 loss, terms = stage0_loss(fwd, model, x, targets)
             else:
@@ -759,7 +764,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
         if cfg["grad_clip"] > 0:
             torch.nn.utils.clip_grad_norm_(params, cfg["grad_clip"])
         if gan is not None:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
                 terms["d_loss"] = discriminator_step(disc_fwd, opt_d, x, x_hat)
         values = dict(zip(terms, all_mean(torch.stack([v.detach().float() for v in terms.values()])).tolist()))
         if not math.isfinite(values["loss"]):  # before the update: the last checkpoint stays good
@@ -1049,7 +1054,7 @@ def parse_args(argv=None):
     g.add_argument("--init", default=None, help="stage N >= 2 starts from this stage N-1 checkpoint "
                    "(default <out>/stage<N-1>.pt; 'random' for smoke tests and measurements)")
     g.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    add_speed_args(g)
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the noise")
     g = p.add_argument_group("model")
     g.add_argument("--encoder", choices=list(ENCODERS), help="representation encoder")

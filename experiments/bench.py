@@ -1,12 +1,15 @@
 """experiments/bench.py -- training throughput and model FLOP utilisation, on random inputs of a
-preset's shapes (no tokenizer, no data needed). Not part of the method: a measurement.
+preset's shapes (no data, no checkpoints). Not part of the method: a measurement.
 
-    python experiments/bench.py generator --preset cpu         # samples/s, GFLOP/sample, TFLOP/s
-    python experiments/bench.py generator --preset world --batch-size 16 --json results/bench/x.json
+    python experiments/bench.py generator --preset cpu              # samples/s, GFLOP/sample, MFU
+    python experiments/bench.py tokenizer --preset cpu --stage 1    # the same for a tokenizer stage
+    python experiments/bench.py modes --preset cpu --json results/bench/modes_cpu.json
+                                                  # generator, stages 1 and 2 x fp32 / bf16 / compiled / both
 
 The model FLOPs of a training step (forward + backward) are counted once by PyTorch's
-FlopCounterMode over the matrix products and attention; MFU = achieved FLOP/s / peak. On a GPU
-the peaks are the datasheet's and a large bf16 matrix product measured on the spot.
+FlopCounterMode over the matrix products, convolutions and attention; MFU = achieved FLOP/s /
+peak. The peaks are measured in the same run: a large fp32 and a large bf16 matrix product on
+the device and threads in use (on a GPU also the datasheet's dense bf16 peak).
 """
 import argparse
 import json
@@ -19,7 +22,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import generator as G  # noqa: E402
 import tokenizer as T  # noqa: E402
-from common import memory_gib  # noqa: E402
+from common import choose_amp, choose_compile, memory_gib  # noqa: E402
 
 # dense bf16 tensor-core peaks from the vendors' datasheets, in TFLOP/s (no sparsity)
 PEAK_BF16_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.5, "H100": 989.4, "H200": 989.4, "A100": 312.0}
@@ -40,107 +43,174 @@ def preset_latent_shape(preset):
     return (t["latent_channels"], grid, grid)
 
 
-def train_step_flops(model, x0, cond, t, eps):
-    """Floating-point operations of one training step's forward and backward, counted by
-    FlopCounterMode over the matrix products and attention (the model FLOPs of MFU; the
-    optimiser and elementwise work are not counted)."""
+def step_flops(step):
+    """Floating-point operations of one call of step() (a training step's forward and backward),
+    counted by FlopCounterMode over matrix products, convolutions and attention (the model FLOPs
+    of MFU; the optimiser and elementwise work are not counted)."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
     counter = FlopCounterMode(display=False)
     # the counter knows the math and the CUDA attention kernels but not the CPU's fused one: count
     # on the math path, whose products are the same numbers
     with counter, sdpa_kernel(SDPBackend.MATH):
-        G.flow_loss(model, x0, cond, t, eps).backward()
-    model.zero_grad(set_to_none=True)
+        step()
     return counter.get_total_flops()
 
 
-def matmul_peak(device, n=8192, dtype=torch.bfloat16, reps=10):
-    """TFLOP/s of an n x n matrix product measured here: the practical ceiling."""
+def train_step_flops(model, x0, cond, t, eps):
+    """FLOPs of one flow-matching step of a generator (or any model(x_t, t, cond))."""
+    flops = step_flops(lambda: G.flow_loss(model, x0, cond, t, eps).backward())
+    model.zero_grad(set_to_none=True)
+    return flops
+
+
+def matmul_peak(device, dtype, seconds=1.0):
+    """TFLOP/s of an n x n matrix product in `dtype`, measured here: the practical ceiling (n 8192
+    on a GPU; 512 on a CPU, where larger products are no faster per FLOP)."""
+    n = 8192 if device.type == "cuda" else 512
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     m = torch.randn(n, n, device=device, dtype=dtype)
-    for _ in range(3):
-        m @ m
+    m @ m
     sync()
-    t0 = time.time()
-    for _ in range(reps):
+    reps, t0 = 0, time.time()
+    while time.time() - t0 < seconds:
         m @ m
+        reps += 1
     sync()
     return 2 * n ** 3 * reps / (time.time() - t0) / 1e12
 
 
-def bench_generator(a):
-    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    pre = G.PRESETS[a.preset]
-    cfg = dict(model=pre["model"], patch=1, text_len=pre["text_len"], head="ddt")
-    B = a.batch_size or pre["batch_size"]
-    shape = tuple(a.latent or preset_latent_shape(a.preset))
-    torch.manual_seed(0)
-    model = G.build_model(cfg, shape).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))  # as in training
-    x0, eps = torch.randn(B, *shape, device=device), torch.randn(B, *shape, device=device)
-    cond = torch.randint(1, model.embed_tokens.num_embeddings, (B, cfg["text_len"]), device=device)
-    t = torch.rand(B, device=device)
-    amp = device.type == "cuda"
-    fwd = torch.compile(model) if a.compile else model
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-        flops = train_step_flops(model, x0, cond, t, eps)
-    ema = G.build_model(cfg, shape).to(device).requires_grad_(False)
-    ema.load_state_dict(model.state_dict())
-    ocfg = dict(lr=1e-4, warmup=0, grad_clip=1.0, ema=0.9999)
-
-    def step():  # as a training step: loss averaged, backward, clip, AdamW, EMA
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss = G.flow_loss(fwd, x0, cond, t, eps)
-        G.optimiser_step(model, ema, opt, loss, ocfg, 0, "bench")
-
-    dt = timed(step, a.steps, a.warmup, device)
-    achieved = flops / dt / 1e12
-    res = {"preset": a.preset, "model": cfg["model"], "params_m": round(sum(q.numel() for q in model.parameters()) / 1e6, 2),
-           "latent": list(shape), "tokens": cfg["text_len"] + shape[1] * shape[2], "batch": B, "device": str(device),
-           "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "compile": a.compile, "step_s": round(dt, 5), "samples_per_s": round(B / dt, 1),
-           "gflop_per_sample": round(flops / B / 1e9, 3), "achieved_tflops": round(achieved, 2),
-           "mem_gib": memory_gib(device)}
-    if device.type == "cuda":  # the two ceilings: the datasheet, and a large bf16 product measured here
-        peak, mm = datasheet_peak(res["device_name"]), matmul_peak(device)
-        res.update(datasheet_tflops=peak, matmul_tflops=round(mm, 1), mfu=round(achieved / peak, 4) if peak else None,
-                   mfu_of_matmul=round(achieved / mm, 4))
-    return res
-
-
-def timed(step, steps, warmup, device):
-    """Seconds per call of step(), after warm-up calls."""
+def timed(step, device, warmup=2, min_steps=3, seconds=10.0):
+    """Seconds per call of step(): warm-up calls, then calls until both min_steps and `seconds`."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     for _ in range(warmup):
         step()
     sync()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.time()
-    for _ in range(steps):
+    n, t0 = 0, time.time()
+    while n < min_steps or time.time() - t0 < seconds:
         step()
+        n += 1
     sync()
-    return (time.time() - t0) / steps
+    return (time.time() - t0) / n
+
+
+def generator_step(a, device, amp, compiled):
+    """(step(), flops, batch, description) of a generator preset's training step."""
+    pre = G.PRESETS[a.preset]
+    cfg = dict(model=pre["model"], patch=1, text_len=pre["text_len"], head="ddt")
+    B, shape = a.batch_size or pre["batch_size"], tuple(a.latent or preset_latent_shape(a.preset))
+    torch.manual_seed(0)
+    model = G.build_model(cfg, shape).to(device)
+    ema = G.build_model(cfg, shape).to(device).requires_grad_(False)
+    ema.load_state_dict(model.state_dict())
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95))  # as in training
+    x0, eps = torch.randn(B, *shape, device=device), torch.randn(B, *shape, device=device)
+    cond = torch.randint(1, model.embed_tokens.num_embeddings, (B, cfg["text_len"]), device=device)
+    t = torch.rand(B, device=device)
+    fwd = torch.compile(model) if compiled else model
+    with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+        flops = train_step_flops(model, x0, cond, t, eps)
+    ocfg = dict(lr=1e-4, warmup=0, grad_clip=1.0, ema=0.9999)
+
+    def step():  # as a training step: loss averaged, backward, clip, AdamW, EMA
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = G.flow_loss(fwd, x0, cond, t, eps)
+        G.optimiser_step(model, ema, opt, loss, ocfg, 0, "bench")
+
+    about = {"params_m": round(sum(q.numel() for q in model.parameters()) / 1e6, 2), "latent": list(shape),
+             "tokens": cfg["text_len"] + shape[1] * shape[2]}
+    return step, flops, B, about
+
+
+def tokenizer_step(a, device, amp, compiled):
+    """(step(), flops, batch, description) of a tokenizer preset's training step in a stage."""
+    cfg = {**T.parse_args(["--preset", a.preset, "--stage", str(a.stage), "--recipe", a.recipe]), "encoder_ckpt": None}
+    B = a.batch_size or cfg["batch_size"]
+    torch.manual_seed(0)
+    model = T.build_tokenizer(cfg, stage=a.stage)
+    train, losses = model.plan(a.stage)
+    model.freeze_all_but(train)
+    if "encoder" in train and "L_s" in losses:
+        model.add_reference()
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.5, 0.9))
+    x, idx = torch.rand(B, 3, cfg["image_size"], cfg["image_size"], device=device) * 2 - 1, torch.arange(B)
+    fwd = torch.compile(model) if compiled else model
+
+    def step():  # the loss of tokenizer.train (GAN off, as the cpu preset), backward, AdamW
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            loss = T.tokenizer_loss(fwd, model, x, idx, a.stage, 0, cfg, None, None)[0]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    flops = step_flops(step)
+    about = {"recipe": a.recipe, "stage": a.stage, "image_size": cfg["image_size"],
+             "params_m": round(sum(p.numel() for p in model.parameters() if p.requires_grad) / 1e6, 2)}
+    return step, flops, B, about
+
+
+def bench(a, what, device, amp, compiled):
+    """One measurement: samples/s, achieved TFLOP/s, and MFU against the measured peaks."""
+    step, flops, B, about = (generator_step if what == "generator" else tokenizer_step)(a, device, amp, compiled)
+    dt = timed(step, device, seconds=a.seconds)
+    achieved = flops / dt / 1e12
+    res = {"what": what, "preset": a.preset, **about, "batch": B, "device": str(device), "threads": torch.get_num_threads(),
+           "amp": "bf16" if amp else "fp32", "compile": compiled, "step_s": round(dt, 4), "samples_per_s": round(B / dt, 2),
+           "gflop_per_sample": round(flops / B / 1e9, 3), "achieved_tflops": round(achieved, 4),
+           "mem_gib": memory_gib(device)}
+    res.update({f"mfu_{k}": round(achieved / v, 4) for k, v in a.peaks.items() if k.endswith("tflops") and v})
+    return res
+
+
+def peaks(device):
+    """The ceilings MFU is measured against, from this run."""
+    out = {"fp32_matmul_tflops": round(matmul_peak(device, torch.float32), 4),
+           "bf16_matmul_tflops": round(matmul_peak(device, torch.bfloat16), 4)}
+    if device.type == "cuda":
+        out["datasheet_bf16_tflops"] = datasheet_peak(torch.cuda.get_device_name(device))
+    return out
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description="training throughput and model FLOP utilisation on random inputs")
     sub = p.add_subparsers(dest="what", required=True)
-    g = sub.add_parser("generator", help="a generator preset's training step")
-    g.add_argument("--preset", choices=list(G.PRESETS), default="cpu", help="model, text length and batch")
-    g.add_argument("--batch-size", type=int, default=None, help="per-device batch (default: the preset's)")
-    g.add_argument("--latent", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
-                   help="latent shape (default: the tokenizer preset of the same name)")
-    g.set_defaults(func=bench_generator)
+    sub.add_parser("generator", help="a generator preset's training step")
+    q = sub.add_parser("tokenizer", help="a tokenizer preset's training step in one stage")
+    q.add_argument("--stage", type=int, default=1, choices=(1, 2), help="stage (1: S-VAE, 2: PS-VAE)")
+    q.add_argument("--recipe", default="psvae", choices=list(T.RECIPES), help="latent space")
+    q = sub.add_parser("modes", help="generator and tokenizer stages 1 and 2, each in fp32 / bf16 / compiled / both")
+    q.add_argument("--recipe", default="psvae", choices=list(T.RECIPES), help="the tokenizer's latent space")
+    q.add_argument("--skip", default="", help="comma-separated modes to leave out, e.g. bf16,bf16+compiled")
     for q in sub.choices.values():
-        q.add_argument("--steps", type=int, default=20, help="timed steps")
-        q.add_argument("--warmup", type=int, default=5, help="untimed steps first")
-        q.add_argument("--compile", action="store_true", help="torch.compile the model")
+        q.add_argument("--preset", choices=list(G.PRESETS), default="cpu", help="sizes and batch")
+        q.add_argument("--batch-size", type=int, default=None, help="per-device batch (default: the preset's)")
+        q.add_argument("--latent", type=int, nargs=3, default=None, metavar=("C", "H", "W"),
+                       help="generator: latent shape (default: the tokenizer preset of the same name)")
+        q.add_argument("--seconds", type=float, default=10.0, help="time each measurement at least this long")
+        q.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast (not for modes)")
+        q.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="off",
+                       help="torch.compile (not for modes)")
         q.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
         q.add_argument("--json", default=None, help="also write the result JSON to this file")
     a = p.parse_args(argv)
-    res = a.func(a)
+    device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    a.peaks = peaks(device)
+    if a.what == "modes":
+        modes = {"fp32": (None, False), "bf16": (torch.bfloat16, False), "compiled": (None, True),
+                 "bf16+compiled": (torch.bfloat16, True)}
+        rows = []
+        for what, stage in (("generator", None), ("tokenizer", 1), ("tokenizer", 2)):
+            a.stage = stage
+            rows += [{"mode": m, **bench(a, what, device, *modes[m])} for m in modes if m not in a.skip.split(",")]
+            print(json.dumps(rows[-1]), flush=True)
+        res = {**a.peaks, "rows": rows, "auto": [choose_amp("auto", device)[1], choose_compile("auto", device, 2000)[1]]}
+    else:
+        amp, compiled = choose_amp(a.amp, device)[0], choose_compile(a.compile, device, 10**9)[0]
+        res = {**a.peaks, **bench(a, a.what, device, amp, compiled)}
     print(json.dumps(res))
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)

@@ -197,10 +197,17 @@ def test_tiny_run_lowers_the_loss_and_samples(tmp_path, tok):
     assert real["baseline"] == "real" and real["n_images"] == res["n_images"]
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tok):
+# every precision and compilation mode --amp auto / --compile auto can pick on some machine (bf16 on
+# CPUs with bf16 units and GPUs; compiled for long runs there): exact resume and 2 processes = 1
+MODES = [("--amp", "off"), ("--amp", "bf16"), pytest.param(("--compile", "on"), marks=pytest.mark.slow)]
+BF16 = ("--amp", "bf16")
+
+
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "".join(m))
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tok, mode):
     a, b = tmp_path / "a", tmp_path / "b"
     cache = tmp_path / "cache"
-    common = ("--n-train", 16, "--n-samples", 0, "--ckpt-every", 3)  # 2 batches per epoch: crosses epochs
+    common = ("--n-train", 16, "--n-samples", 0, "--ckpt-every", 3, *mode)  # 2 batches per epoch: crosses epochs
     train(a, tok, "--steps", 6, *common, cache=cache)
     train(b, tok, "--steps", 3, *common, cache=cache)
     # --resume without --tokenizer continues on the tokenizer the checkpoint names
@@ -228,10 +235,14 @@ def test_time_limit_stops_at_a_step_with_a_checkpoint_and_resume_finishes_the_sa
     assert all(torch.equal(ca["ema"][k], cb["ema"][k]) for k in ca["ema"])
 
 
-def test_two_processes_match_one(tmp_path, tok):
-    """torchrun (gloo, 2 processes, global batch 8 = 4 + 4) vs 1 process with batch 8."""
+@pytest.mark.parametrize("mode", MODES, ids=lambda m: "".join(m))
+def test_two_processes_match_one(tmp_path, tok, mode):
+    """torchrun (gloo, 2 processes, global batch 8 = 4 + 4) vs 1 process with batch 8. In bf16 the
+    matrix products of 4 and of 8 rows may round differently (8-bit mantissas): the losses agree to
+    2e-3 and the weights to 2e-2 instead of 1e-4 and 1e-5."""
     cache = tmp_path / "cache"
-    args = ["--steps", 4, "--n-samples", 0, "--batch-size", 8]
+    args = ["--steps", 4, "--n-samples", 0, "--batch-size", 8, *mode]
+    rel, atol = (2e-3, 2e-2) if mode == BF16 else (1e-4, 1e-5)
     train(tmp_path / "one", tok, *args, cache=cache)  # also makes the cache the two processes read
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
@@ -242,9 +253,9 @@ def test_two_processes_match_one(tmp_path, tok):
     l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
     for s in l1:
-        assert l2[s] == pytest.approx(l1[s], rel=1e-4, abs=1e-6), (s, l1[s], l2[s])
+        assert l2[s] == pytest.approx(l1[s], rel=rel, abs=rel / 100), (s, l1[s], l2[s])
     c1, c2 = (torch.load(tmp_path / o / "generator.pt", weights_only=True)["model"] for o in ("one", "two"))
-    assert all(torch.allclose(c1[k], c2[k], atol=1e-5) for k in c1)
+    assert all(torch.allclose(c1[k], c2[k], atol=atol) for k in c1)
 
 
 def test_latent_cache_is_made_once_and_follows_the_tokenizer(tmp_path, tok):

@@ -71,16 +71,22 @@ def test_tiny_svae_lowers_its_loss(tmp_path, stage0):
     assert os.path.isfile(out / "recon_stage1_step000030.png")
 
 
-@pytest.mark.parametrize("stage", [1, 2])
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stage0, stage):
+# the precision and compilation modes --amp auto / --compile auto can pick on some machine (bf16 on
+# CPUs with bf16 units and GPUs; compiled for long runs there), besides fp32 eager
+BF16, COMPILED = ("--amp", "bf16"), ("--compile", "on")
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize("stage,mode", [(1, ()), (2, ()), (1, BF16), pytest.param(2, COMPILED, marks=SLOW)])
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stage0, stage, mode):
     """6 steps in one go vs 3 steps, stop, --resume to 6 (the GAN switches on at step 5)."""
     a, b = fresh(tmp_path, stage0, "a"), fresh(tmp_path, stage0, "b")
     for out in (a, b):
         if stage == 2:
             run(out, "--stage", 1, "--steps", 3)
-    run(a, "--stage", stage, "--steps", 6)
-    run(b, "--stage", stage, "--steps", 3)
-    run(b, "--stage", stage, "--steps", 6, "--resume")
+    run(a, "--stage", stage, "--steps", 6, *mode)
+    run(b, "--stage", stage, "--steps", 3, *mode)
+    run(b, "--stage", stage, "--steps", 6, "--resume", *mode)
     la, lb = metrics(a, stage), metrics(b, stage)
     assert sorted(lb) == list(range(1, 7))  # no duplicated records after the resume
     assert la == lb
@@ -109,12 +115,16 @@ def torchrun(out, *args):
     return r
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2])
-def test_two_processes_match_one(tmp_path, stage0, stage):
+@pytest.mark.parametrize("stage,mode", [(0, ()), (1, ()), (2, ()), (1, BF16), pytest.param(1, COMPILED, marks=SLOW)])
+def test_two_processes_match_one(tmp_path, stage0, stage, mode):
     """torchrun (gloo, 2 processes, global batch 4 = 2 + 2) vs 1 process with batch 4: the same
-    first losses, GAN and adaptive weight included (disc-start 1)."""
+    first losses, GAN and adaptive weight included (disc-start 1). In bf16, products of 2 and of 4
+    rows may round differently (8-bit mantissas): the losses then agree to 2e-3 (measured: 5e-4),
+    and the adaptive GAN weight, a ratio of two gradient norms whose sums cancel heavily, to 15%
+    (measured: 7%)."""
     one, two = fresh(tmp_path, stage0, "one"), fresh(tmp_path, stage0, "two")
-    args = ["--stage", stage, "--steps", 3, "--disc-start", 1, "--batch-size", 4]
+    args = ["--stage", stage, "--steps", 3, "--disc-start", 1, "--batch-size", 4, *mode]
+    rel = 2e-3 if mode == BF16 else 1e-4
     if stage == 2:  # both start from the same stage-1 checkpoint
         run(one, "--stage", 1, "--steps", 2)
         shutil.copy(one / "stage1.pt", two / "stage1.pt")
@@ -124,7 +134,8 @@ def test_two_processes_match_one(tmp_path, stage0, stage):
         m1, m2 = metrics(one, stage, key), metrics(two, stage, key)
         assert sorted(m1) == sorted(m2) and len(m1) >= (3 if key in ("loss", "L_s", "ce_count") else 1)
         for s in m1:
-            assert m2[s] == pytest.approx(m1[s], rel=1e-4, abs=1e-5), (key, s, m1[s], m2[s])
+            tol = 0.15 if key == "w_gan" and mode == BF16 else rel
+            assert m2[s] == pytest.approx(m1[s], rel=tol, abs=tol / 10), (key, s, m1[s], m2[s])
 
 
 # ---- bad input: one clear sentence each, nothing good overwritten --------------------------
