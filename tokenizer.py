@@ -40,6 +40,7 @@ import os
 import warnings
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -51,7 +52,8 @@ from common import (Deadline, StepLog, add_speed_args, all_mean, append_metrics,
                     seeded_randn, truncate_metrics, write_config)
 from pretrained import (DINOV2_URLS, DinoVisionTransformer, SiglipConfig, SiglipVisionTower, ViTConfig,
                         load_dinov2_state_dict, load_siglip_state_dict)
-from world import TARGET_CLASSES, ImageFolderDataset, WorldImages
+from world import (TARGET_CLASSES, ImageFolderDataset, WorldImages, render, resample_detail, sample_scene, scene_seed,
+                   semantic_targets, to_tensor)
 
 SCRIPT = "tokenizer.py"  # written into every checkpoint, checked when one is loaded
 
@@ -645,8 +647,43 @@ def psnr(x, y):
 
 # ------------------------------------------------------------------------------------------
 # 5. Stage 0: this world's representation encoder, pre-trained on semantics only (never on
-#    pixels), to play DINOv2's role. Real DINOv2 weights skip this stage.
+#    pixels), to play DINOv2's role. Labels alone do not ask an encoder to drop anything, and it
+#    keeps the pixels; DINOv2 forgets pixel detail because it matches views of one image. Here a
+#    view is the same scene with its detail redrawn (world.resample_detail), and the encoder is
+#    asked to give both the same patch tokens. Real DINOv2 weights skip this stage.
 # ------------------------------------------------------------------------------------------
+
+class TwinScenes(torch.utils.data.Dataset):
+    """Stage 0's data: scene i rendered twice, the second time with its pixel detail redrawn.
+    Items: (views (2, 3, S, S), [labels of view 1, labels of view 2]) on a (grid, grid) patch grid."""
+
+    def __init__(self, split, n, size, grid):
+        self.split, self.n, self.size, self.grid = split, n, size, grid
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        scene = sample_scene(scene_seed(self.split, i))
+        twin = resample_detail(scene, np.random.default_rng([scene_seed(self.split, i), 17]))
+        return (torch.stack([to_tensor(render(s, self.size)) for s in (scene, twin)]),
+                [semantic_targets(s, self.grid) for s in (scene, twin)])
+
+
+def whitened_distance(z, target, eps=1e-3):
+    """Mean squared Mahalanobis distance between tokens z and the (stop-gradient) tokens target,
+    (N, D) each, under target's covariance. A difference along a direction in which the features
+    hardly vary costs as much as one along a widely varying direction, so the encoder cannot make
+    two views agree by shrinking its features (a plain MSE lets it); it has to drop what differs.
+    eps * (the mean variance) is added to the covariance's diagonal, for small batches."""
+    target = target.detach().float()
+    # the covariance of the global batch (every rank holds as many tokens), as one process computes it
+    mean, second = all_mean(target.mean(0)), all_mean(target.T @ target / len(target))
+    cov = second - torch.outer(mean, mean)  # (D, D)
+    cov = cov + eps * cov.diagonal().mean() * torch.eye(len(cov), device=cov.device)
+    lam, V = torch.linalg.eigh(cov)
+    W = V / lam.clamp_min(1e-12).sqrt()  # (D, D): x @ W whitens
+    return ((z.float() - target) @ W).pow(2).sum(-1).mean() / len(cov)
 
 class StageZero(nn.Module):
     """The world encoder + linear heads: the per-patch maps (shape, colour, texture) are read
@@ -660,11 +697,12 @@ class StageZero(nn.Module):
         self.heads = nn.ModuleDict({k: nn.Linear(encoder.embed_dim, n) for k, n in sorted(classes.items())})
 
     def forward(self, x):
+        """images (B, 3, S, S) -> (logits per head, (B, n, g, g) or (B, n); patch tokens (B, L, D))."""
         out = self.encoder.forward_features(encoder_input(x, x.shape[-1], self.encoder))
         B, L, _ = out["x_norm_patchtokens"].shape
         g = math.isqrt(L)
         return {k: head(out["x_norm_patchtokens"]).transpose(1, 2).reshape(B, -1, g, g) if k in self.MAPS
-                else head(out["x_norm_clstoken"]) for k, head in self.heads.items()}  # (B, n, g, g) or (B, n)
+                else head(out["x_norm_clstoken"]) for k, head in self.heads.items()}, out["x_norm_patchtokens"]
 
     def losses(self, logits, targets):
         """Cross-entropy per head."""
@@ -704,10 +742,18 @@ def tokenizer_loss(fwd, model, x, idx, stage, step, cfg, lpips, disc):
     return loss, {**terms, **parts}, x_hat
 
 
-def stage0_loss(fwd, model, x, targets):
-    """Stage 0: the heads' cross-entropies on the scene's labels; no pixel loss, ever."""
-    terms = model.losses(fwd(x), targets)
-    return sum(terms.values()), terms
+def stage0_loss(fwd, model, x, targets, w_inv):
+    """Stage 0: the heads' cross-entropies on the scene's labels, on both views, plus w_inv times
+    the twin invariance, the whitened distance between the views' patch tokens, each view held to
+    the other (stop gradient) in turn. No pixel loss, ever. x: (B, 2, 3, S, S) views."""
+    logits, tokens = fwd(x.flatten(0, 1))  # the two views of a scene are rows 2b and 2b + 1
+    labels = {k: torch.stack([t[k] for t in targets], 1).flatten(0, 1) for k in targets[0]}
+    terms = model.losses(logits, labels)
+    t1, t2 = tokens.unflatten(0, (-1, 2)).flatten(2).unbind(1)  # (B, L * D) each
+    D = tokens.shape[-1]
+    t1, t2 = t1.reshape(-1, D), t2.reshape(-1, D)  # (B * L, D)
+    terms["invariance"] = 0.5 * (whitened_distance(t1, t2) + whitened_distance(t2, t1))
+    return sum(v for k, v in terms.items() if k != "invariance") + w_inv * terms["invariance"], terms
 
 
 def discriminator_step(disc, opt_d, x, x_hat):
@@ -755,7 +801,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
         gan = disc if stage and step >= cfg["disc_start"] and "pixel_decoder" in model.plan(stage)[0] else None
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if stage == 0:
-                loss, terms = stage0_loss(fwd, model, x, targets)
+                loss, terms = stage0_loss(fwd, model, x, targets, cfg["s0_invariance"])
             else:
                 loss, terms, x_hat = tokenizer_loss(fwd, model, x, idx, stage, step, cfg, lpips, gan)
         terms["loss"] = loss
@@ -940,10 +986,12 @@ def make_datasets(cfg, stage, world):
             raise TokenizerError(f"cannot use --data {cfg['data']}: {e}")
         # real data has no held-out split here: the first n_val images double as a preview set
         val = Subset(train, range(min(cfg["n_val"], len(train))))
+    elif stage == 0:  # twin views at the encoder's own input size, with their labels
+        grid = cfg["encoder_size"] // ENCODERS[cfg["encoder"]].patch_size
+        train = TwinScenes("train", cfg["n_train"], cfg["encoder_size"], grid)
+        val = WorldImages("val", cfg["n_val"], cfg["encoder_size"], grid=grid)
     else:
-        size, grid = (cfg["encoder_size"], cfg["encoder_size"] // ENCODERS[cfg["encoder"]].patch_size) if stage == 0 \
-            else (cfg["image_size"], None)  # stage 0: at the encoder's own input size, with labels
-        train, val = (WorldImages(s, cfg[f"n_{s}"], size, grid=grid) for s in ("train", "val"))
+        train, val = (WorldImages(s, cfg[f"n_{s}"], cfg["image_size"]) for s in ("train", "val"))
     if len(train) // world < cfg["batch_size"] // world:
         raise TokenizerError(f"the training set has {len(train)} images, fewer than one batch of {cfg['batch_size']}")
     return train, val
@@ -959,7 +1007,7 @@ def validate(model, val, stage, device, bs):
     sums, first = {}, None
     for item in DataLoader(val, batch_size=bs):
         if stage == 0:
-            for k, (h, n) in model.hits(model(item[0].to(device)), item[1]).items():
+            for k, (h, n) in model.hits(model(item[0].to(device))[0], item[1]).items():
                 sums[k] = [a + b for a, b in zip(sums.get(k, (0, 0)), (h, n))]
             continue
         x = (item[0] if isinstance(item, (list, tuple)) else item).to(device)
@@ -1072,6 +1120,8 @@ def parse_args(argv=None):
     g.add_argument("--pixel-from-ds", action="store_true", help="Table 5: the pixel decoder reads D_s's output")
     g.add_argument("--rae-hd", action="store_true", help="Table 6: RAE whose encoder learns too, held by L_s")
     g.add_argument("--rae-noise", type=float, default=0.8, help="RAE noise augmentation: sigma = tau * U(0, 1), tau")
+    g.add_argument("--s0-invariance", type=float, default=1.0, help="stage 0: weight of the twin invariance (the "
+                   "whitened distance between a scene's and its redrawn twin's patch tokens); 0 = labels only")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=None, help="image folder (ImageNet layout) instead of the world")
     g.add_argument("--n-train", type=int, help="number of world training scenes")

@@ -238,11 +238,11 @@ def test_time_limit_stops_at_a_step_with_a_checkpoint_and_resume_finishes_the_sa
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "".join(m))
 def test_two_processes_match_one(tmp_path, tok, mode):
     """torchrun (gloo, 2 processes, global batch 8 = 4 + 4) vs 1 process with batch 8. In bf16 the
-    matrix products of 4 and of 8 rows may round differently (8-bit mantissas): the losses agree to
-    2e-3 and the weights to 2e-2 instead of 1e-4 and 1e-5."""
+    matrix products of 4 and of 8 rows may round differently (8-bit mantissas, a relative step of
+    4e-3): the losses agree to 1e-2 and the weights to 2e-2 instead of 1e-4 and 1e-5."""
     cache = tmp_path / "cache"
     args = ["--steps", 4, "--n-samples", 0, "--batch-size", 8, *mode]
-    rel, atol = (2e-3, 2e-2) if mode == BF16 else (1e-4, 1e-5)
+    rel, atol = (1e-2, 2e-2) if mode == BF16 else (1e-4, 1e-5)
     train(tmp_path / "one", tok, *args, cache=cache)  # also makes the cache the two processes read
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",

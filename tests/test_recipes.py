@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, free_port
+import pretrained as P
 import tokenizer as T
 
 TINY = ["--preset", "tiny", "--device", "cpu"]
@@ -155,7 +156,7 @@ def test_rae_latent_is_the_unaffine_layernorm_of_the_patch_tokens(stage0):
     enc.load_state_dict(torch.load(stage0, weights_only=True)["encoder"])
     tok = T.build_tokenizer(cfg, enc).eval()
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    mean, std = torch.tensor(T.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(T.IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std = torch.tensor(P.IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(P.IMAGENET_STD).view(1, 3, 1, 1)
     h = enc.forward_features(((x + 1) / 2 - mean) / std)["x_prenorm"][:, 1:]  # (2, 16, D)
     mu, var = h.mean(-1, keepdim=True), h.var(-1, unbiased=False, keepdim=True)
     want = ((h - mu) / torch.sqrt(var + 1e-6)).transpose(1, 2).reshape(2, D, 4, 4)

@@ -119,12 +119,12 @@ def torchrun(out, *args):
 def test_two_processes_match_one(tmp_path, stage0, stage, mode):
     """torchrun (gloo, 2 processes, global batch 4 = 2 + 2) vs 1 process with batch 4: the same
     first losses, GAN and adaptive weight included (disc-start 1). In bf16, products of 2 and of 4
-    rows may round differently (8-bit mantissas): the losses then agree to 2e-3 (measured: 5e-4),
-    and the adaptive GAN weight, a ratio of two gradient norms whose sums cancel heavily, to 15%
-    (measured: 7%)."""
+    rows may round differently (8-bit mantissas, a relative step of 2^-8 = 4e-3): the losses then
+    agree to 1e-2 (measured: up to 2e-3), and the adaptive GAN weight, a ratio of two gradient
+    norms whose sums cancel heavily, to 15% (measured: 7%). fp32 checks the DDP path at 1e-4."""
     one, two = fresh(tmp_path, stage0, "one"), fresh(tmp_path, stage0, "two")
     args = ["--stage", stage, "--steps", 3, "--disc-start", 1, "--batch-size", 4, *mode]
-    rel = 2e-3 if mode == BF16 else 1e-4
+    rel = 1e-2 if mode == BF16 else 1e-4
     if stage == 2:  # both start from the same stage-1 checkpoint
         run(one, "--stage", 1, "--steps", 2)
         shutil.copy(one / "stage1.pt", two / "stage1.pt")
@@ -204,3 +204,47 @@ def test_load_tokenizer_encode_decode(tmp_path, stage0):
     assert torch.equal(z, tok.encode(x))  # the posterior mean: deterministic
     with pytest.raises(T.TokenizerError, match="stage-0"):
         T.load_tokenizer(str(out / "stage0.pt"))
+
+
+# ---- stage 0's twin invariance ---------------------------------------------------------------------
+
+def test_whitened_distance_ignores_the_features_scale_and_weighs_every_direction_alike():
+    """Zero for identical tokens; unchanged when both views are scaled (a plain MSE would shrink
+    100 times: the encoder cannot agree by shrinking); a difference along a direction in which the
+    features vary 4 times less costs as much as the same relative difference along a wide one (up
+    to the regulariser, 1e-3 of the mean variance, here 0.7% of the narrow direction's)."""
+    g = torch.Generator().manual_seed(0)
+    spread = torch.tensor([2.0, 1.0, 0.5])
+    target = torch.randn(4000, 3, generator=g) * spread
+    assert T.whitened_distance(target, target).item() == pytest.approx(0.0, abs=1e-6)
+    z = target + 0.1 * torch.randn(4000, 3, generator=g) * spread
+    d = T.whitened_distance(z, target).item()
+    assert T.whitened_distance(z / 10, target / 10).item() == pytest.approx(d, rel=1e-3)
+    assert torch.nn.functional.mse_loss(z / 10, target / 10).item() == pytest.approx(
+        torch.nn.functional.mse_loss(z, target).item() / 100, rel=1e-4)
+    wide, narrow = target.clone(), target.clone()
+    wide[:, 0] += 0.5 * spread[0]  # half a spread along the widest direction
+    narrow[:, 2] += 0.5 * spread[2]  # half a spread along the narrowest
+    # (the sample variances of 4000 tokens are off by about sqrt(2 / 4000) = 2%: a 5% tolerance)
+    assert T.whitened_distance(wide, target).item() == pytest.approx(T.whitened_distance(narrow, target).item(), rel=5e-2)
+    assert T.whitened_distance(wide, target).item() == pytest.approx(0.25 / 3, rel=5e-2)  # (1/2)^2 over D = 3
+
+
+def test_twin_views_are_one_scene_with_its_detail_redrawn():
+    import world as W
+    ds = T.TwinScenes("train", 8, 32, 4)
+    views, labels = ds[3]
+    assert views.shape == (2, 3, 32, 32) and (views[0] - views[1]).abs().mean() > 0.02  # other pixels
+    scene = W.sample_scene(W.scene_seed("train", 3))
+    assert torch.equal(views[0], W.to_tensor(W.render(scene, 32)))  # view 1 is the scene itself
+    assert W.same_scene(W.detect(W.to_uint8(views[1])), W.describe(scene))  # view 2: the same semantics
+    assert set(labels[0]) == set(labels[1]) == set(W.TARGET_CLASSES)
+
+
+def test_stage0_logs_the_invariance_and_off_turns_it_off(tmp_path, stage0):
+    assert all(v > 0 for v in metrics(stage0, 0, "invariance").values())
+    out = tmp_path / "labels"
+    run(out, "--stage", 0, "--steps", 2, "--s0-invariance", 0)
+    m = [json.loads(line) for line in open(out / "metrics.jsonl") if '"loss"' in line]
+    # labels only: the loss is the cross-entropies' sum; the invariance is still measured, not used
+    assert all(r["loss"] == pytest.approx(sum(v for k, v in r.items() if k.startswith("ce_")), rel=1e-5) for r in m)
