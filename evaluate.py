@@ -13,6 +13,8 @@ Every sub-command is a function `cmd_<name>(args) -> dict`; the dict is printed 
 
     python evaluate.py detector --n 1000 --size 64   # detector accuracy on held-out scenes
     python evaluate.py world-sheet --out results/world # contact sheets world.png and edits.png
+    python evaluate.py detail-bound --size 64          # PSNR of knowing all but the pixel detail
+    python evaluate.py encoder --stage0 runs/tokenizer-cpu/stage0.pt  # readout, twin gap, accuracy
     python evaluate.py recon --ckpt runs/tokenizer-cpu  # PSNR, SSIM, LPIPS, rFID of a tokenizer
     python evaluate.py probe --ckpt runs/tokenizer-cpu  # linear probe of its latent
     python evaluate.py table4 --preset cpu             # every recipe: results/table4/table4_cpu.md
@@ -23,6 +25,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import sys
 import textwrap
@@ -429,6 +432,54 @@ def cmd_probe(args):
             "seconds": round(time.time() - t0, 1)}
 
 
+def encoder_tokens(model, scenes, size, batch, dev):
+    """(tokens (N, D, g, g) of the stage-0 encoder, labels, images) of a list of scenes."""
+    z, x = [], torch.stack([W.to_tensor(W.render(s, size)) for s in scenes])
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            f = model(x[i:i + batch].to(dev))[1].float().cpu()  # (b, L, D)
+            z.append(f.transpose(1, 2).reshape(len(f), f.shape[-1], *[math.isqrt(f.shape[1])] * 2))
+    return torch.cat(z), x
+
+
+def cmd_encoder(args):
+    """A stage-0 world encoder, in DINOv2's role: the accuracy of its heads on held-out scenes,
+    the linear pixel readout of its patch tokens (pixel_readout), and the twin gap: the readout
+    from a scene's own tokens minus that from the tokens of its twin, the same scene with its
+    detail redrawn (world.resample_detail), both scored against the scene's pixels. An encoder that
+    keeps the detail reads its own scene better (a large gap); one that dropped it cannot tell."""
+    t0, dev = time.time(), eval_device(args)
+    try:
+        ck = tokenizer.load_checkpoint(args.stage0, "stage-0 checkpoint")
+    except tokenizer.TokenizerError as e:
+        raise ValueError(str(e))
+    if ck["stage"] != 0:
+        raise ValueError(f"{args.stage0} is a stage-{ck['stage']} checkpoint; give a tokenizer.py --stage 0 one")
+    model = tokenizer.StageZero(tokenizer.build_encoder(ck["config"]["encoder"]), W.TARGET_CLASSES)
+    model.load_state_dict(ck["model"])
+    model.to(dev).eval()
+    size = ck["config"]["encoder_size"]
+    scenes = {s: [W.sample_scene(W.scene_seed(s, i)) for i in range(n)] for s, n in (("train", args.n_train),
+                                                                                      ("val", args.n_test))}
+    twins = [W.resample_detail(sc, np.random.default_rng([W.scene_seed("val", i), 23])) for i, sc in enumerate(scenes["val"])]
+    (ztr, xtr), (zte, xte), (ztw, _) = (encoder_tokens(model, sc, size, args.batch, dev)
+                                        for sc in (scenes["train"], scenes["val"], twins))
+    own, twin = pixel_readout(ztr, xtr, zte, xte), pixel_readout(ztr, xtr, ztw, xte)
+    grid = ztr.shape[-1]
+    hits = {}
+    with torch.no_grad():
+        for i in range(0, args.n_test, args.batch):
+            part = scenes["val"][i:i + args.batch]
+            x = torch.stack([W.to_tensor(W.render(sc, size)) for sc in part]).to(dev)
+            t = [W.semantic_targets(sc, grid) for sc in part]
+            for k, (h, n) in model.hits(model(x)[0], {k: torch.stack([d[k] for d in t]) for k in t[0]}).items():
+                hits[k] = [a + b for a, b in zip(hits.get(k, (0, 0)), (h, n))]
+    return {"stage0": args.stage0, "steps": ck["step"], "s0_invariance": ck["config"].get("s0_invariance", 0.0),
+            "n_train": args.n_train, "n_test": args.n_test, "readout_psnr": own, "readout_psnr_twin": twin,
+            "twin_gap_db": own - twin, **{f"acc_{k}": h / n for k, (h, n) in hits.items()},
+            "seconds": round(time.time() - t0, 1)}
+
+
 # ----------------------------------------------------------------------------------------------
 # 4. Table 4 in miniature: every latent space trained by tokenizer.py on the same world data and
 #    stage-0 encoder with the same total number of training steps B (a two-stage recipe splits
@@ -511,18 +562,22 @@ def table4_job(job):
             return {"seconds": round(time.time() - t0, 1), "trained": 0}
         trained = train_latent(job["out"], job["args"], job["plan"], job["stage0"])
         a = argparse.Namespace(ckpt=job["out"], **job["ev"])
-        return {"recon": cmd_recon(a), "probe": cmd_probe(a), "seconds": round(time.time() - t0, 1),
-                "trained": trained}
+        measured = {"recon": cmd_recon(a), "probe": cmd_probe(a)}
+        with open(os.path.join(job["out"], "measured.json"), "w") as f:  # read by table4-gen
+            json.dump(measured, f, indent=1)
+        return {**measured, "seconds": round(time.time() - t0, 1), "trained": trained}
 
 
-def run_jobs(jobs, n_proc):
-    """Run jobs n_proc at a time (in this process when n_proc is 1); results in job order."""
+def run_jobs(jobs, n_proc, job_fn=None):
+    """Run job_fn (default table4_job) on jobs n_proc at a time (in this process when n_proc is 1);
+    results in job order."""
+    job_fn = job_fn or table4_job
     if n_proc <= 1:
-        return [table4_job(j) for j in jobs]
+        return [job_fn(j) for j in jobs]
     import concurrent.futures
     import multiprocessing
     with concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(table4_job, j) for j in jobs]
+        futures = [pool.submit(job_fn, j) for j in jobs]
         for f in concurrent.futures.as_completed(futures):
             if f.exception() is not None:  # stop at the first failure instead of finishing the queue
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -664,32 +719,33 @@ def cmd_geneval(args):
               guidance=args.guidance if args.guidance is not None else cfg["guidance"])
     print(f"{W.GENEVAL_VERSION} ({sha}): {per_cat} prompts x {len(W.CAPTION_CATEGORIES)} categories x {per_prompt} "
           f"images, {kw['steps']} Euler steps, shift {kw['shift']}, guidance {kw['guidance']}", flush=True)
-    jobs = [(c, text, spec, k % per_cat) for k, (c, text, spec) in enumerate(suite) for _ in range(per_prompt)]
-    strict, rules, total = ({c: 0 for c in W.CAPTION_CATEGORIES} for _ in range(3))
+    jobs = [(c, text, spec, k) for k, (c, text, spec) in enumerate(suite) for _ in range(per_prompt)]
+    strict, rules = torch.zeros(len(suite)), torch.zeros(len(suite))  # per prompt, summed over its images
     t0 = time.time()
     for b in tqdm(range(0, len(jobs), args.batch), disable=not sys.stderr.isatty()):
         part = jobs[b:b + args.batch]
         if args.baseline:  # no generator: the suite's own scenes (each satisfies its caption) through the
             # run's tokenizer, the best any generator on this latent can be scored
-            x = torch.stack([W.to_tensor(W.render(W.caption_scene(W.scene_seed("test", k), c)[0], size))
+            x = torch.stack([W.to_tensor(W.render(W.caption_scene(W.scene_seed("test", k % per_cat), c)[0], size))
                              for c, _, _, k in part])
             with torch.no_grad():
                 imgs = tok.decode(tok.encode(x.to(device))).cpu()
         else:  # image j of the job list draws its noise from (seed, j): reproducible for any --batch
             imgs = generator.generate(model, tok, [j[1] for j in part], seed=args.seed, first=b, batch=args.batch, **kw)
-        for (c, _, spec, _), img in zip(part, imgs):
+        for (c, _, spec, k), img in zip(part, imgs):
             desc = W.detect(img)
-            strict[c] += W.check_caption(desc, spec)
-            rules[c] += W.check_caption_geneval_rules(desc, spec)
-            total[c] += 1
-    per_category = {c: strict[c] / total[c] for c in total}
-    per_category_rules = {c: rules[c] / total[c] for c in total}
-    return {"suite": W.GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
-            "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs),
-            "per_category": per_category, "overall": sum(per_category.values()) / len(per_category),
-            "per_category_geneval_rules": per_category_rules,
-            "overall_geneval_rules": sum(per_category_rules.values()) / len(per_category_rules),
-            **kw, "baseline": args.baseline, "seconds": round(time.time() - t0, 1)}
+            strict[k] += W.check_caption(desc, spec)
+            rules[k] += W.check_caption_geneval_rules(desc, spec)
+    cats = W.CAPTION_CATEGORIES
+    # every category has per_cat prompts, so the overall score (the mean over categories) is the mean
+    # over prompts, and its standard error that of the prompts' scores
+    scores = {name: v.view(len(cats), per_cat) / per_prompt for name, v in (("", strict), ("_geneval_rules", rules))}
+    out = {"suite": W.GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
+           "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs)}
+    for name, v in scores.items():
+        out.update({f"per_category{name}": dict(zip(cats, v.mean(1).tolist())), f"overall{name}": v.mean().item(),
+                    f"overall{name}_stderr": (v.std() / len(v.flatten()) ** 0.5).item() if v.numel() > 1 else 0.0})
+    return {**out, **kw, "baseline": args.baseline, "seconds": round(time.time() - t0, 1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -743,6 +799,178 @@ def cmd_gedit(args):
 
 
 # ----------------------------------------------------------------------------------------------
+# 7. Table 4's right half and Figures 1, 4 and 7: the same generator (same preset, seed, batch, lr
+#    and steps) trained on every latent space of `evaluate.py table4`, then the same editor on
+#    each; mini-GenEval along the way (the convergence of Fig. 1 / 7) and at the end, mini-GEdit,
+#    and how far generated latents fall from the data (Figure 3's measure on the real latents).
+#    Table 1's DDT-head row: PS-VAE and RAE again with --head none.
+# ----------------------------------------------------------------------------------------------
+
+GEN_SIZES = {  # generator and editor steps, evaluation interval, prompts per category along the way
+    "tiny": dict(gen_steps=4, edit_steps=2, every=2, prompts=1, n_off=24),
+    "cpu": dict(gen_steps=6000, edit_steps=1500, every=1000, prompts=10, n_off=600),
+    "world": dict(gen_steps=60000, edit_steps=20000, every=5000, prompts=20, n_off=2000),
+}
+
+
+def nn_tail(a, b, top=0.05):
+    """Mean of the top `top` share of the distances from each row of a to its nearest row of b."""
+    d = torch.cat([torch.cdist(a[i:i + 256], b).min(1).values for i in range(0, len(a), 256)])
+    return d.sort().values[-max(1, int(top * len(d))):].mean().item()
+
+
+def off_manifold_ratio(model, tok, size, cache_path, n, seed, kw):
+    """The top-5% nearest-neighbour distance of n generated latents to the training latents,
+    divided by the same for n held-out real latents (encoded val scenes): 1 when samples are as
+    close to the data as unseen data is; larger when they stray off it. Latents are normalised per
+    channel first, so that spaces of different size compare."""
+    import generator
+    norm = lambda z: ((z.float() - model.latent_mean.cpu()) / model.latent_std.cpu()).flatten(1)  # noqa: E731
+    train = norm(torch.load(cache_path, map_location="cpu", weights_only=True)["latents"])
+    val = W.WorldCaptions("val", n, size)
+    items = [val[i] for i in range(n)]
+    with torch.no_grad():
+        real = norm(torch.cat([tok.encode(torch.stack([x for x, _ in items[i:i + 64]])).cpu() for i in range(0, n, 64)]))
+    gen = norm(generator.generate_latents(model, [c for _, c in items], seed=seed, **kw).cpu())
+    return nn_tail(gen, train) / nn_tail(real, train)
+
+
+def generation_job(job):
+    """One latent space (or head variant): the generator trained to the plan in chunks of `every`
+    steps, each chunk followed by mini-GenEval on the small suite (written to curve.json, so a
+    killed table resumes where it stopped), then the full suite, the off-manifold ratio, the
+    editor and mini-GEdit. The generator refuses to resume on another tokenizer file (sha1)."""
+    import edit
+    import generator
+    t0, out, sz = time.time(), job["out"], job["sizes"]
+    os.makedirs(out, exist_ok=True)
+    curve_path = os.path.join(out, "curve.json")
+    curve = json.load(open(curve_path)) if os.path.isfile(curve_path) else {}
+    with open(os.path.join(out, "table4-gen.log"), "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log), num_threads(job["threads"]):
+        common = ["--preset", job["preset"], "--seed", "0", "--n-samples", "0", *job["device"]]
+        gen, ev = os.path.join(out, "gen"), lambda **k: argparse.Namespace(**{**GEN_EVAL_DEFAULTS, **k})  # noqa: E731
+        for s in range(sz["every"], sz["gen_steps"] + 1, sz["every"]):
+            if str(s) in curve:
+                continue
+            resume = ["--resume"] if os.path.isfile(os.path.join(gen, "generator.pt")) else []
+            generator.main([*common, "--tokenizer", job["tokenizer"], "--out", gen, "--steps", str(s), "--head",
+                            job["head"], "--cache", job["cache"], *resume])
+            curve[str(s)] = cmd_geneval(ev(ckpt=gen, preset=job["preset"], prompts=sz["prompts"], images=1))
+            with open(curve_path, "w") as f:
+                json.dump(curve, f, indent=1)
+        final = cmd_geneval(ev(ckpt=gen, preset=job["preset"]))
+        model, cfg, tok_path = generator.load_generator(gen)
+        tok, _, size = generator.open_tokenizer(tok_path)
+        kw = dict(steps=cfg["sample_steps"], shift=cfg["sample_shift"], guidance=cfg["guidance"])
+        ratio = off_manifold_ratio(model, tok, size, json.load(open(os.path.join(gen, "config.json")))["cache_file"],
+                                   sz["n_off"], 1, kw)
+        res = {"geneval": final, "curve": {int(k): v for k, v in curve.items()}, "off_manifold_ratio": ratio}
+        if job["edit"]:
+            ed = os.path.join(out, "edit")
+            if not os.path.isfile(os.path.join(ed, "edit.pt")) or torch.load(os.path.join(ed, "edit.pt"), map_location="cpu",
+                                                                                 weights_only=True)["step"] < sz["edit_steps"]:
+                resume = ["--resume"] if os.path.isfile(os.path.join(ed, "edit.pt")) else []
+                edit.main([*common, "--init", gen, "--out", ed, "--steps", str(sz["edit_steps"]), "--cache", job["cache"],
+                           *resume])
+            res["gedit"] = cmd_gedit(ev(ckpt=ed, preset=job["preset"]))
+    return {**res, "seconds": round(time.time() - t0, 1)}
+
+
+GEN_EVAL_DEFAULTS = dict(tokenizer=None, prompts=None, images=None, steps=None, sample_shift=None, guidance=None,
+                         guidance_text=None, guidance_image=None, seed=0, batch=100, baseline=None, device=None,
+                         edits=None, grid=None)
+
+
+def cmd_table4_gen(args):
+    """Generation and editing on every Table-4 latent: table4_gen.md, figure7.png, figure4.png."""
+    t0, runs = time.time(), args.runs or os.path.join("runs", f"table4-{args.preset}")
+    sz = {**GEN_SIZES[args.preset], **({"gen_steps": args.budget} if args.budget else {})}
+    wanted = args.recipes.split(",") if args.recipes else [r for _, r, _ in TABLE4_ROWS]
+    rows = [(name, recipe, "ddt") for name, recipe, _ in TABLE4_ROWS if recipe in wanted] + \
+        [(f"{name}, no DDT head", recipe, "none") for name, recipe, _ in TABLE4_ROWS
+         if recipe in wanted and recipe in ("psvae", "rae")]
+    jobs = []
+    for name, recipe, head in rows:
+        measured = os.path.join(runs, recipe, "measured.json")
+        if not os.path.isfile(measured):
+            raise ValueError(f"{os.path.join(runs, recipe)} holds no measured latent; run `python evaluate.py table4 "
+                             f"--preset {args.preset} --runs {runs}` first")
+        tok = tokenizer_run(os.path.join(runs, recipe))[0]
+        jobs.append(dict(out=os.path.join(runs, recipe, "gen-nohead" if head == "none" else "gen-ddt"), tokenizer=tok,
+                         head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
+                         threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
+                         device=["--device", args.device] if args.device else []))
+    print(f"table4-gen preset {args.preset}: generator {sz['gen_steps']} steps, editor {sz['edit_steps']} steps per "
+          f"latent, {args.jobs} jobs at a time, runs in {runs}", flush=True)
+    results = dict(zip([r[0] for r in rows], run_jobs(jobs, args.jobs, generation_job)))
+    measured = {name: json.load(open(os.path.join(runs, recipe, "measured.json"))) for name, recipe, _ in rows}
+    os.makedirs(args.results, exist_ok=True)
+    md = write_table4_gen(os.path.join(args.results, f"table4_generation_{args.preset}.md"), rows, results, measured,
+                          sz, time.time() - t0)
+    fig7 = plot_curves(os.path.join(args.results, f"figure7_{args.preset}.png"), results)
+    fig4 = figure4(os.path.join(args.results, f"figure4_{args.preset}.png"), rows, jobs)
+    return {"table": md, "figure7": fig7, "figure4": fig4, "rows": {n: {k: v for k, v in r.items() if k != "curve"}
+                                                                    for n, r in results.items()}}
+
+
+def write_table4_gen(path, rows, results, measured, sz, seconds):
+    """One row per latent: mini-GenEval (strict and GenEval rules, +- the standard error over
+    prompts), mini-GEdit, the off-manifold ratio, and the reconstruction columns of the same latent."""
+    cats = W.CAPTION_CATEGORIES
+    lines = [f"# Table 4 in miniature, generation and editing: generator {sz['gen_steps']} steps, editor "
+             f"{sz['edit_steps']} steps on every latent", "",
+             "| latent | mini-GenEval strict | GenEval rules | " + " | ".join(cats) + " | GEdit hit | adherence | "
+             "consistency (dB) | off-manifold ratio | PSNR | probe, balanced |",
+             "|---|" + "---|" * (len(cats) + 8)]
+    for name, _, _ in rows:
+        r, m = results[name], measured[name]
+        g, e = r["geneval"], r.get("gedit")
+        lines.append(f"| {name} | {g['overall']:.3f} +- {g['overall_stderr']:.3f} | {g['overall_geneval_rules']:.3f} +- "
+                     f"{g['overall_geneval_rules_stderr']:.3f} | " + " | ".join(f"{g['per_category_geneval_rules'][c]:.2f}"
+                                                                      for c in cats) +
+                     (f" | {e['instruction_hit']:.3f} | {e['adherence']:.3f} | {e['consistency_psnr']:.2f}" if e else
+                      " | - | - | -") + f" | {r['off_manifold_ratio']:.2f} | {m['recon']['psnr']:.2f} | "
+                     f"{m['probe']['probe_balanced']:.3f} |")
+    lines += ["", f"Per-category columns: GenEval rules. Off-manifold ratio: top-5% nearest-neighbour distance of "
+              f"{sz['n_off']} generated latents to the training latents over that of {sz['n_off']} held-out real "
+              f"ones. {seconds:.0f} s in all."]
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def plot_curves(path, results):
+    """Figures 1 and 7 in miniature: mini-GenEval (GenEval rules) against training steps per latent."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, r in results.items():
+        steps = sorted(r["curve"])
+        ax.plot(steps, [r["curve"][s]["overall_geneval_rules"] for s in steps], "o-", label=name)
+    ax.set_xlabel("generator training steps"), ax.set_ylabel("mini-GenEval (GenEval rules)"), ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def figure4(path, rows, jobs, n=8):
+    """Figure 4: the same n held-out captions and the same noise through every latent's generator."""
+    import generator
+    prompts = [W.WorldCaptions("val", n, 32).item(i)[1] for i in range(n)]
+    imgs, names = [], []
+    for (name, _, _), job in zip(rows, jobs):
+        model, cfg, tok_path = generator.load_generator(os.path.join(job["out"], "gen"))
+        imgs += list(generator.generate(model, generator.open_tokenizer(tok_path)[0], prompts, seed=4,
+                                        steps=cfg["sample_steps"], shift=cfg["sample_shift"], guidance=cfg["guidance"]))
+        names += [f"{name}: {p}" for p in prompts]
+    generator.save_grid(path, imgs, names, "Figure 4 in miniature: the same captions and noise on every latent")
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
 # Command line
 # ----------------------------------------------------------------------------------------------
 
@@ -782,7 +1010,7 @@ def build_parser():
     add_generation_commands(sub)
     for name, p in sub.choices.items():
         p.add_argument("--json", default=None, help="also write the result JSON to this file")
-        if name not in ("detector", "world-bench", "world-sheet", "data"):
+        if name not in ("detector", "world-bench", "world-sheet", "data", "detail-bound"):
             p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="where the models run "
                            "(default: cuda if available); the metrics are computed on the CPU")
     return parser
@@ -802,6 +1030,12 @@ def add_tokenizer_commands(sub):
         p.add_argument("--evaluator-steps", type=int, default=400, help="rFID network: training steps")
         p.add_argument("--evaluator-cache", default="runs/evaluator", help="rFID network: cache folder")
         p.set_defaults(func=func)
+    p = sub.add_parser("encoder", help="a stage-0 encoder: head accuracy, linear pixel readout, twin gap")
+    p.add_argument("--stage0", required=True, help="a tokenizer.py --stage 0 checkpoint")
+    p.add_argument("--n-train", type=int, default=512, help="world scenes the readout is fit on")
+    p.add_argument("--n-test", type=int, default=256, help="held-out (val) scenes it is scored on, with their twins")
+    p.add_argument("--batch", type=int, default=64, help="images per forward pass")
+    p.set_defaults(func=cmd_encoder)
     p = sub.add_parser("table4", help="Table 4's reconstruction half: train every recipe, recon + probe")
     p.add_argument("--preset", choices=list(TABLE4_SIZES), default="cpu", help="tokenizer preset and table size")
     p.add_argument("--runs", default=None, help="run folder (default runs/table4-<preset>); finished stages are reused")
@@ -851,6 +1085,15 @@ def add_generation_commands(sub):
                    "edits, the source (ignoring the instruction) or the exact target (a perfect editor), each "
                    "reconstructed by the run's tokenizer")
     p.set_defaults(func=cmd_gedit)
+    p = sub.add_parser("table4-gen", help="Table 4's right half: the same generator and editor on every latent")
+    p.add_argument("--preset", choices=list(GEN_SIZES), default="cpu", help="generator / editor preset and sizes")
+    p.add_argument("--runs", default=None, help="the table4 run folder (default runs/table4-<preset>)")
+    p.add_argument("--results", default=os.path.join("results", "generation"), help="folder for the table and figures")
+    p.add_argument("--budget", type=int, default=None, help="generator steps per latent (default: the preset's)")
+    p.add_argument("--recipes", default=None, help="comma-separated subset of the latents, e.g. psvae,rae")
+    p.add_argument("--jobs", type=int, default=2, help="latents trained at a time")
+    p.add_argument("--threads", type=int, default=None, help="threads per job (default cpu_count / jobs)")
+    p.set_defaults(func=cmd_table4_gen)
 
 
 def main(argv=None):

@@ -1109,15 +1109,15 @@ def add_noise(img, std, seed):
 # categories, several generated images per caption, the scene detector as the judge. Accuracy per
 # category = share of images that satisfy their caption; overall = the mean over categories. Two
 # scores: the strict one (check_caption: every word, exact totals) and GenEval's own rules
-# (check_caption_geneval_rules), the closer reading of the paper's GenEval numbers. Suite version
-# 1: prompt k of category c is caption_scene(scene_seed("test", k), c) for k < n, from the test
-# split training never reads; its sha1 is printed so a change shows up.
-GENEVAL_VERSION = "mini-geneval-v1"
+# (check_caption_geneval_rules), the closer reading of the paper's GenEval numbers. Prompt k of
+# category c is caption_scene(scene_seed("test", k), c) for k < n, from the test split training
+# never reads; its sha1 is printed. v2: the prompts of v1, rendered with the background lines.
+GENEVAL_VERSION = "mini-geneval-v2"
 GENEVAL_SIZES = {"tiny": (2, 2), "cpu": (50, 2), "world": (100, 4)}  # prompts, images per prompt
 
 
 def geneval_suite(per_category):
-    """[(category, caption, spec)] of suite v1, category by category."""
+    """[(category, caption, spec)] of the suite, category by category."""
     return [(c, *caption_scene(scene_seed("test", k), c)[1:])
             for c in CAPTION_CATEGORIES for k in range(per_category)]
 
@@ -1129,9 +1129,9 @@ def geneval_suite(per_category):
 #   consistency: PSNR between the output and the exact target render outside the edited objects'
 #     boxes (GEdit's perceptual consistency: what should not change did not); the whole image for
 #     global edits. The tokenizer's own reconstruction PSNR is its ceiling.
-# Per category the mean over its edits; overall the mean over categories. The suite, version 1:
-# edit k of category c is make_edit(scene_seed("test", k), c) for k < n; its sha1 is printed.
-GEDIT_VERSION = "mini-gedit-v1"
+# Per category the mean over its edits; overall the mean over categories. Edit k of category c is
+# make_edit(scene_seed("test", k), c) for k < n; its sha1 is printed. v2: v1's edits, with lines.
+GEDIT_VERSION = "mini-gedit-v2"
 GEDIT_SIZES = {"tiny": 2, "cpu": 30, "world": 50}  # edits per category
 
 

@@ -327,7 +327,7 @@ def test_gedit_cli_prints_per_category_and_overall(run, tmp_path, capsys):
     for v in r["per_category"].values():
         assert 0 <= v["adherence"] <= v["instruction_hit"] <= 1 and 0 < v["consistency_psnr"] <= 100
     assert r["adherence"] == pytest.approx(np.mean([v["adherence"] for v in r["per_category"].values()]))
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["suite"] == "mini-gedit-v1"
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["suite"] == W.GEDIT_VERSION == "mini-gedit-v2"
     assert (tmp_path / "g.png").stat().st_size > 0 and json.load(open(tmp_path / "g.json"))["n_edits"] == 16
 
 

@@ -198,6 +198,19 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     assert "`python evaluate.py " + " ".join(argv) + "`" in text and "Figure 11" not in text
     assert not (tmp_path / "table4_tiny.md").exists() and not list(tmp_path.glob("*.png"))
     assert torch.load(tmp_path / "runs" / "rae" / "stage1.pt", weights_only=True)["step"] == 4
+    # Table 4's right half on the RAE latent just made: the same generator with and without its DDT
+    # head, then the editor, evaluated along the way; a second call reuses everything
+    gen = ["table4-gen", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "gen"),
+           "--recipes", "rae", "--jobs", "1"]
+    g = E.main(gen)
+    assert set(g["rows"]) == {"RAE", "RAE, no DDT head"} and all(r["off_manifold_ratio"] > 0 for r in g["rows"].values())
+    curve = json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json"))
+    assert sorted(map(int, curve)) == [2, 4] and "gedit" in g["rows"]["RAE"] and "gedit" not in g["rows"]["RAE, no DDT head"]
+    assert "| RAE, no DDT head |" in open(g["table"]).read() and os.path.getsize(g["figure4"]) > 0
+    ck = tmp_path / "runs" / "rae" / "gen-ddt" / "gen" / "generator.pt"
+    mtime = os.path.getmtime(ck)
+    E.main(gen)
+    assert json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json")) == curve and os.path.getmtime(ck) == mtime
     with pytest.raises(SystemExit, match="subset of psvae"):
         E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--recipes", "rea"])
     with pytest.raises(SystemExit, match="does not exist; give a tokenizer.py --stage 0"):
