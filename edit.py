@@ -59,7 +59,7 @@ PRESETS = {
     "paper": dict(batch_size=256, lr=1e-4, warmup=500, steps=50000, n_train=0, ema=0.9999, log_every=100,
                   ckpt_every=5000, sample_steps=50, n_samples=8, guidance_text=3.0, guidance_image=1.5),
 }
-MODEL_KEYS = ("model", "patch", "text_len", "head", "lm")  # taken from the T2I checkpoint's config
+MODEL_KEYS = G.SHAPE_KEYS  # the network's sizes: taken from the T2I checkpoint's config
 
 
 # ------------------------------------------------------------------------------------------
@@ -292,8 +292,8 @@ def cmd_sample(argv):
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one used in training)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the run's)")
     p.add_argument("--sample-shift", type=float, default=None, help="inference timestep shift")
-    p.add_argument("--guidance-text", "--cfg-text", type=float, default=None, help="instruction guidance scale")
-    p.add_argument("--guidance-image", "--cfg-image", type=float, default=None, help="source-image guidance scale")
+    p.add_argument("--guidance-text", type=float, default=None, help="instruction guidance scale")
+    p.add_argument("--guidance-image", type=float, default=None, help="source-image guidance scale")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
     a = p.parse_args(argv)
@@ -342,8 +342,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("sampling")
     g.add_argument("--sample-steps", type=int, help="Euler steps")
     g.add_argument("--sample-shift", type=float, default=3.0, help="inference timestep shift (paper 3)")
-    g.add_argument("--guidance-text", "--cfg-text", type=float, help="instruction guidance scale")
-    g.add_argument("--guidance-image", "--cfg-image", type=float, help="source-image guidance scale")
+    g.add_argument("--guidance-text", type=float, help="instruction guidance scale")
+    g.add_argument("--guidance-image", type=float, help="source-image guidance scale")
     g.add_argument("--n-samples", type=int, help="held-out edits in the edits.png written at the end (0 = none)")
     pre, _ = p.parse_known_args(argv)
     p.set_defaults(**PRESETS[pre.preset])

@@ -10,6 +10,8 @@ Every sub-command is a function `cmd_<name>(args) -> dict`; the dict is printed 
   4. Table 4 and Figure 11: every latent space trained at one budget, then measured
   5. mini-GenEval (Table 2, generation): the scene detector judges generated images
   6. mini-GEdit (Table 2, editing): adherence and consistency of edits
+  7. Table 4's right half (Figures 1, 4, 7; Table 1's head row): the same generator and editor on
+     every latent space
 
     python evaluate.py detector --n 1000 --size 64   # detector accuracy on held-out scenes
     python evaluate.py world-sheet --out results/world # contact sheets world.png and edits.png
@@ -20,6 +22,7 @@ Every sub-command is a function `cmd_<name>(args) -> dict`; the dict is printed 
     python evaluate.py table4 --preset cpu             # every recipe: results/table4/table4_cpu.md
     python evaluate.py geneval --ckpt runs/generator-cpu  # mini-GenEval of a generator run
     python evaluate.py gedit --ckpt runs/edit-cpu         # mini-GEdit of an edit run
+    python evaluate.py table4-gen --preset cpu         # generation and editing on every Table-4 latent
 """
 import argparse
 import contextlib
@@ -264,11 +267,9 @@ def eval_device(args):
 
 def tokenizer_run(path, device="cpu"):
     """(checkpoint path, its config, loaded tokenizer): a run folder gives its last stage (3, 2, 1)."""
-    if os.path.isdir(path):
-        found = [os.path.join(path, f"stage{s}.pt") for s in (3, 2, 1) if os.path.isfile(os.path.join(path, f"stage{s}.pt"))]
-        if not found:
-            raise ValueError(f"{path} holds no stage1/2/3.pt; train a tokenizer into it (tokenizer.py --out {path})")
-        path = found[0]
+    if os.path.isdir(path) and not os.path.isfile(tokenizer.last_stage(path)):
+        raise ValueError(f"{path} holds no stage1/2/3.pt; train a tokenizer into it (tokenizer.py --out {path})")
+    path = tokenizer.last_stage(path)
     try:
         tok = tokenizer.load_tokenizer(path, device)
     except tokenizer.TokenizerError as e:
@@ -526,9 +527,7 @@ def train_latent(out, args, plan, stage0):
                                                                             weights_only=True)["step"]
         if done is not None and done > steps:
             raise ValueError(f"{path} has {done} steps, more than the planned {steps}; use another --runs folder")
-        if done != steps:
-            if done is None:  # trained afresh: its old records go
-                tokenizer.truncate_metrics(out, 0, stage)
+        if done != steps:  # (a stage trained afresh drops its old metrics records itself)
             tokenizer.main([*args, "--stage", str(stage), "--steps", str(steps), "--out", out, "--encoder-ckpt",
                             stage0, *(["--resume"] if done is not None else [])])
             trained += 1
@@ -1054,8 +1053,8 @@ def add_tokenizer_commands(sub):
 def add_sampling_flags(p, guidance):
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the run's)")
     p.add_argument("--sample-shift", type=float, default=None, help="inference shift (default: the run's)")
-    for flag, alias, what in guidance:
-        p.add_argument(flag, alias, type=float, default=None, help=f"{what} (default: the run's)")
+    for flag, what in guidance:
+        p.add_argument(flag, type=float, default=None, help=f"{what} (default: the run's)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the run's)")
 
@@ -1067,7 +1066,7 @@ def add_generation_commands(sub):
                    help="suite size: tiny (tests), cpu, world (default: the run's preset)")
     p.add_argument("--prompts", type=int, default=None, help="prompts per category (overrides the preset)")
     p.add_argument("--images", type=int, default=None, help="images per prompt (overrides the preset)")
-    add_sampling_flags(p, [("--guidance", "--cfg", "guidance scale")])
+    add_sampling_flags(p, [("--guidance", "guidance scale")])
     p.add_argument("--batch", type=int, default=100, help="images generated at once")
     p.add_argument("--baseline", choices=("real",), default=None, help="score, instead of generated images, "
                    "the suite's own scenes reconstructed by the run's tokenizer (the ceiling on this latent)")
@@ -1077,8 +1076,7 @@ def add_generation_commands(sub):
     p.add_argument("--preset", choices=list(W.GEDIT_SIZES), default=None,
                    help="suite size: tiny (tests), cpu, world (default: the run's preset)")
     p.add_argument("--edits", type=int, default=None, help="edits per category (overrides the preset)")
-    add_sampling_flags(p, [("--guidance-text", "--cfg-text", "instruction guidance"),
-                           ("--guidance-image", "--cfg-image", "source-image guidance")])
+    add_sampling_flags(p, [("--guidance-text", "instruction guidance"), ("--guidance-image", "source-image guidance")])
     p.add_argument("--batch", type=int, default=64, help="edits at once")
     p.add_argument("--grid", default=None, help="also write a PNG of two edits per category")
     p.add_argument("--baseline", choices=("source", "target"), default=None, help="score, instead of the "

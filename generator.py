@@ -4,7 +4,7 @@ trained by flow matching.
 Paper: Zhang et al. 2025, "Both Semantics and Reconstruction Matter" (arXiv 2512.17909), Sec. 3.4
 and 4.1; the DDT head is RAE's DiT^DH (Zheng et al. 2025). Read top to bottom:
 
-  1. presets and model sizes (a registry with `tiny`; `paper` = Qwen2.5-0.5B's shape)
+  1. presets and model sizes (tiny / cpu / world / paper; `paper` = Qwen2.5-0.5B's shape)
   2. the text tokenizers: the world's words (bytes for anything else), or Qwen2.5's (--lm)
   3. the network: Qwen2-like layers shared by text and image tokens (deep fusion), the wide
      DDT head, and the Generator that joins them
@@ -72,15 +72,15 @@ class ModelConfig:
 
 
 # The backbone of `paper` has Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 query / 2 key-value
-# heads, SwiGLU 4864, vocabulary 151936); with --lm its size and weights come from a Qwen2.5 folder
-# instead (model_config). The DDT head of `paper` is RAE's: 2 blocks of width 2048.
+# heads, SwiGLU 4864); with --lm its size, weights and 151,936-entry vocabulary come from a Qwen2.5
+# folder (model_config). The DDT head of `paper` is RAE's: 2 blocks of width 2048.
 MODELS = {
     "tiny": ModelConfig(width=32, depth=2, heads=2, kv_heads=1, mlp=64, head_width=48, head_depth=1, head_heads=2),
     "cpu": ModelConfig(width=128, depth=4, heads=4, kv_heads=2, mlp=344, head_width=192, head_depth=2, head_heads=4),
     "world": ModelConfig(width=512, depth=12, heads=8, kv_heads=2, mlp=1408, head_width=1024, head_depth=2,
                          head_heads=16),
     "paper": ModelConfig(width=896, depth=24, heads=14, kv_heads=2, mlp=4864, head_width=2048, head_depth=2,
-                         head_heads=16, vocab_size=151936),
+                         head_heads=16),
 }
 
 # A preset is a dict of argparse defaults; any flag overrides it. Sampling defaults are the
@@ -533,7 +533,7 @@ def flow_sample(model, noise, cond, steps=50, shift=3.0, guidance=6.5, null=None
 
 
 def flow_draws(idx, shape, seed, step, s):
-    """The noise eps and the time t of a batch, per sample (see tokenizer.seeded_randn): t is
+    """The noise eps and the time t of a batch, per sample (see common.seeded_randn): t is
     logit-normal, then shifted by s."""
     eps = seeded_randn(idx, shape, seed, step, 0)
     return eps, shift_t(torch.sigmoid(seeded_randn(idx, (), seed, step, 1)), s)
@@ -564,8 +564,7 @@ def open_tokenizer(path, device="cpu", expect_sha1=None):
     if not path:
         raise GeneratorError("no --tokenizer given; pass a stage-1/2 checkpoint of tokenizer.py, "
                              "e.g. runs/tokenizer-cpu/stage2.pt")
-    if os.path.isdir(path):
-        path = os.path.join(path, "stage2.pt")
+    path = T.last_stage(path)
     if not os.path.isfile(path):
         raise GeneratorError(f"the tokenizer checkpoint {path} does not exist; pass --tokenizer with a stage-1/2 "
                              f"checkpoint of tokenizer.py, e.g. runs/tokenizer-cpu/stage2.pt")
@@ -696,7 +695,7 @@ def fit(cfg, run, make_batch, n, shift, device):
         log(step, B, values, device, force=stop)
         if stop:
             print0(f"--time-limit {cfg['time_limit']} min reached at step {step}/{cfg['steps']}; --resume continues")
-        if step % cfg["ckpt_every"] == 0 or step == cfg["steps"] or stop:
+        if (cfg["ckpt_every"] and step % cfg["ckpt_every"] == 0) or step == cfg["steps"] or stop:
             run.save(step, (epoch, pos))
             log.restart_clock()
         if stop:
@@ -713,17 +712,19 @@ class Run:
 
     def __init__(self, cfg, model, ema, ck, ddp, rank, local_rank, world, device, record, name):
         self.cfg, self.rank, self.world, self.record, self.name = cfg, rank, world, record, name
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95),
-                                     weight_decay=cfg["weight_decay"])
         ema.requires_grad_(False).load_state_dict(model.state_dict())
         self.step, self.data = 0, (0, 0)
         if ck is not None:
-            model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"]), self.opt.load_state_dict(ck["opt"])
+            model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"])
             self.step, self.data = ck["step"], ck["data"]
-        self.model, self.ema = model.to(device), ema.to(device).eval()
+        self.model, self.ema = model.to(device), ema.to(device).eval()  # before the optimiser: its state follows
+        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95),
+                                     weight_decay=cfg["weight_decay"])
+        if ck is not None:
+            self.opt.load_state_dict(ck["opt"])
         self.fwd = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
         self.amp, why_amp = choose_amp(cfg["amp"], device)
-        compiled, why_compile = choose_compile(cfg["compile"], device, cfg["steps"] - self.step)
+        compiled, why_compile = choose_compile(cfg["compile"], device, cfg["steps"])  # the same on a resume
         print0(f"precision: {'bf16 autocast' if self.amp else 'fp32'} ({why_amp}); "
                f"{'compiled' if compiled else 'eager'} ({why_compile})")
         self.fwd = torch.compile(self.fwd) if compiled else self.fwd
@@ -743,6 +744,7 @@ def start_run(cfg, world, name, script=SCRIPT, keep=("resume", "steps")):
     if is_rank0():
         os.makedirs(cfg["out"], exist_ok=True)
     if not cfg["resume"]:
+        truncate_metrics(cfg["out"], 0)  # a fresh run into an old folder: its records go
         return None
     ck = load_run(os.path.join(cfg["out"], name), "checkpoint to resume", script, name)[0]
     changed = {k: (ck["config"].get(k), v) for k, v in cfg.items()
@@ -762,8 +764,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
                 raise GeneratorError(f"the checkpoint has {k}={ck['config'].get(k)!r} but this run asks for {cfg[k]!r}; "
                                      f"pass --{k.replace('_', '-')} {ck['config'].get(k)} or use a new --out")
         cfg["tokenizer"] = cfg["tokenizer"] or ck["tokenizer"]  # --resume alone: the run's own tokenizer
-    tok_path = cfg["tokenizer"]
-    tok_path = os.path.join(tok_path, "stage2.pt") if tok_path and os.path.isdir(tok_path) else tok_path
+    tok_path = T.last_stage(cfg["tokenizer"]) if cfg["tokenizer"] else cfg["tokenizer"]
     # a resumed run must see the very tokenizer it started on (a retrained stage2.pt has other latents)
     tok, latent_shape, size = open_tokenizer(tok_path, device, ck and ck["tokenizer_sha1"])
     s = cfg["shift"] or shift_factor(latent_shape[0], cfg["patch"])
@@ -896,7 +897,7 @@ def cmd_sample(argv):
     p.add_argument("--tokenizer", default=None, help="tokenizer checkpoint (default: the one used in training)")
     p.add_argument("--steps", type=int, default=None, help="Euler steps (default: the run's, paper 50)")
     p.add_argument("--sample-shift", type=float, default=None, help="inference timestep shift (paper 3)")
-    p.add_argument("--guidance", "--cfg", type=float, default=None, help="classifier-free guidance scale (paper 6.5)")
+    p.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale (paper 6.5)")
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
     a = p.parse_args(argv)
@@ -984,7 +985,7 @@ def parse_args(argv=None):
     g = p.add_argument_group("sampling")
     g.add_argument("--sample-steps", type=int, help="Euler steps (paper 50)")
     g.add_argument("--sample-shift", type=float, default=3.0, help="inference timestep shift (paper 3)")
-    g.add_argument("--guidance", "--cfg", type=float, default=6.5, help="classifier-free guidance scale (paper 6.5)")
+    g.add_argument("--guidance", type=float, default=6.5, help="classifier-free guidance scale (paper 6.5)")
     g.add_argument("--n-samples", type=int, help="images in the samples.png written at the end (0 = none)")
     pre, _ = p.parse_known_args(argv)
     p.set_defaults(**PRESETS[pre.preset])
@@ -1005,8 +1006,10 @@ def run_cli(script, argv, parse, train_fn, sample_fn):
     cfg = parse(argv)
     ddp, rank, local_rank, world, device = compute_init(cfg["device"])
     try:
-        return train_fn(cfg, ddp, rank, local_rank, world, device)
-    except (GeneratorError, TokenizerError) as e:
+        result = train_fn(cfg, ddp, rank, local_rank, world, device)
+        barrier()  # rank 0 may still be drawing its samples: the group stays up until it is done
+        return result
+    except (GeneratorError, TokenizerError, ValueError) as e:  # (a data reader's errors are ValueErrors)
         raise SystemExit(f"{script}: error: {e}" if rank == 0 else 1)
     finally:
         compute_cleanup()

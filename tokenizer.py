@@ -58,7 +58,7 @@ from world import (TARGET_CLASSES, ImageFolderDataset, WorldImages, render, resa
 SCRIPT = "tokenizer.py"  # written into every checkpoint, checked when one is loaded
 
 
-class TokenizerError(Exception):
+class TokenizerError(ValueError):
     """A problem the user can fix; main() turns it into one clear sentence (never a traceback)."""
 
 
@@ -300,7 +300,7 @@ class Tokenizer(nn.Module):
     """What the latent spaces share: the representation encoder and its input normalisation,
     the pixel decoder, encode / decode for the generator, and the freezing of a stage's
     non-learning parts. Images are (B, 3, S, S) in [-1, 1]; the encoder sees them resized to
-    encoder_size and ImageNet-normalised, as DINOv2 expects."""
+    encoder_size and normalised as it expects (encoder_input)."""
 
     STAGES = {}  # stage -> ("modules that learn", "loss terms"), e.g. {1: ("pixel_decoder", "L_p")}
 
@@ -783,7 +783,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
     ids = [local_rank] if device.type == "cuda" else None
     fwd, disc_fwd = (DDP(m, device_ids=ids) if ddp and m is not None else m for m in (model, disc))
     amp, why_amp = choose_amp(cfg["amp"], device)
-    compiled, why_compile = choose_compile(cfg["compile"], device, steps - (ck["step"] if ck else 0))
+    compiled, why_compile = choose_compile(cfg["compile"], device, steps)  # the same on a resume
     print0(f"precision: {'bf16 autocast' if amp else 'fp32'} ({why_amp}); {'compiled' if compiled else 'eager'} "
            f"({why_compile})")
     if compiled:  # the GAN's adaptive weight back-propagates twice (retain_graph): no donated buffers
@@ -842,14 +842,16 @@ def start_run(cfg, world):
     if is_rank0():
         os.makedirs(out, exist_ok=True)
     barrier()
-    write_config(out, cfg, key=f"stage{stage}")
     path = os.path.join(out, f"stage{stage}.pt")
     if not cfg["resume"]:
         old = stage and os.path.isfile(path) and load_checkpoint(path)["config"]["recipe"]
         if old and old != cfg["recipe"]:
             raise TokenizerError(f"{path} holds a --recipe {old} checkpoint; give this --recipe {cfg['recipe']} "
                                  f"run its own --out")
+        write_config(out, cfg, key=f"stage{stage}")
+        truncate_metrics(out, step=0, stage=stage)  # a stage trained afresh: its old records go
         return None
+    write_config(out, cfg, key=f"stage{stage}")
     ck = load_checkpoint(path, "checkpoint to resume")
     if ck["stage"] != stage:
         raise TokenizerError(f"{path} holds stage {ck['stage']}, not stage {stage}")
@@ -1064,6 +1066,14 @@ def save_recon_grid(path, x, x_hat, title):
     fig.savefig(path, dpi=100, bbox_inches="tight")
 
 
+def last_stage(path):
+    """A tokenizer run folder's last checkpoint (stage3.pt, else stage2.pt, else stage1.pt); a file as it is."""
+    if not os.path.isdir(path):
+        return path
+    found = [os.path.join(path, f"stage{s}.pt") for s in (3, 2, 1) if os.path.isfile(os.path.join(path, f"stage{s}.pt"))]
+    return found[0] if found else os.path.join(path, "stage2.pt")
+
+
 def load_checkpoint(path, what="checkpoint"):
     """A tokenizer.py checkpoint, or a TokenizerError naming why it cannot be used."""
     return read_checkpoint(path, SCRIPT, what, TokenizerError)
@@ -1108,7 +1118,8 @@ def parse_args(argv=None):
     g = p.add_argument_group("model")
     g.add_argument("--encoder", choices=list(ENCODERS), help="representation encoder")
     g.add_argument("--encoder-ckpt", default=None, help="DINOv2: the official .pth (default: hub cache / download); "
-                   "world: a stage-0 checkpoint (default <out>/stage0.pt); 'random': no weights")
+                   "SigLIP: its model.safetensors; world: a stage-0 checkpoint (default <out>/stage0.pt); "
+                   "'random': no weights")
     g.add_argument("--encoder-size", type=int, help="encoder input size in px (paper 224)")
     g.add_argument("--image-size", type=int, help="data and reconstruction size in px (paper 256)")
     g.add_argument("--latent-channels", type=int, help="C of the (C, h, w) latent (paper 96)")
@@ -1151,7 +1162,7 @@ def parse_args(argv=None):
     g.add_argument("--ckpt-every", type=int, help="steps between checkpoints (+ eval and recon grid); "
                    "the last step always gets one; 0 = none at all (measurements)")
     pre, _ = p.parse_known_args(argv)
-    p.set_defaults(**PRESETS[pre.preset] if pre.preset else {})
+    p.set_defaults(**PRESETS[pre.preset])
     args = p.parse_args(argv)
     w_s, w_p = LOSS_WEIGHTS.get(args.encoder, DEFAULT_LOSS_WEIGHTS)
     args.semantic_weight = w_s if args.semantic_weight is None else args.semantic_weight
@@ -1168,7 +1179,7 @@ def main(argv=None):
     ddp, rank, local_rank, world, device = compute_init(cfg["device"])
     try:
         return train(cfg, ddp, rank, local_rank, world, device)
-    except TokenizerError as e:
+    except ValueError as e:  # a TokenizerError, or a data reader's one sentence
         raise SystemExit(f"tokenizer.py: error: {e}" if rank == 0 else 1)
     finally:
         compute_cleanup()

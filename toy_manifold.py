@@ -238,8 +238,8 @@ def train_one(dim, seed, cfg, ref_tree, log=print, show_progress=False):
         x0 = sample_ps(cfg.batch, g).float() @ Q.T           # (B, dim) = Q z
         loss = flow_matching_loss(model, x0, g)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the loss became {loss.item()} at step {step} "
-                                     f"(dim {dim}, seed {seed}): lower --lr")
+            raise SystemExit(f"error: the loss became {loss.item()} at step {step} (dim {dim}, seed {seed}); "
+                             f"lower --lr")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -53,7 +53,6 @@ BG_COLOURS = {"white": 220, "grey": 132, "black": 40}  # grey level
 # tone cast (<= 16) no channel clips, so a background stays exactly neutral + cast
 BG_LINES = {"white": (-1.0, 0.0), "grey": (-1.0, 0.375), "black": (1.0, 0.0)}
 TONES = {"neutral": (0, 0, 0), "warm": (16, 4, -16), "cool": (-14, 0, 16)}  # global RGB shift
-STYLES = ["flat", "outlined"]  # "outlined" = cartoon style: a bold ring around every object
 SPLITS = {"train": 0, "val": 1, "test": 2}  # held-out splits use disjoint seeds
 
 # stripes darken the object colour, dots lighten it (towards white): the sign of the variation
@@ -362,7 +361,7 @@ def no_detail_bound(n_scenes, size, k=16, split="val"):
 
 # ----------------------------------------------------------------------------------------------
 # 5. Captions, one family per GenEval category (Sec. 4.1 evaluates T2I with GenEval). Each
-# caption comes with a spec that evaluate.check_caption tests against the detector's output:
+# caption comes with a spec that check_caption tests against the detector's output:
 #   spec = {"category", "n_objects": exact total or None, "bg_colour": name or None,
 #           "objects": [{"count": exact number, attribute: value, ...}],
 #           "relation": None or [i, "left of" | "right of" | "above" | "below", j]}

@@ -44,7 +44,7 @@ mkdir -p "$R/bench" "$R/table4" "$R/generation" "$RUNS"
 
 log() { echo "[gpu_world $(date +%H:%M:%S)] $*"; }
 
-evaluator() {  # the rFID evaluator of the world preset (3000 steps), trained on the CPU
+evaluator() {  # the rFID evaluator of the world preset ($EVAL_STEPS steps), trained on the CPU
   OMP_NUM_THREADS=4 "$PY" -c "import evaluate as E; E.world_evaluator($EVAL_STEPS, cache='$EVAL', verbose=False)"
 }
 

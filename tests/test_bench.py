@@ -6,6 +6,7 @@ Run: python -m pytest tests/test_bench.py        (a few seconds)
 """
 import json
 import os
+import shutil
 import sys
 
 import pytest
@@ -56,5 +57,5 @@ def test_auto_precision_and_compilation_say_what_they_chose():
     assert choose_amp("bf16", torch.device("cpu"))[0] is torch.bfloat16 and choose_amp("off", torch.device("cpu"))[0] is None
     cpu = torch.device("cpu")
     assert not choose_compile("auto", cpu, 6)[0] and "too few" in choose_compile("auto", cpu, 6)[1]
-    assert choose_compile("auto", cpu, 10**6)[0] == cpu_has_bf16()  # a long run: only where bf16 units pay
+    assert choose_compile("auto", cpu, 10**6)[0] == (shutil.which("cc") is not None or shutil.which("gcc") is not None)
     assert choose_compile("on", cpu, 6)[0] and not choose_compile("off", cpu, 10**6)[0]

@@ -1,4 +1,4 @@
-"""The scene detector and its comparison helpers (evaluate.py): accuracy on held-out renders,
+"""The scene detector and its comparison helpers (world.py): accuracy on held-out renders,
 captions satisfied by their own renders, edit pairs passing the edit check, and the checks
 rejecting what is wrong.
 

@@ -14,6 +14,7 @@ import torch
 
 import evaluate as E
 import tokenizer as T
+import world as W
 
 
 def test_psnr_of_a_known_shift():
@@ -88,7 +89,7 @@ def test_evaluator_is_seeded_and_cached(evaluator, tmp_path):
 
 def test_rfid_is_zero_for_identical_sets_and_grows_with_noise(evaluator):
     _, net = evaluator
-    x = torch.stack([T.WorldImages("val", 96, 64)[i] for i in range(96)])
+    x = torch.stack([W.WorldImages("val", 96, 64)[i] for i in range(96)])
     g = torch.Generator().manual_seed(0)
     feats = lambda im: net.features(im.clamp(-1, 1))  # noqa: E731
     fx = feats(x)
@@ -113,7 +114,7 @@ def test_pixel_readout_of_the_pixels_a_constant_and_the_patch_means():
     """A latent that is its patches' pixels reads out exactly; a constant latent reads out the
     training set's mean patch, whose PSNR is computed here by hand; the patches' mean colours
     (3 of 48 values per 4x4 patch) lie in between."""
-    data = T.WorldImages("val", 48, 32)
+    data = W.WorldImages("val", 48, 32)
     x = torch.stack([data[i] for i in range(48)])  # (48, 3, 32, 32)
     xtr, xte = x[:32], x[32:]
     lat = lambda x: torch.nn.functional.pixel_unshuffle(x, 4)  # noqa: E731  (N, 48, 8, 8): the pixels
@@ -138,7 +139,7 @@ def test_balanced_accuracy_by_hand():
 
 
 def test_read_back_is_exact_on_renders_and_drops_texture_when_blurred():
-    data = T.WorldImages("val", 40, 64)
+    data = W.WorldImages("val", 40, 64)
     scenes = [data.scene(i) for i in range(40)]
     x = torch.stack([data[i] for i in range(40)])
     exact = E.read_back(x, scenes)
