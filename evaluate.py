@@ -492,9 +492,12 @@ def cmd_encoder(args):
 TABLE4_ROWS = [("PS-VAE", "psvae", 2), ("S-VAE", "svae", 1), ("RAE", "rae", 1), ("P-VAE", "pvae", 1),
                ("VAE (MAR-VAE role)", "vae", 1), ("RPiAE", "rpiae", 3)]
 TABLE4_SPLITS = {1: (1.0,), 2: (0.6, 0.4), 3: (0.4, 0.3, 0.3)}  # share of the budget per stage
-TABLE4_SIZES = {  # budget B, recon images, probe train/test scenes, evaluator steps, channels (Fig. 11)
+# budget B, recon images, probe train/test scenes, evaluator steps, channels (Fig. 11); batch: the
+# trainings' batch when not the tokenizer preset's (cpu: 16 instead of 32, so that the whole table,
+# 8 trainings, fits 60 minutes of 2 cores at 600 steps each)
+TABLE4_SIZES = {
     "tiny": dict(budget=12, n=16, n_train=32, n_test=16, evaluator_steps=20, channels=(2, 8)),
-    "cpu": dict(budget=600, n=256, n_train=512, n_test=256, evaluator_steps=400, channels=(8, 48)),
+    "cpu": dict(budget=600, batch=16, n=256, n_train=512, n_test=256, evaluator_steps=400, channels=(8, 48)),
     "world": dict(budget=60000, n=1000, n_train=2000, n_test=1000, evaluator_steps=3000, channels=(8, 48, 96)),
 }
 
@@ -523,15 +526,27 @@ def train_latent(out, args, plan, stage0):
     trained = 0
     for stage, steps in plan:
         path = os.path.join(out, f"stage{stage}.pt")
-        done = None if trained or not os.path.isfile(path) else torch.load(path, map_location="cpu",
-                                                                            weights_only=True)["step"]
+        ck = None if trained or not os.path.isfile(path) else torch.load(path, map_location="cpu", weights_only=True)
+        done = None if ck is None else ck["step"]
         if done is not None and done > steps:
             raise ValueError(f"{path} has {done} steps, more than the planned {steps}; use another --runs folder")
+        if ck is not None:
+            same_recipe(path, ck["config"], tokenizer.parse_args([*args, "--stage", str(stage)]))
         if done != steps:  # (a stage trained afresh drops its old metrics records itself)
             tokenizer.main([*args, "--stage", str(stage), "--steps", str(steps), "--out", out, "--encoder-ckpt",
                             stage0, *(["--resume"] if done is not None else [])])
             trained += 1
     return trained
+
+
+REUSE_KEYS = ("batch_size", "lr", "semantic_weight", "pixel_weight", "kl_weight")  # same names, other training
+
+
+def same_recipe(path, had, want):
+    """A stage is reused (or resumed) only if it was trained with the settings asked for now."""
+    diff = [f"{k} {had.get(k)} (asked {want[k]})" for k in REUSE_KEYS if had.get(k) != want[k]]
+    if diff:
+        raise ValueError(f"{path} was trained with {', '.join(diff)}; give these settings their own --runs folder")
 
 
 @contextlib.contextmanager
@@ -600,7 +615,10 @@ def cmd_table4(args):
         raise ValueError(f"--stage0 {args.stage0} does not exist; give a tokenizer.py --stage 0 checkpoint")
     table4_steps(B, max(TABLE4_SPLITS))  # a budget too small for RPiAE stops here, before any training
     base = ["--preset", args.preset] + (["--device", args.device] if args.device else []) + \
-        (["--workers", str(args.workers)] if args.workers else [])
+        (["--workers", str(args.workers)] if args.workers else []) + \
+        (["--batch-size", str(sz["batch"])] if "batch" in sz else []) + \
+        [a for flag in ("semantic_weight", "pixel_weight") if getattr(args, flag) is not None
+         for a in ("--" + flag.replace("_", "-"), str(getattr(args, flag)))]
     s0 = args.stage0 or os.path.join(runs, "stage0", "stage0.pt")
     ev_cache = os.path.join(runs, "evaluator")
     print(f"table4 preset {args.preset}: budget {B} steps per latent, {n_proc} jobs at a time, {threads} thread(s) "
@@ -620,9 +638,11 @@ def cmd_table4(args):
     results = dict(zip([s[0] for s in specs], run_jobs(jobs, n_proc)))
     chans = [(C, results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]) for C in Cs]
     name = f"table4_{args.preset}" + (f"_b{B}" if B != sz["budget"] else "") + \
-        ("_" + "_".join(r for _, r, _ in rows) if args.recipes else "")
+        ("_" + "_".join(r for _, r, _ in rows) if args.recipes else "") + \
+        "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight)) if v is not None)
     command = "python evaluate.py table4 " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
-    md = write_table4(os.path.join(args.results, name + ".md"), rows, results, chans, command, B, sz, s0, runs,
+    batch = sz.get("batch", tokenizer.PRESETS[args.preset]["batch_size"])
+    md = write_table4(os.path.join(args.results, name + ".md"), rows, results, chans, command, B, batch, sz, s0, runs,
                       time.time() - t0, n_proc, threads)
     out = {"table": md, "rows": {n: {**results[n]["recon"], **results[n]["probe"]} for n, _, _ in rows},
            "channels": [(C, r["recon"]["psnr"], r["probe"]["probe"]) for C, r in chans],
@@ -633,12 +653,13 @@ def cmd_table4(args):
     return out
 
 
-def write_table4(path, rows, results, chans, command, B, sz, s0, runs, seconds, n_proc, threads):
+def write_table4(path, rows, results, chans, command, B, batch, sz, s0, runs, seconds, n_proc, threads):
     """The markdown table: one row per latent, then Figure 11's sweep."""
     fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     r0 = results[rows[0][0]]["recon"]
     lines = [f"# Table 4 (reconstruction half) in miniature, budget {B}", "",
-             f"`{command}`; runs in `{runs}`; every latent trained for {B} steps in all (2 stages: "
+             f"`{command}`; runs in `{runs}`; every latent trained for {B} steps of batch {batch} "
+             f"in all (2 stages: "
              f"{'+'.join(map(str, table4_steps(B, 2)))}, 3 stages: {'+'.join(map(str, table4_steps(B, 3)))}); "
              f"{sz['n']} held-out world scenes; probe: {sz['n_train']} train / {sz['n_test']} held-out scenes; rFID "
              f"features: WorldEvaluator ({sz['evaluator_steps']} steps). World encoder (stage 0): `{s0}`, "
@@ -1047,6 +1068,10 @@ def add_tokenizer_commands(sub):
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per training (GPU runs)")
     p.add_argument("--recipes", default=None, help="comma-separated subset of rows, e.g. psvae,rae,pvae (no channel "
                    "sweep; own file)")
+    p.add_argument("--semantic-weight", type=float, default=None, help="w_s of L_s in every training (default: "
+                   "the tokenizer's, Sec 4.1); with --pixel-weight, Sec 4.4's ratio; give them their own --runs")
+    p.add_argument("--pixel-weight", type=float, default=None, help="w_p of L_p in every training (default: the "
+                   "tokenizer's)")
     p.set_defaults(func=cmd_table4)
 
 

@@ -23,6 +23,7 @@ Run:
     torchrun --nproc_per_node=2 toy_manifold.py  # (dim, seed) runs split across ranks
 """
 import argparse
+import functools
 import json
 import math
 import os
@@ -201,7 +202,7 @@ def tail_stats(d, far):
     return dict(top5_mean=float(top.mean()), mean=float(d.mean()), frac_far=float((d > far).mean()))
 
 
-def train_one(dim, seed, cfg, ref_tree, log=print, show_progress=False):
+def train_one(dim, seed, cfg, ref_tree, log=functools.partial(print, flush=True), show_progress=False):
     """Train one model in `dim` dimensions; evaluate every cfg.eval_every steps.
     Returns the curve, the last samples (projected) and timings."""
     g = torch.Generator().manual_seed(1000 * seed + dim)   # data, Q and noise of this run
@@ -340,6 +341,17 @@ def dist_cleanup():
         dist.destroy_process_group()
 
 
+def train_in_processes(jobs, cfg, ref_tree, procs):
+    """The (dim, seed) runs on `procs` local processes of one thread each: on a small CPU, one-thread
+    processes side by side beat one process whose threads split these small matrix products. Every
+    run is seeded on its own, so where it ran does not change it."""
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(procs, mp_context=multiprocessing.get_context("spawn"),
+                                                initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        return list(pool.map(train_one, *zip(*jobs), [cfg] * len(jobs), [ref_tree] * len(jobs)))
+
+
 def write_json(obj, path):
     with open(path + ".tmp", "w") as f:
         json.dump(obj, f, indent=1)
@@ -369,6 +381,8 @@ def parse_args(argv):
                    help="a sample farther than this from the PS counts as off the strokes "
                         "(data units; the letters are ~1.8 tall, strokes have std 0.03)")
     g = p.add_argument_group("output")
+    g.add_argument("--procs", type=int, default=None, help="local processes of one thread each that share "
+                   "the runs (default: one per core, at most one per run; 1 under torchrun)")
     g.add_argument("--out", default="runs/toy_manifold", help="output folder")
     g.add_argument("--check-eq1", action="store_true",
                    help="only check Equation 1 numerically and print the deviation")
@@ -379,7 +393,7 @@ def parse_args(argv):
     if any(d < 2 for d in args.dims):
         p.error(f"--dims must all be at least 2 (the PS data is 2D), got {args.dims}")
     for k in ("seeds", "width", "depth", "steps", "batch", "eval_every", "n_eval", "n_ref",
-              "sample_steps"):
+              "sample_steps") + (("procs",) if args.procs is not None else ()):
         if getattr(args, k) < 1:
             p.error(f"--{k.replace('_', '-')} must be a positive integer, got {getattr(args, k)}")
     if not (args.lr > 0 and args.far > 0):
@@ -415,10 +429,14 @@ def main(argv=None):
         mine = jobs[rank::world]  # (dim, seed) runs split across ranks
         print(f"[rank {rank}/{world}] {len(mine)} of {len(jobs)} runs: {mine}", flush=True)
         show = rank == 0 and sys.stderr.isatty()
+        procs = min(len(mine), args.procs or (1 if world > 1 else os.cpu_count() or 1))
         t0 = time.time()
-        runs = [train_one(d, s, args, ref_tree, show_progress=show,
-                          log=lambda m: print(m, flush=True) if rank == 0 else None)
-                for d, s in mine]
+        if procs > 1:
+            runs = train_in_processes(mine, args, ref_tree, procs)
+        else:
+            runs = [train_one(d, s, args, ref_tree, show_progress=show,
+                              log=lambda m: print(m, flush=True) if rank == 0 else None)
+                    for d, s in mine]
         if world > 1:
             gathered = [None] * world
             dist.all_gather_object(gathered, runs)

@@ -18,7 +18,7 @@
 # T4_WORKERS (DataLoader workers), RESULTS and RUNS (where tables and runs go), PRESET, EVAL_STEPS,
 # MEASURE_N ("recon probe-train probe-test" scenes, default "1000 2000 1000")
 # (PRESET=tiny EVAL_STEPS=20 BUDGET=6 RESULTS=/tmp/r: a dry run of the whole script on a CPU,
-# which tests/test_gpu_world.py makes), PYTHON. Results go to RESULTS/{bench,table4,generation}.
+# which the slow test tests/test_gpu_world.py makes), PYTHON. Results go to RESULTS/{bench,table4,generation}.
 set -uo pipefail
 shopt -s nullglob
 cd "$(dirname "$0")/.."

@@ -1,17 +1,20 @@
 """experiments/gpu_world.sh, the world preset's lease-sized phases, dry-run at the tiny preset on the CPU:
-a typo in the script would otherwise first show on a GPU lease."""
+a typo in the script would otherwise first show on a GPU lease. About two minutes of start-ups on 2
+cores, so marked slow: run `python -m pytest -m slow tests/test_gpu_world.py` before a GPU run."""
 import json
 import os
 import re
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
 from evaluate import TABLE4_SIZES
 
 
+@pytest.mark.slow
 def test_every_phase_of_gpu_world_runs_at_the_tiny_preset_and_writes_its_results(tmp_path):
     res, runs = tmp_path / "results", tmp_path / "runs"
     # stage 0 stops on its clock after one step; the table4 budget comes from the measured speed

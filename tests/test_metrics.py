@@ -197,6 +197,9 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line][1:]
     assert [line.split(" | ")[0] for line in rows] == ["| RAE", "| VAE (MAR-VAE role)"]  # table order
     assert "`python evaluate.py " + " ".join(argv) + "`" in text and "Figure 11" not in text
+    batch = T.PRESETS["tiny"]["batch_size"]  # the tiny table trains at its preset's batch
+    assert f"steps of batch {batch} in all" in text
+    assert json.load(open(tmp_path / "runs" / "rae" / "config.json"))["stage1"]["batch_size"] == batch
     assert not (tmp_path / "table4_tiny.md").exists() and not list(tmp_path.glob("*.png"))
     assert torch.load(tmp_path / "runs" / "rae" / "stage1.pt", weights_only=True)["step"] == 4
     # Table 4's right half on the RAE latent just made: the same generator with and without its DDT
@@ -249,6 +252,9 @@ def test_table4_reuses_only_finished_stages(tmp_path):
     assert os.path.getmtime(os.path.join(out, "stage1.pt")) == mtime
     with pytest.raises(ValueError, match="more than the planned 4"):
         E.train_latent(out, args, [(1, 4)], s0)
+    w_p = T.DEFAULT_LOSS_WEIGHTS[1]  # other loss weights: not reused
+    with pytest.raises(ValueError, match=rf"trained with pixel_weight {w_p} \(asked {w_p * 10}\)"):
+        E.train_latent(out, args + ["--pixel-weight", str(w_p * 10)], [(1, 5)], s0)
 
 
 def test_table4_retrains_a_stage_whose_base_changed_and_refuses_another_encoder(tmp_path):

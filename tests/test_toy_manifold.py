@@ -152,8 +152,11 @@ def test_unwritable_out_folder_is_reported(tmp_path):
 
 
 def test_torchrun_two_processes_split_the_runs_and_match_one_process(tmp_path):
+    """The same runs in this process, in two local one-thread processes (--procs 2, the default on
+    2 cores) and under torchrun."""
     args = ["--preset", "tiny", "--seeds", "1"]
-    one = tm.main(args + ["--out", str(tmp_path / "one")])
+    one = tm.main(args + ["--procs", "1", "--out", str(tmp_path / "one")])
+    local = tm.main(args + ["--procs", "2", "--out", str(tmp_path / "local")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
            f"--master_port={free_port()}", os.path.join(ROOT, "toy_manifold.py"),
            *args, "--out", str(tmp_path / "two")]
@@ -165,5 +168,6 @@ def test_torchrun_two_processes_split_the_runs_and_match_one_process(tmp_path):
     assert sorted((x["dim"], x["seed"]) for x in two["runs"]) == [(2, 0), (8, 0)]
     # every (dim, seed) run is seeded on its own, so where it ran does not matter
     for dim in ("2", "8"):
-        np.testing.assert_allclose(two["final_per_seed"][dim], one["final_per_seed"][dim],
-                                   rtol=1e-3, atol=1e-4)
+        for other in (two, local):
+            np.testing.assert_allclose(other["final_per_seed"][dim], one["final_per_seed"][dim],
+                                       rtol=1e-3, atol=1e-4)
