@@ -106,6 +106,16 @@ def choose_compile(flag, device, steps):
     return True, f"auto: compiled ({cc}, {steps} steps)"
 
 
+def choose_speed(cfg, device, steps):
+    """--amp and --compile of a run of `steps` steps, with the one log line that says what was chosen
+    and why: (the autocast dtype or None for fp32, compile?)."""
+    amp, why_amp = choose_amp(cfg["amp"], device)
+    compiled, why_compile = choose_compile(cfg["compile"], device, steps)
+    print0(f"precision: {'bf16 autocast' if amp else 'fp32'} ({why_amp}); {'compiled' if compiled else 'eager'} "
+           f"({why_compile})")
+    return amp, compiled
+
+
 def add_speed_args(g):
     """--amp and --compile, the same in every training script."""
     g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast: auto = on a GPU, "

@@ -267,9 +267,9 @@ def eval_device(args):
 
 def tokenizer_run(path, device="cpu"):
     """(checkpoint path, its config, loaded tokenizer): a run folder gives its last stage (3, 2, 1)."""
-    if os.path.isdir(path) and not os.path.isfile(tokenizer.last_stage(path)):
-        raise ValueError(f"{path} holds no stage1/2/3.pt; train a tokenizer into it (tokenizer.py --out {path})")
-    path = tokenizer.last_stage(path)
+    folder, path = path, tokenizer.last_stage(path)
+    if os.path.isdir(folder) and not os.path.isfile(path):
+        raise ValueError(f"{folder} holds no stage1/2/3.pt; train a tokenizer into it (tokenizer.py --out {folder})")
     try:
         tok = tokenizer.load_tokenizer(path, device)
     except tokenizer.TokenizerError as e:
@@ -434,13 +434,15 @@ def cmd_probe(args):
 
 
 def encoder_tokens(model, scenes, size, batch, dev):
-    """(tokens (N, D, g, g) of the stage-0 encoder, labels, images) of a list of scenes."""
-    z, x = [], torch.stack([W.to_tensor(W.render(s, size)) for s in scenes])
+    """(patch tokens (N, D, g, g) of the stage-0 encoder, its heads' logits, images) of a list of scenes."""
+    z, logits, x = [], [], torch.stack([W.to_tensor(W.render(s, size)) for s in scenes])
     with torch.no_grad():
         for i in range(0, len(x), batch):
-            f = model(x[i:i + batch].to(dev))[1].float().cpu()  # (b, L, D)
+            out, f = model(x[i:i + batch].to(dev))
+            f = f.float().cpu()  # (b, L, D)
             z.append(f.transpose(1, 2).reshape(len(f), f.shape[-1], *[math.isqrt(f.shape[1])] * 2))
-    return torch.cat(z), x
+            logits.append({k: v.cpu() for k, v in out.items()})
+    return torch.cat(z), {k: torch.cat([b[k] for b in logits]) for k in logits[0]}, x
 
 
 def cmd_encoder(args):
@@ -463,18 +465,11 @@ def cmd_encoder(args):
     scenes = {s: [W.sample_scene(W.scene_seed(s, i)) for i in range(n)] for s, n in (("train", args.n_train),
                                                                                       ("val", args.n_test))}
     twins = [W.resample_detail(sc, np.random.default_rng([W.scene_seed("val", i), 23])) for i, sc in enumerate(scenes["val"])]
-    (ztr, xtr), (zte, xte), (ztw, _) = (encoder_tokens(model, sc, size, args.batch, dev)
-                                        for sc in (scenes["train"], scenes["val"], twins))
+    (ztr, _, xtr), (zte, logits, xte), (ztw, _, _) = (encoder_tokens(model, sc, size, args.batch, dev)
+                                                      for sc in (scenes["train"], scenes["val"], twins))
     own, twin = pixel_readout(ztr, xtr, zte, xte), pixel_readout(ztr, xtr, ztw, xte)
-    grid = ztr.shape[-1]
-    hits = {}
-    with torch.no_grad():
-        for i in range(0, args.n_test, args.batch):
-            part = scenes["val"][i:i + args.batch]
-            x = torch.stack([W.to_tensor(W.render(sc, size)) for sc in part]).to(dev)
-            t = [W.semantic_targets(sc, grid) for sc in part]
-            for k, (h, n) in model.hits(model(x)[0], {k: torch.stack([d[k] for d in t]) for k in t[0]}).items():
-                hits[k] = [a + b for a, b in zip(hits.get(k, (0, 0)), (h, n))]
+    t = [W.semantic_targets(sc, ztr.shape[-1]) for sc in scenes["val"]]
+    hits = model.hits(logits, {k: torch.stack([d[k] for d in t]) for k in t[0]})  # the heads on the held-out scenes
     return {"stage0": args.stage0, "steps": ck["step"], "s0_invariance": ck["config"].get("s0_invariance", 0.0),
             "n_train": args.n_train, "n_test": args.n_test, "readout_psnr": own, "readout_psnr_twin": twin,
             "twin_gap_db": own - twin, **{f"acc_{k}": h / n for k, (h, n) in hits.items()},
@@ -916,7 +911,7 @@ def cmd_table4_gen(args):
         if not os.path.isfile(measured):
             raise ValueError(f"{os.path.join(runs, recipe)} holds no measured latent; run `python evaluate.py table4 "
                              f"--preset {args.preset} --runs {runs}` first")
-        tok = tokenizer_run(os.path.join(runs, recipe))[0]
+        tok = tokenizer.last_stage(os.path.join(runs, recipe))  # its measured (last) stage
         jobs.append(dict(out=os.path.join(runs, recipe, "gen-nohead" if head == "none" else "gen-ddt"), tokenizer=tok,
                          head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
                          threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import tokenizer as T
-from common import (Deadline, StepLog, add_speed_args, all_mean, barrier, choose_amp, choose_compile, compute_cleanup,
+from common import (Deadline, StepLog, add_speed_args, all_mean, barrier, choose_speed, compute_cleanup,
                     compute_init, is_rank0, print0, read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics,
                     write_config)
 from pretrained import QwenTokenizer, load_qwen2_weights, qwen2_config
@@ -723,10 +723,7 @@ class Run:
         if ck is not None:
             self.opt.load_state_dict(ck["opt"])
         self.fwd = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
-        self.amp, why_amp = choose_amp(cfg["amp"], device)
-        compiled, why_compile = choose_compile(cfg["compile"], device, cfg["steps"])  # the same on a resume
-        print0(f"precision: {'bf16 autocast' if self.amp else 'fp32'} ({why_amp}); "
-               f"{'compiled' if compiled else 'eager'} ({why_compile})")
+        self.amp, compiled = choose_speed(cfg, device, cfg["steps"])  # from the total steps: the same on a resume
         self.fwd = torch.compile(self.fwd) if compiled else self.fwd
 
     def save(self, step, data):

@@ -47,8 +47,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Subset
 
-from common import (Deadline, StepLog, add_speed_args, all_mean, append_metrics, barrier, batches, choose_amp,
-                    choose_compile, compute_cleanup, compute_init, is_rank0, print0, read_checkpoint, save_checkpoint,
+from common import (Deadline, StepLog, add_speed_args, all_mean, append_metrics, barrier, batches, choose_speed,
+                    compute_cleanup, compute_init, is_rank0, print0, read_checkpoint, save_checkpoint,
                     seeded_randn, truncate_metrics, write_config)
 from pretrained import (DINOV2_URLS, DinoVisionTransformer, SiglipConfig, SiglipVisionTower, ViTConfig,
                         load_dinov2_state_dict, load_siglip_state_dict)
@@ -750,9 +750,7 @@ def stage0_loss(fwd, model, x, targets, w_inv):
     logits, tokens = fwd(x.flatten(0, 1))  # the two views of a scene are rows 2b and 2b + 1
     labels = {k: torch.stack([t[k] for t in targets], 1).flatten(0, 1) for k in targets[0]}
     terms = model.losses(logits, labels)
-    t1, t2 = tokens.unflatten(0, (-1, 2)).flatten(2).unbind(1)  # (B, L * D) each
-    D = tokens.shape[-1]
-    t1, t2 = t1.reshape(-1, D), t2.reshape(-1, D)  # (B * L, D)
+    t1, t2 = (t.flatten(0, 1) for t in tokens.unflatten(0, (-1, 2)).unbind(1))  # (B * L, D) each
     terms["invariance"] = 0.5 * (whitened_distance(t1, t2) + whitened_distance(t2, t1))
     return sum(v for k, v in terms.items() if k != "invariance") + w_inv * terms["invariance"], terms
 
@@ -782,10 +780,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
             opt_d.load_state_dict(ck["opt_d"])
     ids = [local_rank] if device.type == "cuda" else None
     fwd, disc_fwd = (DDP(m, device_ids=ids) if ddp and m is not None else m for m in (model, disc))
-    amp, why_amp = choose_amp(cfg["amp"], device)
-    compiled, why_compile = choose_compile(cfg["compile"], device, steps)  # the same on a resume
-    print0(f"precision: {'bf16 autocast' if amp else 'fp32'} ({why_amp}); {'compiled' if compiled else 'eager'} "
-           f"({why_compile})")
+    amp, compiled = choose_speed(cfg, device, steps)  # from the run's total steps: the same on a resume
     if compiled:  # the GAN's adaptive weight back-propagates twice (retain_graph): no donated buffers
         torch._functorch.config.donated_buffer = False
         fwd = torch.compile(fwd)
@@ -843,15 +838,14 @@ def start_run(cfg, world):
         os.makedirs(out, exist_ok=True)
     barrier()
     path = os.path.join(out, f"stage{stage}.pt")
+    old = not cfg["resume"] and stage and os.path.isfile(path) and load_checkpoint(path)["config"]["recipe"]
+    if old and old != cfg["recipe"]:
+        raise TokenizerError(f"{path} holds a --recipe {old} checkpoint; give this --recipe {cfg['recipe']} "
+                             f"run its own --out")
+    write_config(out, cfg, key=f"stage{stage}")
     if not cfg["resume"]:
-        old = stage and os.path.isfile(path) and load_checkpoint(path)["config"]["recipe"]
-        if old and old != cfg["recipe"]:
-            raise TokenizerError(f"{path} holds a --recipe {old} checkpoint; give this --recipe {cfg['recipe']} "
-                                 f"run its own --out")
-        write_config(out, cfg, key=f"stage{stage}")
         truncate_metrics(out, step=0, stage=stage)  # a stage trained afresh: its old records go
         return None
-    write_config(out, cfg, key=f"stage{stage}")
     ck = load_checkpoint(path, "checkpoint to resume")
     if ck["stage"] != stage:
         raise TokenizerError(f"{path} holds stage {ck['stage']}, not stage {stage}")
