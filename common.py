@@ -22,8 +22,12 @@ from tqdm import tqdm
 DIST_TIMEOUT_HOURS = 3  # how long a rank waits at a collective before the run aborts
 
 
+_STARTED_GROUP = []  # the process group compute_init started (a caller's own group is left alone)
+
+
 def compute_init(device=None):
-    """Detect torchrun (RANK in the environment), start gloo on CPU or NCCL on GPU.
+    """Detect torchrun (RANK in the environment), start gloo on CPU or NCCL on GPU, unless the
+    calling program has started a group already (then the run joins it and leaves it up).
     Returns (ddp, rank, local_rank, world_size, device)."""
     ddp, env = "RANK" in os.environ, lambda k, d: int(os.environ.get(k, d))  # noqa: E731
     rank, local_rank, world_size = env("RANK", 0), env("LOCAL_RANK", 0), env("WORLD_SIZE", 1)
@@ -36,13 +40,15 @@ def compute_init(device=None):
         # a barrier; at ImageNet scale that outlasts NCCL's default 10-minute collective timeout
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo",
                                 timeout=datetime.timedelta(hours=DIST_TIMEOUT_HOURS))
+        _STARTED_GROUP.append(True)
     return ddp, rank, local_rank, world_size, dev
 
 
 def compute_cleanup():
-    """Tear down the process group, only if one was started."""
-    if dist.is_available() and dist.is_initialized():
+    """Tear down the process group, only if compute_init started it."""
+    if _STARTED_GROUP and dist.is_initialized():
         dist.destroy_process_group()
+        _STARTED_GROUP.clear()
 
 
 def is_rank0():

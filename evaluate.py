@@ -865,7 +865,7 @@ def generation_job(job):
             contextlib.redirect_stderr(log), num_threads(job["threads"]):
         common = ["--preset", job["preset"], "--seed", "0", "--n-samples", "0", *job["device"]]
         gen, ev = os.path.join(out, "gen"), lambda **k: argparse.Namespace(**{**GEN_EVAL_DEFAULTS, **k})  # noqa: E731
-        for s in range(sz["every"], sz["gen_steps"] + 1, sz["every"]):
+        for s in sorted({*range(sz["every"], sz["gen_steps"], sz["every"]), sz["gen_steps"]}):  # chunks, then the budget
             if str(s) in curve:
                 continue
             resume = ["--resume"] if os.path.isfile(os.path.join(gen, "generator.pt")) else []

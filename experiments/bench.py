@@ -153,6 +153,12 @@ def tokenizer_step(a, device, amp, compiled):
     return step, flops, B, about
 
 
+def sig(x, digits=4):
+    """x to `digits` significant figures: tiny CPU rates keep their precision (a fixed number of
+    decimals would leave 0.0022 TFLOP/s with two)."""
+    return float(f"{x:.{digits}g}")
+
+
 def bench(a, what, device, amp, compiled):
     """One measurement: samples/s, achieved TFLOP/s, and MFU against the measured peaks."""
     step, flops, B, about = (generator_step if what == "generator" else tokenizer_step)(a, device, amp, compiled)
@@ -160,16 +166,16 @@ def bench(a, what, device, amp, compiled):
     achieved = flops / dt / 1e12
     res = {"what": what, "preset": a.preset, **about, "batch": B, "device": str(device), "threads": torch.get_num_threads(),
            "amp": "bf16" if amp else "fp32", "compile": compiled, "step_s": round(dt, 4), "samples_per_s": round(B / dt, 2),
-           "gflop_per_sample": round(flops / B / 1e9, 3), "achieved_tflops": round(achieved, 4),
+           "gflop_per_sample": sig(flops / B / 1e9), "achieved_tflops": sig(achieved),
            "mem_gib": memory_gib(device)}
-    res.update({f"mfu_{k}": round(achieved / v, 4) for k, v in a.peaks.items() if k.endswith("tflops") and v})
+    res.update({f"mfu_{k}": sig(achieved / v) for k, v in a.peaks.items() if k.endswith("tflops") and v})
     return res
 
 
 def peaks(device):
     """The ceilings MFU is measured against, from this run."""
-    out = {"fp32_matmul_tflops": round(matmul_peak(device, torch.float32), 4),
-           "bf16_matmul_tflops": round(matmul_peak(device, torch.bfloat16), 4)}
+    out = {"fp32_matmul_tflops": sig(matmul_peak(device, torch.float32)),
+           "bf16_matmul_tflops": sig(matmul_peak(device, torch.bfloat16))}
     if device.type == "cuda":
         out["datasheet_bf16_tflops"] = datasheet_peak(torch.cuda.get_device_name(device))
     return out

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT, free_port
+from conftest import ROOT
 import edit as E
 import evaluate
 import generator as G
@@ -221,7 +221,7 @@ def test_two_processes_match_one(tmp_path, t2i):
     args = ["--steps", 4, "--batch-size", 8, "--n-train", 32]
     train(tmp_path / "one", t2i, *args)  # also makes the cache the two processes read
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            os.path.join(ROOT, "edit.py"), *TINY, "--init", t2i, "--out", str(tmp_path / "two"),
            "--cache", str(tmp_path / "cache"), "--n-samples", "0", *map(str, args)]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -7,13 +7,11 @@ A tiny tokenizer (stages 0 and 1 of tokenizer.py, tiny preset) is trained once p
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, free_port
+from conftest import torchrun
 import evaluate
 import generator as G
 import tokenizer as T
@@ -235,27 +233,35 @@ def test_time_limit_stops_at_a_step_with_a_checkpoint_and_resume_finishes_the_sa
     assert all(torch.equal(ca["ema"][k], cb["ema"][k]) for k in ca["ema"])
 
 
-@pytest.mark.parametrize("mode", MODES, ids=lambda m: "".join(m))
-def test_two_processes_match_one(tmp_path, tok, mode):
-    """torchrun (gloo, 2 processes, global batch 8 = 4 + 4) vs 1 process with batch 8. In bf16 the
-    matrix products of 4 and of 8 rows may round differently (8-bit mantissas, a relative step of
-    4e-3): the losses agree to 1e-2 and the weights to 2e-2 instead of 1e-4 and 1e-5."""
-    cache = tmp_path / "cache"
-    args = ["--steps", 4, "--n-samples", 0, "--batch-size", 8, *mode]
-    rel, atol = (1e-2, 2e-2) if mode == BF16 else (1e-4, 1e-5)
-    train(tmp_path / "one", tok, *args, cache=cache)  # also makes the cache the two processes read
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           os.path.join(ROOT, "generator.py"), *TINY, "--tokenizer", tok, "--out", str(tmp_path / "two"),
-           "--cache", str(cache), *map(str, args)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
-    assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
-    for s in l1:
-        assert l2[s] == pytest.approx(l1[s], rel=rel, abs=rel / 100), (s, l1[s], l2[s])
-    c1, c2 = (torch.load(tmp_path / o / "generator.pt", weights_only=True)["model"] for o in ("one", "two"))
-    assert all(torch.allclose(c1[k], c2[k], atol=atol) for k in c1)
+def two_processes_match_one(tmp_path, tok, modes):
+    """torchrun (gloo, 2 processes, global batch 8 = 4 + 4; every mode in one launch) vs 1 process
+    with batch 8. In bf16 the matrix products of 4 and of 8 rows may round differently (8-bit
+    mantissas, a relative step of 4e-3): the losses agree to 1e-2 and the weights to 2e-2 instead
+    of 1e-4 and 1e-5."""
+    cache, runs = tmp_path / "cache", []
+    for i, mode in enumerate(modes):
+        args = ["--steps", 4, "--n-samples", 0, "--batch-size", 8, *mode]
+        train(tmp_path / f"one{i}", tok, *args, cache=cache)  # also makes the cache the two processes read
+        runs.append(("generator", [*TINY, "--tokenizer", tok, "--out", tmp_path / f"two{i}", "--cache", cache, *args]))
+    torchrun(runs, tmp_path)
+    for i, mode in enumerate(modes):
+        one, two = tmp_path / f"one{i}", tmp_path / f"two{i}"
+        rel, atol = (1e-2, 2e-2) if mode == BF16 else (1e-4, 1e-5)
+        l1, l2 = losses(one), losses(two)
+        assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
+        for s in l1:
+            assert l2[s] == pytest.approx(l1[s], rel=rel, abs=rel / 100), (mode, s, l1[s], l2[s])
+        c1, c2 = (torch.load(o / "generator.pt", weights_only=True) for o in (one, two))
+        assert c2["world_size"] == 2 and all(torch.allclose(c1["model"][k], c2["model"][k], atol=atol) for k in c1["model"])
+
+
+def test_two_processes_match_one(tmp_path, tok):
+    two_processes_match_one(tmp_path, tok, [("--amp", "off"), BF16])
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_compiled(tmp_path, tok):
+    two_processes_match_one(tmp_path, tok, [("--compile", "on")])
 
 
 def test_latent_cache_is_made_once_and_follows_the_tokenizer(tmp_path, tok):

@@ -1,19 +1,18 @@
 """tokenizer.py --recipe: the latent spaces of Table 4 (PS-VAE, S-VAE, P-VAE, pixel VAE, RAE) and
 RPiAE, with the variant flags of Tables 5/6 and Figure 11, at the tiny preset.
 
-Run: python -m pytest tests/test_recipes.py        (about a minute on 2 cores: a 2-process
-torchrun per recipe; psvae's and svae's are marked slow: -m slow). One thread per process, CPU.
+Run: python -m pytest tests/test_recipes.py        (about a minute on 2 cores: the recipes' last
+stages in one 2-process torchrun launch; psvae's and svae's are marked slow: -m slow). One thread
+per process, CPU.
 """
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import ROOT, free_port
+from conftest import torchrun
 import pretrained as P
 import tokenizer as T
 
@@ -58,44 +57,52 @@ TORCHRUN = {"psvae": ["--latent-channels", 8], "svae": ["--svae-arch", "mlp2", "
             "pvae": [], "vae": [], "rae": ["--rae-hd"], "rpiae": []}
 
 
+def recipes_under_torchrun_match_one_process(tmp_path, stage0, recipes):
+    """Earlier stages in one process, each recipe's last stage by torchrun (gloo, 2 x batch 2; all
+    recipes in one launch) and by one process (batch 4): the same losses; the checkpoint then
+    loads without any flag."""
+    runs = []
+    for recipe in recipes:
+        flags = ["--recipe", recipe, *TORCHRUN[recipe]]
+        last = max(T.RECIPES[recipe].STAGES)
+        one, two = tmp_path / recipe / "one", tmp_path / recipe / "two"
+        for s in range(1, last):
+            run(one, stage0, "--stage", s, "--steps", 2, *flags)
+        two.mkdir(parents=True)
+        if last > 1:
+            shutil.copy(one / f"stage{last - 1}.pt", two / f"stage{last - 1}.pt")
+        args = ["--stage", last, "--steps", 3, "--disc-start", 1, "--batch-size", 4, *flags]
+        run(one, stage0, *args)
+        runs.append(("tokenizer", [*TINY, "--out", two, "--encoder-ckpt", stage0, *args]))
+    torchrun(runs, tmp_path)
+    for recipe in recipes:
+        last, one, two = max(T.RECIPES[recipe].STAGES), tmp_path / recipe / "one", tmp_path / recipe / "two"
+        for key in ("loss", "rec", "d_loss"):
+            m1, m2 = metrics(one, last, key), metrics(two, last, key)
+            assert sorted(m1) == sorted(m2) == [1, 2, 3][key == "d_loss":], (recipe, key, m1, m2)  # GAN from step 2
+            for s in m1:
+                assert m2[s] == pytest.approx(m1[s], rel=1e-4, abs=1e-5), (recipe, key, s, m1[s], m2[s])
+        c = ck(two, last)
+        assert c["config"]["recipe"] == recipe and c["step"] == 3 and c["world_size"] == 2
+        # load_tokenizer needs no flags: the recipe and its variants come from the checkpoint
+        tok = T.load_tokenizer(str(two / f"stage{last}.pt"))
+        x = torch.rand(2, 3, 32, 32) * 2 - 1
+        z = tok.encode(x)
+        C = {"psvae": 8, "rae": D}.get(recipe, 4)
+        assert z.shape == (2, C, 4, 4) and torch.isfinite(z).all(), recipe
+        y = tok.decode(z)
+        assert y.shape == (2, 3, 32, 32) and y.abs().max() <= 1
+        assert torch.equal(z, tok.encode(x))  # deterministic (posterior mean; RAE: no noise at test)
+
+
+def test_recipes_under_torchrun_match_one_process(tmp_path, stage0):
+    recipes_under_torchrun_match_one_process(tmp_path, stage0, ["pvae", "vae", "rae", "rpiae"])
+
+
 # psvae / svae share their DDP path with tests/test_tokenizer.py's 2-process tests: slow here
-@pytest.mark.parametrize("recipe", [pytest.param(r, marks=pytest.mark.slow) if r in ("psvae", "svae") else r
-                                    for r in TORCHRUN])
-def test_recipe_under_torchrun_matches_one_process(tmp_path, stage0, recipe):
-    """Earlier stages in one process, the recipe's last stage by torchrun (gloo, 2 x batch 2) and
-    by one process (batch 4): the same losses; the checkpoint then loads without any flag."""
-    flags = ["--recipe", recipe, *TORCHRUN[recipe]]
-    last = max(T.RECIPES[recipe].STAGES)
-    one, two = tmp_path / "one", tmp_path / "two"
-    for s in range(1, last):
-        run(one, stage0, "--stage", s, "--steps", 2, *flags)
-    if last > 1:
-        two.mkdir()
-        shutil.copy(one / f"stage{last - 1}.pt", two / f"stage{last - 1}.pt")
-    args = ["--stage", last, "--steps", 3, "--disc-start", 1, "--batch-size", 4, *flags]
-    run(one, stage0, *args)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
-           os.path.join(ROOT, "tokenizer.py"), *TINY, "--out", str(two), "--encoder-ckpt", str(stage0),
-           *map(str, args)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    for key in ("loss", "rec", "d_loss"):
-        m1, m2 = metrics(one, last, key), metrics(two, last, key)
-        assert sorted(m1) == sorted(m2) == [1, 2, 3][key == "d_loss":], (key, m1, m2)  # GAN from step 2
-        for s in m1:
-            assert m2[s] == pytest.approx(m1[s], rel=1e-4, abs=1e-5), (key, s, m1[s], m2[s])
-    c = ck(two, last)
-    assert c["config"]["recipe"] == recipe and c["step"] == 3 and c["world_size"] == 2
-    # load_tokenizer needs no flags: the recipe and its variants come from the checkpoint
-    tok = T.load_tokenizer(str(two / f"stage{last}.pt"))
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
-    z = tok.encode(x)
-    C = {"psvae": 8, "rae": D}.get(recipe, 4)
-    assert z.shape == (2, C, 4, 4) and torch.isfinite(z).all()
-    y = tok.decode(z)
-    assert y.shape == (2, 3, 32, 32) and y.abs().max() <= 1
-    assert torch.equal(z, tok.encode(x))  # deterministic (posterior mean; RAE: no noise at test)
+@pytest.mark.slow
+def test_psvae_and_svae_under_torchrun_match_one_process(tmp_path, stage0):
+    recipes_under_torchrun_match_one_process(tmp_path, stage0, ["psvae", "svae"])
 
 
 def test_what_each_recipe_trains_and_holds(tmp_path, stage0):

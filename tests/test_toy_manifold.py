@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import toy_manifold as tm
-from conftest import ROOT, free_port
+from conftest import ROOT
 
 def _dist_to_strokes(pts):
     """Distance of each point to the nearest stroke centre line (densely sampled)."""
@@ -158,7 +158,7 @@ def test_torchrun_two_processes_split_the_runs_and_match_one_process(tmp_path):
     one = tm.main(args + ["--procs", "1", "--out", str(tmp_path / "one")])
     local = tm.main(args + ["--procs", "2", "--out", str(tmp_path / "local")])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={free_port()}", os.path.join(ROOT, "toy_manifold.py"),
+           "--standalone", os.path.join(ROOT, "toy_manifold.py"),
            *args, "--out", str(tmp_path / "two")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
