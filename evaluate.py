@@ -859,6 +859,9 @@ def generation_job(job):
     import generator
     t0, out, sz = time.time(), job["out"], job["sizes"]
     os.makedirs(out, exist_ok=True)
+    done_path, key = os.path.join(out, "result.json"), {"sizes": sz, "tokenizer_sha1": job["tokenizer_sha1"]}
+    if os.path.isfile(done_path) and json.load(open(done_path))["key"] == key:  # finished before: reused
+        return json.load(open(done_path))["result"]
     curve_path = os.path.join(out, "curve.json")
     curve = json.load(open(curve_path)) if os.path.isfile(curve_path) else {}
     with open(os.path.join(out, "table4-gen.log"), "a") as log, contextlib.redirect_stdout(log), \
@@ -882,14 +885,17 @@ def generation_job(job):
                                    sz["n_off"], 1, kw)
         res = {"geneval": final, "curve": {int(k): v for k, v in curve.items()}, "off_manifold_ratio": ratio}
         if job["edit"]:
-            ed = os.path.join(out, "edit")
+            ed = os.path.join(out, f"edit-from{sz['gen_steps']}")  # a longer-trained generator gets a new editor
             if not os.path.isfile(os.path.join(ed, "edit.pt")) or torch.load(os.path.join(ed, "edit.pt"), map_location="cpu",
                                                                                  weights_only=True)["step"] < sz["edit_steps"]:
                 resume = ["--resume"] if os.path.isfile(os.path.join(ed, "edit.pt")) else []
                 edit.main([*common, "--init", gen, "--out", ed, "--steps", str(sz["edit_steps"]), "--cache", job["cache"],
                            *resume])
             res["gedit"] = cmd_gedit(ev(ckpt=ed, preset=job["preset"]))
-    return {**res, "seconds": round(time.time() - t0, 1)}
+    res["seconds"] = round(time.time() - t0, 1)
+    with open(done_path, "w") as f:
+        json.dump({"key": key, "result": res}, f, indent=1)
+    return json.load(open(done_path))["result"]  # the same types as a reused one (json keys are strings)
 
 
 GEN_EVAL_DEFAULTS = dict(tokenizer=None, prompts=None, images=None, steps=None, sample_shift=None, guidance=None,
@@ -899,12 +905,14 @@ GEN_EVAL_DEFAULTS = dict(tokenizer=None, prompts=None, images=None, steps=None, 
 
 def cmd_table4_gen(args):
     """Generation and editing on every Table-4 latent: table4_gen.md, figure7.png, figure4.png."""
+    import generator
     t0, runs = time.time(), args.runs or os.path.join("runs", f"table4-{args.preset}")
-    sz = {**GEN_SIZES[args.preset], **({"gen_steps": args.budget} if args.budget else {})}
+    sz = {**GEN_SIZES[args.preset], **({"gen_steps": args.budget} if args.budget else {}),
+          **({"edit_steps": args.edit_budget} if args.edit_budget else {})}
     wanted = args.recipes.split(",") if args.recipes else [r for _, r, _ in TABLE4_ROWS]
     rows = [(name, recipe, "ddt") for name, recipe, _ in TABLE4_ROWS if recipe in wanted] + \
         [(f"{name}, no DDT head", recipe, "none") for name, recipe, _ in TABLE4_ROWS
-         if recipe in wanted and recipe in ("psvae", "rae")]
+         if recipe in wanted and recipe in ("psvae", "rae") and args.head_ablation]
     jobs = []
     for name, recipe, head in rows:
         measured = os.path.join(runs, recipe, "measured.json")
@@ -913,6 +921,7 @@ def cmd_table4_gen(args):
                              f"--preset {args.preset} --runs {runs}` first")
         tok = tokenizer.last_stage(os.path.join(runs, recipe))  # its measured (last) stage
         jobs.append(dict(out=os.path.join(runs, recipe, "gen-nohead" if head == "none" else "gen-ddt"), tokenizer=tok,
+                         tokenizer_sha1=generator.file_hash(tok),
                          head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
                          threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
                          device=["--device", args.device] if args.device else []))
@@ -962,8 +971,8 @@ def plot_curves(path, results):
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(6, 3.6))
     for name, r in results.items():
-        steps = sorted(r["curve"])
-        ax.plot(steps, [r["curve"][s]["overall_geneval_rules"] for s in steps], "o-", label=name)
+        steps = sorted(r["curve"], key=int)  # (json keys: strings)
+        ax.plot([int(s) for s in steps], [r["curve"][s]["overall_geneval_rules"] for s in steps], "o-", label=name)
     ax.set_xlabel("generator training steps"), ax.set_ylabel("mini-GenEval (GenEval rules)"), ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -1108,7 +1117,10 @@ def add_generation_commands(sub):
     p.add_argument("--runs", default=None, help="the table4 run folder (default runs/table4-<preset>)")
     p.add_argument("--results", default=os.path.join("results", "generation"), help="folder for the table and figures")
     p.add_argument("--budget", type=int, default=None, help="generator steps per latent (default: the preset's)")
+    p.add_argument("--edit-budget", type=int, default=None, help="editor steps per latent (default: the preset's)")
     p.add_argument("--recipes", default=None, help="comma-separated subset of the latents, e.g. psvae,rae")
+    p.add_argument("--no-head-ablation", dest="head_ablation", action="store_false",
+                   help="leave out Table 1's rows (PS-VAE and RAE without the DDT head)")
     p.add_argument("--jobs", type=int, default=2, help="latents trained at a time")
     p.add_argument("--threads", type=int, default=None, help="threads per job (default cpu_count / jobs)")
     p.set_defaults(func=cmd_table4_gen)

@@ -213,8 +213,15 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     assert "| RAE, no DDT head |" in open(g["table"]).read() and os.path.getsize(g["figure4"]) > 0
     ck = tmp_path / "runs" / "rae" / "gen-ddt" / "gen" / "generator.pt"
     mtime = os.path.getmtime(ck)
-    E.main(gen)
+    assert E.main(gen)["rows"] == g["rows"]  # finished jobs are reused, measurements included
     assert json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json")) == curve and os.path.getmtime(ck) == mtime
+    # a larger budget continues the same generator and fine-tunes a new editor from it
+    g6 = E.main([*gen, "--budget", "6", "--no-head-ablation"])
+    curve6 = json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json"))
+    assert set(g6["rows"]) == {"RAE"} and sorted(map(int, curve6)) == [2, 4, 6]
+    assert {k: v for k, v in curve6.items() if k != "6"} == curve
+    assert torch.load(ck, weights_only=True)["step"] == 6
+    assert (tmp_path / "runs" / "rae" / "gen-ddt" / "edit-from6" / "edit.pt").is_file()
     with pytest.raises(SystemExit, match="subset of psvae"):
         E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--recipes", "rea"])
     with pytest.raises(SystemExit, match="does not exist; give a tokenizer.py --stage 0"):
