@@ -136,6 +136,26 @@ def test_two_processes_match_one(tmp_path, stage0):
     two_processes_match_one(tmp_path, stage0, [(0, ()), (1, ()), (2, ()), (1, BF16)])
 
 
+def test_a_run_starts_and_ends_its_own_group_but_leaves_a_callers_group_up(monkeypatch, tmp_path):
+    """common.compute_init / compute_cleanup as torchrun sees them (one rank; port 0: any free
+    port): a group the run starts is torn down at its end; a group the caller started (as
+    tests/ddp_runs.py does for several runs) is joined and left up."""
+    import torch.distributed as dist
+    from common import compute_cleanup, compute_init
+    for k, v in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT="0").items():
+        monkeypatch.setenv(k, v)
+    assert compute_init("cpu")[:4] == (True, 0, 0, 1) and dist.is_initialized()
+    compute_cleanup()
+    assert not dist.is_initialized()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        assert compute_init("cpu")[0] and dist.is_initialized()
+        compute_cleanup()
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
+
+
 @SLOW
 def test_two_processes_match_one_compiled(tmp_path, stage0):
     two_processes_match_one(tmp_path, stage0, [(1, COMPILED)])
