@@ -930,20 +930,25 @@ def cmd_table4_gen(args):
     results = dict(zip([r[0] for r in rows], run_jobs(jobs, args.jobs, generation_job)))
     measured = {name: json.load(open(os.path.join(runs, recipe, "measured.json"))) for name, recipe, _ in rows}
     os.makedirs(args.results, exist_ok=True)
-    md = write_table4_gen(os.path.join(args.results, f"table4_generation_{args.preset}.md"), rows, results, measured,
-                          sz, time.time() - t0)
-    fig7 = plot_curves(os.path.join(args.results, f"figure7_{args.preset}.png"), results)
-    fig4 = figure4(os.path.join(args.results, f"figure4_{args.preset}.png"), rows, jobs)
+    preset = GEN_SIZES[args.preset]  # a budget, latent subset or missing ablation of its own gets its own files
+    name = args.preset + "".join(f"_{k}{sz[key]}" for k, key in (("b", "gen_steps"), ("e", "edit_steps"))
+                                 if sz[key] != preset[key]) + \
+        ("_" + "_".join(dict.fromkeys(r for _, r, _ in rows)) if args.recipes else "") + ("" if args.head_ablation else "_ddt")
+    command = "python evaluate.py table4-gen " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
+    md = write_table4_gen(os.path.join(args.results, f"table4_generation_{name}.md"), rows, results, measured,
+                          sz, time.time() - t0, command)
+    fig7 = plot_curves(os.path.join(args.results, f"figure7_{name}.png"), results)
+    fig4 = figure4(os.path.join(args.results, f"figure4_{name}.png"), rows, jobs)
     return {"table": md, "figure7": fig7, "figure4": fig4, "rows": {n: {k: v for k, v in r.items() if k != "curve"}
                                                                     for n, r in results.items()}}
 
 
-def write_table4_gen(path, rows, results, measured, sz, seconds):
+def write_table4_gen(path, rows, results, measured, sz, seconds, command):
     """One row per latent: mini-GenEval (strict and GenEval rules, +- the standard error over
     prompts), mini-GEdit, the off-manifold ratio, and the reconstruction columns of the same latent."""
     cats = W.CAPTION_CATEGORIES
     lines = [f"# Table 4 in miniature, generation and editing: generator {sz['gen_steps']} steps, editor "
-             f"{sz['edit_steps']} steps on every latent", "",
+             f"{sz['edit_steps']} steps on every latent", "", f"`{command}`", "",
              "| latent | mini-GenEval strict | GenEval rules | " + " | ".join(cats) + " | GEdit hit | adherence | "
              "consistency (dB) | off-manifold ratio | PSNR | probe, balanced |",
              "|---|" + "---|" * (len(cats) + 8)]

@@ -211,6 +211,8 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     curve = json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json"))
     assert sorted(map(int, curve)) == [2, 4] and "gedit" in g["rows"]["RAE"] and "gedit" not in g["rows"]["RAE, no DDT head"]
     assert "| RAE, no DDT head |" in open(g["table"]).read() and os.path.getsize(g["figure4"]) > 0
+    assert os.path.basename(g["table"]) == "table4_generation_tiny_rae.md"  # the preset's budgets, one latent
+    assert "`python evaluate.py " + " ".join(gen) + "`" in open(g["table"]).read()
     ck = tmp_path / "runs" / "rae" / "gen-ddt" / "gen" / "generator.pt"
     mtime = os.path.getmtime(ck)
     assert E.main(gen)["rows"] == g["rows"]  # finished jobs are reused, measurements included
@@ -219,6 +221,7 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     g6 = E.main([*gen, "--budget", "6", "--no-head-ablation"])
     curve6 = json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json"))
     assert set(g6["rows"]) == {"RAE"} and sorted(map(int, curve6)) == [2, 4, 6]
+    assert os.path.basename(g6["table"]) == "table4_generation_tiny_b6_rae_ddt.md"
     assert {k: v for k, v in curve6.items() if k != "6"} == curve
     assert torch.load(ck, weights_only=True)["step"] == 6
     assert (tmp_path / "runs" / "rae" / "gen-ddt" / "edit-from6" / "edit.pt").is_file()
