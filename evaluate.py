@@ -850,24 +850,33 @@ def off_manifold_ratio(model, tok, size, cache_path, n, seed, kw):
     return nn_tail(gen, train) / nn_tail(real, train)
 
 
+def reuse_or_run(path, key, fn):
+    """fn()'s result, saved at path with its key; read back instead when it was made with that key."""
+    if os.path.isfile(path) and json.load(open(path))["key"] == key:
+        return json.load(open(path))["result"]
+    result = fn()
+    with open(path, "w") as f:
+        json.dump({"key": key, "result": result}, f, indent=1)
+    return json.load(open(path))["result"]  # the same types as a reused one (json keys are strings)
+
+
 def generation_job(job):
     """One latent space (or head variant): the generator trained to the plan in chunks of `every`
     steps, each chunk followed by mini-GenEval on the small suite (written to curve.json, so a
-    killed table resumes where it stopped), then the full suite, the off-manifold ratio, the
-    editor and mini-GEdit. The generator refuses to resume on another tokenizer file (sha1)."""
+    killed table resumes where it stopped), then the full suite and the off-manifold ratio
+    (generation.json), then the editor and mini-GEdit (edit-from<steps>/gedit.json; an editor
+    budget of 0 leaves them out). The generator refuses to resume on another tokenizer file (sha1);
+    a finished part is reused only if its sizes and tokenizer are the same."""
     import edit
     import generator
-    t0, out, sz = time.time(), job["out"], job["sizes"]
+    out, sz, sha = job["out"], job["sizes"], job["tokenizer_sha1"]
     os.makedirs(out, exist_ok=True)
-    done_path, key = os.path.join(out, "result.json"), {"sizes": sz, "tokenizer_sha1": job["tokenizer_sha1"]}
-    if os.path.isfile(done_path) and json.load(open(done_path))["key"] == key:  # finished before: reused
-        return json.load(open(done_path))["result"]
-    curve_path = os.path.join(out, "curve.json")
-    curve = json.load(open(curve_path)) if os.path.isfile(curve_path) else {}
-    with open(os.path.join(out, "table4-gen.log"), "a") as log, contextlib.redirect_stdout(log), \
-            contextlib.redirect_stderr(log), num_threads(job["threads"]):
-        common = ["--preset", job["preset"], "--seed", "0", "--n-samples", "0", *job["device"]]
-        gen, ev = os.path.join(out, "gen"), lambda **k: argparse.Namespace(**{**GEN_EVAL_DEFAULTS, **k})  # noqa: E731
+    curve_path, gen = os.path.join(out, "curve.json"), os.path.join(out, "gen")
+    common = ["--preset", job["preset"], "--seed", "0", "--n-samples", "0", *job["device"]]
+    ev = lambda **k: argparse.Namespace(**{**GEN_EVAL_DEFAULTS, **k})  # noqa: E731
+
+    def generation():
+        t0, curve = time.time(), json.load(open(curve_path)) if os.path.isfile(curve_path) else {}
         for s in sorted({*range(sz["every"], sz["gen_steps"], sz["every"]), sz["gen_steps"]}):  # chunks, then the budget
             if str(s) in curve:
                 continue
@@ -883,19 +892,24 @@ def generation_job(job):
         kw = dict(steps=cfg["sample_steps"], shift=cfg["sample_shift"], guidance=cfg["guidance"])
         ratio = off_manifold_ratio(model, tok, size, json.load(open(os.path.join(gen, "config.json")))["cache_file"],
                                    sz["n_off"], 1, kw)
-        res = {"geneval": final, "curve": {int(k): v for k, v in curve.items()}, "off_manifold_ratio": ratio}
-        if job["edit"]:
+        return {"geneval": final, "curve": curve, "off_manifold_ratio": ratio, "seconds": round(time.time() - t0, 1)}
+
+    def editing():
+        if not os.path.isfile(os.path.join(ed, "edit.pt")) or torch.load(os.path.join(ed, "edit.pt"), map_location="cpu",
+                                                                             weights_only=True)["step"] < sz["edit_steps"]:
+            resume = ["--resume"] if os.path.isfile(os.path.join(ed, "edit.pt")) else []
+            edit.main([*common, "--init", gen, "--out", ed, "--steps", str(sz["edit_steps"]), "--cache", job["cache"],
+                       *resume])
+        return cmd_gedit(ev(ckpt=ed, preset=job["preset"]))
+
+    with open(os.path.join(out, "table4-gen.log"), "a") as log, contextlib.redirect_stdout(log), \
+            contextlib.redirect_stderr(log), num_threads(job["threads"]):
+        gen_key = {k: sz[k] for k in ("gen_steps", "every", "prompts", "n_off")} | {"tokenizer_sha1": sha}
+        res = reuse_or_run(os.path.join(out, "generation.json"), gen_key, generation)
+        if job["edit"] and sz["edit_steps"] > 0:
             ed = os.path.join(out, f"edit-from{sz['gen_steps']}")  # a longer-trained generator gets a new editor
-            if not os.path.isfile(os.path.join(ed, "edit.pt")) or torch.load(os.path.join(ed, "edit.pt"), map_location="cpu",
-                                                                                 weights_only=True)["step"] < sz["edit_steps"]:
-                resume = ["--resume"] if os.path.isfile(os.path.join(ed, "edit.pt")) else []
-                edit.main([*common, "--init", gen, "--out", ed, "--steps", str(sz["edit_steps"]), "--cache", job["cache"],
-                           *resume])
-            res["gedit"] = cmd_gedit(ev(ckpt=ed, preset=job["preset"]))
-    res["seconds"] = round(time.time() - t0, 1)
-    with open(done_path, "w") as f:
-        json.dump({"key": key, "result": res}, f, indent=1)
-    return json.load(open(done_path))["result"]  # the same types as a reused one (json keys are strings)
+            res["gedit"] = reuse_or_run(ed + ".json", {**gen_key, "edit_steps": sz["edit_steps"]}, editing)
+    return res
 
 
 GEN_EVAL_DEFAULTS = dict(tokenizer=None, prompts=None, images=None, steps=None, sample_shift=None, guidance=None,
@@ -908,7 +922,7 @@ def cmd_table4_gen(args):
     import generator
     t0, runs = time.time(), args.runs or os.path.join("runs", f"table4-{args.preset}")
     sz = {**GEN_SIZES[args.preset], **({"gen_steps": args.budget} if args.budget else {}),
-          **({"edit_steps": args.edit_budget} if args.edit_budget else {})}
+          **({"edit_steps": args.edit_budget} if args.edit_budget is not None else {})}
     wanted = args.recipes.split(",") if args.recipes else [r for _, r, _ in TABLE4_ROWS]
     rows = [(name, recipe, "ddt") for name, recipe, _ in TABLE4_ROWS if recipe in wanted] + \
         [(f"{name}, no DDT head", recipe, "none") for name, recipe, _ in TABLE4_ROWS
@@ -1122,7 +1136,8 @@ def add_generation_commands(sub):
     p.add_argument("--runs", default=None, help="the table4 run folder (default runs/table4-<preset>)")
     p.add_argument("--results", default=os.path.join("results", "generation"), help="folder for the table and figures")
     p.add_argument("--budget", type=int, default=None, help="generator steps per latent (default: the preset's)")
-    p.add_argument("--edit-budget", type=int, default=None, help="editor steps per latent (default: the preset's)")
+    p.add_argument("--edit-budget", type=int, default=None, help="editor steps per latent (default: the preset's; "
+                   "0: no editor, the GEdit columns left empty)")
     p.add_argument("--recipes", default=None, help="comma-separated subset of the latents, e.g. psvae,rae")
     p.add_argument("--no-head-ablation", dest="head_ablation", action="store_false",
                    help="leave out Table 1's rows (PS-VAE and RAE without the DDT head)")

@@ -225,6 +225,10 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     assert {k: v for k, v in curve6.items() if k != "6"} == curve
     assert torch.load(ck, weights_only=True)["step"] == 6
     assert (tmp_path / "runs" / "rae" / "gen-ddt" / "edit-from6" / "edit.pt").is_file()
+    # editor budget 0: the generation part is reused as it is, no editor, empty GEdit columns
+    g0 = E.main([*gen, "--budget", "6", "--edit-budget", "0", "--no-head-ablation"])
+    assert "gedit" not in g0["rows"]["RAE"] and g0["rows"]["RAE"]["geneval"] == g6["rows"]["RAE"]["geneval"]
+    assert os.path.basename(g0["table"]) == "table4_generation_tiny_b6_e0_rae_ddt.md"
     with pytest.raises(SystemExit, match="subset of psvae"):
         E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--recipes", "rea"])
     with pytest.raises(SystemExit, match="does not exist; give a tokenizer.py --stage 0"):
