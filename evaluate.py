@@ -852,8 +852,9 @@ def off_manifold_ratio(model, tok, size, cache_path, n, seed, kw):
 
 def reuse_or_run(path, key, fn):
     """fn()'s result, saved at path with its key; read back instead when it was made with that key."""
-    if os.path.isfile(path) and json.load(open(path))["key"] == key:
-        return json.load(open(path))["result"]
+    saved = json.load(open(path)) if os.path.isfile(path) else {}
+    if saved.get("key") == key:
+        return saved["result"]
     result = fn()
     with open(path, "w") as f:
         json.dump({"key": key, "result": result}, f, indent=1)
@@ -864,14 +865,15 @@ def generation_job(job):
     """One latent space (or head variant): the generator trained to the plan in chunks of `every`
     steps, each chunk followed by mini-GenEval on the small suite (written to curve.json, so a
     killed table resumes where it stopped), then the full suite and the off-manifold ratio
-    (generation.json), then the editor and mini-GEdit (edit-from<steps>/gedit.json; an editor
-    budget of 0 leaves them out). The generator refuses to resume on another tokenizer file (sha1);
+    (generation.json), then the editor and mini-GEdit (edit-from<steps>/ and edit-from<steps>.json;
+    an editor budget of 0 leaves them out). The generator refuses to resume on another tokenizer file (sha1);
     a finished part is reused only if its sizes and tokenizer are the same."""
     import edit
     import generator
     out, sz, sha = job["out"], job["sizes"], job["tokenizer_sha1"]
     os.makedirs(out, exist_ok=True)
     curve_path, gen = os.path.join(out, "curve.json"), os.path.join(out, "gen")
+    ed = os.path.join(out, f"edit-from{sz['gen_steps']}")  # a longer-trained generator gets a new editor
     common = ["--preset", job["preset"], "--seed", "0", "--n-samples", "0", *job["device"]]
     ev = lambda **k: argparse.Namespace(**{**GEN_EVAL_DEFAULTS, **k})  # noqa: E731
 
@@ -907,7 +909,6 @@ def generation_job(job):
         gen_key = {k: sz[k] for k in ("gen_steps", "every", "prompts", "n_off")} | {"tokenizer_sha1": sha}
         res = reuse_or_run(os.path.join(out, "generation.json"), gen_key, generation)
         if job["edit"] and sz["edit_steps"] > 0:
-            ed = os.path.join(out, f"edit-from{sz['gen_steps']}")  # a longer-trained generator gets a new editor
             res["gedit"] = reuse_or_run(ed + ".json", {**gen_key, "edit_steps": sz["edit_steps"]}, editing)
     return res
 

@@ -6,15 +6,13 @@ A tiny tokenizer (tokenizer.py stages 0-1) and a tiny T2I run (generator.py) are
 """
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from conftest import ROOT
+from conftest import torchrun
 import edit as E
 import evaluate
 import generator as G
@@ -220,12 +218,8 @@ def test_two_processes_match_one(tmp_path, t2i):
     """torchrun (gloo, 2 processes, global batch 8 = 4 + 4) vs 1 process with batch 8."""
     args = ["--steps", 4, "--batch-size", 8, "--n-train", 32]
     train(tmp_path / "one", t2i, *args)  # also makes the cache the two processes read
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           os.path.join(ROOT, "edit.py"), *TINY, "--init", t2i, "--out", str(tmp_path / "two"),
-           "--cache", str(tmp_path / "cache"), "--n-samples", "0", *map(str, args)]
-    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    torchrun([("edit", [*TINY, "--init", t2i, "--out", tmp_path / "two", "--cache", tmp_path / "cache",
+                        "--n-samples", 0, *args])], tmp_path)
     l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert sorted(l1) == sorted(l2) == [1, 2, 3, 4]
     for s in l1:
