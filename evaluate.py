@@ -850,6 +850,16 @@ def off_manifold_ratio(model, tok, size, cache_path, n, seed, kw):
     return nn_tail(gen, train) / nn_tail(real, train)
 
 
+def latent_directions(z, share=0.99):
+    """How many directions of channel space hold `share` of a latent's variance, each channel first
+    normalised as the generator sees it: the latent's intrinsic width per token, against its C
+    channels (Sec. 3.1: a wide space whose data fill few directions leaves room to stray). (N, C, H, W)."""
+    t = z[:2000].float().transpose(0, 1).flatten(1)  # (C, tokens)
+    t = (t - t.mean(1, keepdim=True)) / t.std(1, keepdim=True)
+    ev = torch.linalg.eigvalsh(torch.cov(t)).flip(0)  # largest first
+    return int((ev.cumsum(0) / ev.sum() < share).sum()) + 1
+
+
 def reuse_or_run(path, key, fn):
     """fn()'s result, saved at path with its key; read back instead when it was made with that key."""
     saved = json.load(open(path)) if os.path.isfile(path) else {}
@@ -908,6 +918,8 @@ def generation_job(job):
             contextlib.redirect_stderr(log), num_threads(job["threads"]):
         gen_key = {k: sz[k] for k in ("gen_steps", "every", "prompts", "n_off")} | {"tokenizer_sha1": sha}
         res = reuse_or_run(os.path.join(out, "generation.json"), gen_key, generation)
+        z = torch.load(json.load(open(os.path.join(gen, "config.json")))["cache_file"], weights_only=True)["latents"]
+        res["directions"], res["channels"] = latent_directions(z), z.shape[1]
         if job["edit"] and sz["edit_steps"] > 0:
             res["gedit"] = reuse_or_run(ed + ".json", {**gen_key, "edit_steps": sz["edit_steps"]}, editing)
     return res
@@ -965,8 +977,8 @@ def write_table4_gen(path, rows, results, measured, sz, seconds, command):
     lines = [f"# Table 4 in miniature, generation and editing: generator {sz['gen_steps']} steps, editor "
              f"{sz['edit_steps']} steps on every latent", "", f"`{command}`", "",
              "| latent | mini-GenEval strict | GenEval rules | " + " | ".join(cats) + " | GEdit hit | adherence | "
-             "consistency (dB) | off-manifold ratio | PSNR | probe, balanced |",
-             "|---|" + "---|" * (len(cats) + 8)]
+             "consistency (dB) | off-manifold ratio | directions / channels | PSNR | probe, balanced |",
+             "|---|" + "---|" * (len(cats) + 9)]
     for name, _, _ in rows:
         r, m = results[name], measured[name]
         g, e = r["geneval"], r.get("gedit")
@@ -974,11 +986,12 @@ def write_table4_gen(path, rows, results, measured, sz, seconds, command):
                      f"{g['overall_geneval_rules_stderr']:.3f} | " + " | ".join(f"{g['per_category_geneval_rules'][c]:.2f}"
                                                                       for c in cats) +
                      (f" | {e['instruction_hit']:.3f} | {e['adherence']:.3f} | {e['consistency_psnr']:.2f}" if e else
-                      " | - | - | -") + f" | {r['off_manifold_ratio']:.2f} | {m['recon']['psnr']:.2f} | "
-                     f"{m['probe']['probe_balanced']:.3f} |")
+                      " | - | - | -") + f" | {r['off_manifold_ratio']:.2f} | {r['directions']} / {r['channels']} | "
+                     f"{m['recon']['psnr']:.2f} | {m['probe']['probe_balanced']:.3f} |")
     lines += ["", f"Per-category columns: GenEval rules. Off-manifold ratio: top-5% nearest-neighbour distance of "
               f"{sz['n_off']} generated latents to the training latents over that of {sz['n_off']} held-out real "
-              f"ones. {seconds:.0f} s in all."]
+              f"ones. Directions: how many principal directions of the per-channel normalised latent (per token) "
+              f"hold 99% of its variance, of its channels. {seconds:.0f} s in all."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path

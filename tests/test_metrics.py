@@ -138,6 +138,20 @@ def test_balanced_accuracy_by_hand():
     assert E.balanced_accuracy(pred, y) == pytest.approx((8 / 9 + 1) / 2)
 
 
+def test_latent_directions_counts_the_directions_the_data_fill():
+    """A 16-channel latent made of 3 random mixtures (plus faint noise) fills 3 directions, whatever
+    the channels' scales; white noise fills every channel; the share sets the count."""
+    g = torch.Generator().manual_seed(0)
+    mix, s = torch.randn(16, 3, generator=g), torch.randn(400, 3, 4, 4, generator=g)
+    scales = torch.logspace(-2, 2, 16).view(1, 16, 1, 1)
+    z = (torch.einsum("ck,nkhw->nchw", mix, s) + 1e-3 * torch.randn(400, 16, 4, 4, generator=g)) * scales
+    assert E.latent_directions(z) == 3
+    assert E.latent_directions(torch.randn(400, 8, 4, 4, generator=g)) == 8
+    one_strong = torch.randn(400, 8, 4, 4, generator=g)
+    one_strong[:, 1:] = one_strong[:, :1] + 0.1 * one_strong[:, 1:]  # 8 channels, nearly one direction
+    assert E.latent_directions(one_strong, share=0.9) == 1 and E.latent_directions(one_strong, share=0.9999) == 8
+
+
 def test_read_back_is_exact_on_renders_and_drops_texture_when_blurred():
     data = W.WorldImages("val", 40, 64)
     scenes = [data.scene(i) for i in range(40)]
@@ -211,6 +225,8 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     curve = json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json"))
     assert sorted(map(int, curve)) == [2, 4] and "gedit" in g["rows"]["RAE"] and "gedit" not in g["rows"]["RAE, no DDT head"]
     assert "| RAE, no DDT head |" in open(g["table"]).read() and os.path.getsize(g["figure4"]) > 0
+    assert all(1 <= r["directions"] <= r["channels"] for r in g["rows"].values())
+    assert "directions / channels" in open(g["table"]).read()
     assert os.path.basename(g["table"]) == "table4_generation_tiny_rae.md"  # the preset's budgets, one latent
     assert "`python evaluate.py " + " ".join(gen) + "`" in open(g["table"]).read()
     ck = tmp_path / "runs" / "rae" / "gen-ddt" / "gen" / "generator.pt"
