@@ -873,14 +873,13 @@ def save_grid(path, imgs, titles, suptitle):
     from matplotlib.figure import Figure
     cols = min(len(imgs), 4)
     rows = math.ceil(len(imgs) / cols)
-    fig = Figure(figsize=(2.4 * cols, 2.7 * rows))
+    fig = Figure(figsize=(2.4 * cols, 2.7 * rows), layout="constrained")  # (keeps room for the suptitle)
     for i, img in enumerate(imgs):
         ax = fig.add_subplot(rows, cols, i + 1)
         ax.imshow(to_uint8(img), interpolation="nearest")
         ax.set_title("\n".join(textwrap.wrap(titles[i], 28)), fontsize=7)
         ax.set_axis_off()
     fig.suptitle(suptitle, fontsize=9)
-    fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
 
