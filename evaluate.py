@@ -828,17 +828,30 @@ GEN_SIZES = {  # generator and editor steps, evaluation interval, prompts per ca
 }
 
 
-def nn_tail(a, b, top=0.05):
-    """Mean of the top `top` share of the distances from each row of a to its nearest row of b."""
-    d = torch.cat([torch.cdist(a[i:i + 256], b).min(1).values for i in range(0, len(a), 256)])
+def nn_distances(a, b):
+    """The distance from each row of a to its nearest row of b."""
+    return torch.cat([torch.cdist(a[i:i + 256], b).min(1).values for i in range(0, len(a), 256)])
+
+
+def tail_mean(d, top=0.05):
+    """The mean of the largest `top` share of the distances d: how far the farthest samples lie."""
     return d.sort().values[-max(1, int(top * len(d))):].mean().item()
+
+
+def tail_ratio(d_gen, d_real, top=0.05, boot=200, seed=0):
+    """tail_mean(d_gen) / tail_mean(d_real), and its standard error: the spread of the ratio over
+    `boot` bootstrap resamples of both sets of samples (the noise of drawing n of each)."""
+    g = torch.Generator().manual_seed(seed)
+    draw = lambda d: d[torch.randint(len(d), (len(d),), generator=g)]  # noqa: E731
+    boots = torch.tensor([tail_mean(draw(d_gen), top) / tail_mean(draw(d_real), top) for _ in range(boot)])
+    return tail_mean(d_gen, top) / tail_mean(d_real, top), boots.std().item()
 
 
 def off_manifold_ratio(model, tok, size, cache_path, n, seed, kw):
     """The top-5% nearest-neighbour distance of n generated latents to the training latents,
     divided by the same for n held-out real latents (encoded val scenes): 1 when samples are as
     close to the data as unseen data is; larger when they stray off it. Latents are normalised per
-    channel first, so that spaces of different size compare."""
+    channel first, so that spaces of different size compare. Returns (ratio, its standard error)."""
     import generator
     norm = lambda z: ((z.float() - model.latent_mean.cpu()) / model.latent_std.cpu()).flatten(1)  # noqa: E731
     train = norm(torch.load(cache_path, map_location="cpu", weights_only=True)["latents"])
@@ -847,7 +860,7 @@ def off_manifold_ratio(model, tok, size, cache_path, n, seed, kw):
     with torch.no_grad():
         real = norm(torch.cat([tok.encode(torch.stack([x for x, _ in items[i:i + 64]])).cpu() for i in range(0, n, 64)]))
     gen = norm(generator.generate_latents(model, [c for _, c in items], seed=seed, **kw).cpu())
-    return nn_tail(gen, train) / nn_tail(real, train)
+    return tail_ratio(nn_distances(gen, train), nn_distances(real, train))
 
 
 def latent_directions(z, share=0.99):
@@ -874,8 +887,8 @@ def reuse_or_run(path, key, fn):
 def generation_job(job):
     """One latent space (or head variant): the generator trained to the plan in chunks of `every`
     steps, each chunk followed by mini-GenEval on the small suite (written to curve.json, so a
-    killed table resumes where it stopped), then the full suite and the off-manifold ratio
-    (generation.json), then the editor and mini-GEdit (edit-from<steps>/ and edit-from<steps>.json;
+    killed table resumes where it stopped), then the full suite (generation.json), the off-manifold
+    ratio (off-manifold.json), then the editor and mini-GEdit (edit-from<steps>/ and edit-from<steps>.json;
     an editor budget of 0 leaves them out). The generator refuses to resume on another tokenizer file (sha1);
     a finished part is reused only if its sizes and tokenizer are the same."""
     import edit
@@ -899,12 +912,15 @@ def generation_job(job):
             with open(curve_path, "w") as f:
                 json.dump(curve, f, indent=1)
         final = cmd_geneval(ev(ckpt=gen, preset=job["preset"]))
+        return {"geneval": final, "curve": curve, "seconds": round(time.time() - t0, 1)}
+
+    def off_manifold():
         model, cfg, tok_path = generator.load_generator(gen)
         tok, _, size = generator.open_tokenizer(tok_path)
         kw = dict(steps=cfg["sample_steps"], shift=cfg["sample_shift"], guidance=cfg["guidance"])
-        ratio = off_manifold_ratio(model, tok, size, json.load(open(os.path.join(gen, "config.json")))["cache_file"],
-                                   sz["n_off"], 1, kw)
-        return {"geneval": final, "curve": curve, "off_manifold_ratio": ratio, "seconds": round(time.time() - t0, 1)}
+        ratio, stderr = off_manifold_ratio(model, tok, size, json.load(open(os.path.join(gen, "config.json")))["cache_file"],
+                                           sz["n_off"], 1, kw)
+        return {"off_manifold_ratio": ratio, "off_manifold_stderr": stderr}
 
     def editing():
         if not os.path.isfile(os.path.join(ed, "edit.pt")) or torch.load(os.path.join(ed, "edit.pt"), map_location="cpu",
@@ -918,6 +934,7 @@ def generation_job(job):
             contextlib.redirect_stderr(log), num_threads(job["threads"]):
         gen_key = {k: sz[k] for k in ("gen_steps", "every", "prompts", "n_off")} | {"tokenizer_sha1": sha}
         res = reuse_or_run(os.path.join(out, "generation.json"), gen_key, generation)
+        res |= reuse_or_run(os.path.join(out, "off-manifold.json"), gen_key, off_manifold)
         z = torch.load(json.load(open(os.path.join(gen, "config.json")))["cache_file"], weights_only=True)["latents"]
         res["directions"], res["channels"] = latent_directions(z), z.shape[1]
         if job["edit"] and sz["edit_steps"] > 0:
@@ -986,11 +1003,12 @@ def write_table4_gen(path, rows, results, measured, sz, seconds, command):
                      f"{g['overall_geneval_rules_stderr']:.3f} | " + " | ".join(f"{g['per_category_geneval_rules'][c]:.2f}"
                                                                       for c in cats) +
                      (f" | {e['instruction_hit']:.3f} | {e['adherence']:.3f} | {e['consistency_psnr']:.2f}" if e else
-                      " | - | - | -") + f" | {r['off_manifold_ratio']:.2f} | {r['directions']} / {r['channels']} | "
+                      " | - | - | -") + f" | {r['off_manifold_ratio']:.2f} +- {r['off_manifold_stderr']:.2f} | "
+                     f"{r['directions']} / {r['channels']} | "
                      f"{m['recon']['psnr']:.2f} | {m['probe']['probe_balanced']:.3f} |")
     lines += ["", f"Per-category columns: GenEval rules. Off-manifold ratio: top-5% nearest-neighbour distance of "
               f"{sz['n_off']} generated latents to the training latents over that of {sz['n_off']} held-out real "
-              f"ones. Directions: how many principal directions of the per-channel normalised latent (per token) "
+              f"ones, +- its bootstrap standard error. Directions: how many principal directions of the per-channel normalised latent (per token) "
               f"hold 99% of its variance, of its channels. {seconds:.0f} s in all."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -152,6 +152,24 @@ def test_latent_directions_counts_the_directions_the_data_fill():
     assert E.latent_directions(one_strong, share=0.9) == 1 and E.latent_directions(one_strong, share=0.9999) == 8
 
 
+def test_off_manifold_ratio_and_its_standard_error():
+    """Nearest distances are exact on points at known places; samples drawn from one distribution
+    give a ratio within three standard errors of 1, samples twice as far give 2; four times the
+    samples halve the standard error (the bootstrap's 1/sqrt(n))."""
+    b = torch.tensor([[0.0, 0.0], [10.0, 0.0]])
+    a = torch.tensor([[1.0, 0.0], [7.0, 0.0], [10.0, 3.0]])
+    assert torch.allclose(E.nn_distances(a, b), torch.tensor([1.0, 3.0, 3.0]))
+    assert E.tail_mean(torch.arange(100.0), top=0.05) == sum(range(95, 100)) / 5
+    g = torch.Generator().manual_seed(0)
+    d = lambda n: torch.randn(n, generator=g).abs()  # noqa: E731
+    ratio, se = E.tail_ratio(d(600), d(600))
+    assert se > 0 and abs(ratio - 1) < 3 * se
+    real = d(600)
+    assert E.tail_ratio(2 * real, real)[0] == pytest.approx(2.0)
+    ses = [sum(E.tail_ratio(d(n), d(n), seed=k)[1] for k in range(4)) / 4 for n in (600, 2400)]  # 4 draws each
+    assert 0.35 < ses[1] / ses[0] < 0.7
+
+
 def test_read_back_is_exact_on_renders_and_drops_texture_when_blurred():
     data = W.WorldImages("val", 40, 64)
     scenes = [data.scene(i) for i in range(40)]
@@ -221,7 +239,8 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     gen = ["table4-gen", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "gen"),
            "--recipes", "rae", "--jobs", "1"]
     g = E.main(gen)
-    assert set(g["rows"]) == {"RAE", "RAE, no DDT head"} and all(r["off_manifold_ratio"] > 0 for r in g["rows"].values())
+    assert set(g["rows"]) == {"RAE", "RAE, no DDT head"} and all(r["off_manifold_ratio"] > 0 < r["off_manifold_stderr"]
+                                                           for r in g["rows"].values())
     curve = json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json"))
     assert sorted(map(int, curve)) == [2, 4] and "gedit" in g["rows"]["RAE"] and "gedit" not in g["rows"]["RAE, no DDT head"]
     assert "| RAE, no DDT head |" in open(g["table"]).read() and os.path.getsize(g["figure4"]) > 0
