@@ -897,7 +897,7 @@ def generation_job(job):
     os.makedirs(out, exist_ok=True)
     curve_path, gen = os.path.join(out, "curve.json"), os.path.join(out, "gen")
     ed = os.path.join(out, f"edit-from{sz['gen_steps']}")  # a longer-trained generator gets a new editor
-    common = ["--preset", job["preset"], "--seed", "0", "--n-samples", "0", *job["device"]]
+    common = ["--preset", job["preset"], "--seed", str(job["seed"]), "--n-samples", "0", *job["device"]]
     ev = lambda **k: argparse.Namespace(**{**GEN_EVAL_DEFAULTS, **k})  # noqa: E731
 
     def generation():
@@ -964,7 +964,8 @@ def cmd_table4_gen(args):
             raise ValueError(f"{os.path.join(runs, recipe)} holds no measured latent; run `python evaluate.py table4 "
                              f"--preset {args.preset} --runs {runs}` first")
         tok = tokenizer.last_stage(os.path.join(runs, recipe))  # its measured (last) stage
-        jobs.append(dict(out=os.path.join(runs, recipe, "gen-nohead" if head == "none" else "gen-ddt"), tokenizer=tok,
+        folder = ("gen-nohead" if head == "none" else "gen-ddt") + (f"-seed{args.seed}" if args.seed else "")
+        jobs.append(dict(out=os.path.join(runs, recipe, folder), tokenizer=tok, seed=args.seed,
                          tokenizer_sha1=generator.file_hash(tok),
                          head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
                          threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
@@ -977,7 +978,8 @@ def cmd_table4_gen(args):
     preset = GEN_SIZES[args.preset]  # a budget, latent subset or missing ablation of its own gets its own files
     name = args.preset + "".join(f"_{k}{sz[key]}" for k, key in (("b", "gen_steps"), ("e", "edit_steps"))
                                  if sz[key] != preset[key]) + \
-        ("_" + "_".join(dict.fromkeys(r for _, r, _ in rows)) if args.recipes else "") + ("" if args.head_ablation else "_ddt")
+        ("_" + "_".join(dict.fromkeys(r for _, r, _ in rows)) if args.recipes else "") + \
+        ("" if args.head_ablation else "_ddt") + (f"_seed{args.seed}" if args.seed else "")
     command = "python evaluate.py table4-gen " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
     md = write_table4_gen(os.path.join(args.results, f"table4_generation_{name}.md"), rows, results, measured,
                           sz, time.time() - t0, command)
@@ -1173,6 +1175,8 @@ def add_generation_commands(sub):
     p.add_argument("--recipes", default=None, help="comma-separated subset of the latents, e.g. psvae,rae")
     p.add_argument("--no-head-ablation", dest="head_ablation", action="store_false",
                    help="leave out Table 1's rows (PS-VAE and RAE without the DDT head)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of the generators and editors (another seed "
+                   "trains new ones, in gen-*-seed<N>/; the suites' prompts and noise stay the same)")
     p.add_argument("--jobs", type=int, default=2, help="latents trained at a time")
     p.add_argument("--threads", type=int, default=None, help="threads per job (default cpu_count / jobs)")
     p.set_defaults(func=cmd_table4_gen)

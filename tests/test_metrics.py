@@ -252,6 +252,12 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     mtime = os.path.getmtime(ck)
     assert E.main(gen)["rows"] == g["rows"]  # finished jobs are reused, measurements included
     assert json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json")) == curve and os.path.getmtime(ck) == mtime
+    # another training seed: a new generator beside the first, with its own table
+    s1 = E.main([*gen, "--seed", "1", "--no-head-ablation", "--edit-budget", "0"])
+    ck1 = tmp_path / "runs" / "rae" / "gen-ddt-seed1" / "gen" / "generator.pt"
+    w0, w1 = (torch.load(c, map_location="cpu", weights_only=True)["model"] for c in (ck, ck1))
+    assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
+    assert os.path.basename(s1["table"]) == "table4_generation_tiny_e0_rae_ddt_seed1.md" and os.path.getmtime(ck) == mtime
     # a larger budget continues the same generator and fine-tunes a new editor from it
     g6 = E.main([*gen, "--budget", "6", "--no-head-ablation"])
     curve6 = json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json"))
