@@ -914,12 +914,11 @@ def generation_job(job):
         final = cmd_geneval(ev(ckpt=gen, preset=job["preset"]))
         return {"geneval": final, "curve": curve, "seconds": round(time.time() - t0, 1)}
 
-    def off_manifold():
+    def off_manifold(latents_file):
         model, cfg, tok_path = generator.load_generator(gen)
         tok, _, size = generator.open_tokenizer(tok_path)
         kw = dict(steps=cfg["sample_steps"], shift=cfg["sample_shift"], guidance=cfg["guidance"])
-        ratio, stderr = off_manifold_ratio(model, tok, size, json.load(open(os.path.join(gen, "config.json")))["cache_file"],
-                                           sz["n_off"], 1, kw)
+        ratio, stderr = off_manifold_ratio(model, tok, size, latents_file, sz["n_off"], 1, kw)
         return {"off_manifold_ratio": ratio, "off_manifold_stderr": stderr}
 
     def editing():
@@ -934,8 +933,9 @@ def generation_job(job):
             contextlib.redirect_stderr(log), num_threads(job["threads"]):
         gen_key = {k: sz[k] for k in ("gen_steps", "every", "prompts", "n_off")} | {"tokenizer_sha1": sha}
         res = reuse_or_run(os.path.join(out, "generation.json"), gen_key, generation)
-        res |= reuse_or_run(os.path.join(out, "off-manifold.json"), gen_key, off_manifold)
-        z = torch.load(json.load(open(os.path.join(gen, "config.json")))["cache_file"], weights_only=True)["latents"]
+        latents_file = json.load(open(os.path.join(gen, "config.json")))["cache_file"]  # what it was trained on
+        res |= reuse_or_run(os.path.join(out, "off-manifold.json"), gen_key, lambda: off_manifold(latents_file))
+        z = torch.load(latents_file, weights_only=True)["latents"]
         res["directions"], res["channels"] = latent_directions(z), z.shape[1]
         if job["edit"] and sz["edit_steps"] > 0:
             res["gedit"] = reuse_or_run(ed + ".json", {**gen_key, "edit_steps": sz["edit_steps"]}, editing)
@@ -1010,8 +1010,8 @@ def write_table4_gen(path, rows, results, measured, sz, seconds, command):
                      f"{m['recon']['psnr']:.2f} | {m['probe']['probe_balanced']:.3f} |")
     lines += ["", f"Per-category columns: GenEval rules. Off-manifold ratio: top-5% nearest-neighbour distance of "
               f"{sz['n_off']} generated latents to the training latents over that of {sz['n_off']} held-out real "
-              f"ones, +- its bootstrap standard error. Directions: how many principal directions of the per-channel normalised latent (per token) "
-              f"hold 99% of its variance, of its channels. {seconds:.0f} s in all."]
+              f"ones, +- its bootstrap standard error. Directions: how many principal directions of the per-channel "
+              f"normalised latent (per token) hold 99% of its variance, of its channels. {seconds:.0f} s in all."]
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
