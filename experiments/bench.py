@@ -5,6 +5,8 @@ preset's shapes (no data, no checkpoints). Not part of the method: a measurement
     python experiments/bench.py tokenizer --preset cpu --stage 1    # the same for a tokenizer stage
     python experiments/bench.py modes --preset cpu --json results/bench/modes_cpu.json
                                                   # generator, stages 1 and 2 x fp32 / bf16 / compiled / both
+    python experiments/bench.py curves --a RUN_A0 RUN_A1 --b RUN_B0 RUN_B1 --steps 1000
+                                                  # does mode B's loss curve stay within mode A's seed noise?
 
 The model FLOPs of a training step (forward + backward) are counted once by PyTorch's
 FlopCounterMode over the matrix products, convolutions and attention; MFU = achieved FLOP/s /
@@ -181,6 +183,66 @@ def peaks(device):
     return out
 
 
+def window_means(run, steps, window):
+    """The mean logged training loss of a run (a folder with metrics.jsonl) over consecutive windows
+    of `window` steps up to `steps`. A step logged twice (a run resumed from an earlier checkpoint
+    logs it again) counts once, with its last record."""
+    loss = {}
+    with open(os.path.join(run, "metrics.jsonl")) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "loss" in rec and rec["step"] <= steps:
+                loss[rec["step"]] = rec["loss"]
+    means = []
+    for lo in range(0, steps, window):
+        vals = [v for s, v in loss.items() if lo < s <= lo + window]
+        if not vals:
+            raise SystemExit(f"{run}: no loss logged in steps {lo + 1}-{lo + window}")
+        means.append(sum(vals) / len(vals))
+    return means
+
+
+def rms(xs):
+    return (sum(x * x for x in xs) / len(xs)) ** 0.5
+
+
+def curve_gap(runs_a, runs_b, steps, window):
+    """Mode B against mode A, seed for seed (runs_a[i] and runs_b[i] share a seed, hence the same
+    batches and noise draws): the gap |B_i - A_i| of the windowed loss curves, against the
+    run-to-run noise of mode A, |A_0 - A_1| (two seeds). Returns the per-window values and their
+    root mean squares; B is within A's noise when its gap's RMS is no larger than the seeds'."""
+    a = [window_means(r, steps, window) for r in runs_a]
+    b = [window_means(r, steps, window) for r in runs_b]
+    seeds = [abs(x - y) for x, y in zip(a[0], a[1])]
+    gaps = [max(abs(y - x) for x, y in zip(col_a, col_b)) for col_a, col_b in
+            zip(zip(*a), zip(*b))]  # per window, the larger of the seeds' gaps
+    return {"steps": steps, "window": window, "window_ends": list(range(window, steps + 1, window)),
+            "a": a, "b": b, "seed_spread_a": seeds, "mode_gap": gaps, "rms_seed_spread_a": rms(seeds),
+            "rms_mode_gap": rms(gaps), "within_noise": rms(gaps) <= rms(seeds)}
+
+
+def curves_figure(res, path, labels):
+    """Loss against steps, one line per run, mode A solid and mode B dashed."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.6))
+    for mode, style, label in (("a", "-", labels[0]), ("b", "--", labels[1])):
+        for i, curve in enumerate(res[mode]):
+            ax[0].plot(res["window_ends"], curve, style, color=f"C{i}", label=f"{label}, seed {i}")
+    ax[0].set(xlabel="training step", ylabel=f"mean loss over {res['window']} steps", yscale="log",
+              title="loss curves")
+    ax[0].legend(fontsize=8)
+    ax[1].plot(res["window_ends"], res["seed_spread_a"], "-o", label=f"|seed 0 - seed 1|, {labels[0]}")
+    ax[1].plot(res["window_ends"], res["mode_gap"], "-s", label=f"|{labels[1]} - {labels[0]}|, same seed (max)")
+    ax[1].set(xlabel="training step", ylabel="loss difference", yscale="log", title="mode gap against seed noise")
+    ax[1].legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="training throughput and model FLOP utilisation on random inputs")
     sub = p.add_subparsers(dest="what", required=True)
@@ -202,7 +264,23 @@ def main(argv=None):
                        help="torch.compile (not for modes)")
         q.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
         q.add_argument("--json", default=None, help="also write the result JSON to this file")
+    q = sub.add_parser("curves", help="loss curves of two modes, two seeds each: is B within A's seed noise?")
+    q.add_argument("--a", nargs=2, required=True, metavar=("SEED0", "SEED1"), help="mode A's runs (the reference)")
+    q.add_argument("--b", nargs=2, required=True, metavar=("SEED0", "SEED1"), help="mode B's runs, same seeds")
+    q.add_argument("--labels", nargs=2, default=("fp32 eager", "default"), help="names of modes A and B")
+    q.add_argument("--steps", type=int, default=1000, help="compare the first this many steps")
+    q.add_argument("--window", type=int, default=100, help="average the logged loss over windows of this many steps")
+    q.add_argument("--figure", default=None, help="also draw the curves and gaps to this PNG")
+    q.add_argument("--json", default=None, help="also write the result JSON to this file")
     a = p.parse_args(argv)
+    if a.what == "curves":
+        res = {"labels": list(a.labels), "runs_a": a.a, "runs_b": a.b, **curve_gap(a.a, a.b, a.steps, a.window)}
+        print(f"rms over {len(res['mode_gap'])} windows: |{a.labels[1]} - {a.labels[0]}| {res['rms_mode_gap']:.4g}, "
+              f"|seed 0 - seed 1| of {a.labels[0]} {res['rms_seed_spread_a']:.4g}: "
+              f"{'within' if res['within_noise'] else 'NOT within'} the noise")
+        if a.figure:
+            curves_figure(res, a.figure, a.labels)
+        return write_json(res, a.json)
     device = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     a.peaks = peaks(device)
     if a.what == "modes":
@@ -218,9 +296,13 @@ def main(argv=None):
         amp, compiled = choose_amp(a.amp, device)[0], choose_compile(a.compile, device, 10**9)[0]
         res = {**a.peaks, **bench(a, a.what, device, amp, compiled)}
     print(json.dumps(res))
-    if a.json:
-        os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
-        with open(a.json, "w") as f:
+    return write_json(res, a.json)
+
+
+def write_json(res, path):
+    if path:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
             json.dump(res, f, indent=1)
     return res
 

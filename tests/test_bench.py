@@ -59,3 +59,38 @@ def test_auto_precision_and_compilation_say_what_they_chose():
     assert not choose_compile("auto", cpu, 6)[0] and "too few" in choose_compile("auto", cpu, 6)[1]
     assert choose_compile("auto", cpu, 10**6)[0] == (shutil.which("cc") is not None or shutil.which("gcc") is not None)
     assert choose_compile("on", cpu, 6)[0] and not choose_compile("off", cpu, 10**6)[0]
+
+
+def write_metrics(run, records):
+    os.makedirs(run, exist_ok=True)
+    with open(os.path.join(run, "metrics.jsonl"), "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in records)
+
+
+def test_curves_compare_a_mode_gap_with_the_seed_noise(tmp_path):
+    """`bench.py curves`: windowed means of the logged loss (a step logged twice, as after a resume,
+    counts once with its last value); a mode that shifts the curve by much less than two seeds
+    differ is within the noise, one that shifts it by much more is not."""
+    # loss = step, logged every 25 steps; step 50 first logged as 1000, then again (resumed) as 50
+    recs = [{"step": s, "loss": float(s)} for s in range(25, 201, 25)]
+    write_metrics(tmp_path / "hand", recs[:2] + [{"step": 50, "loss": 1000.0}] + recs[1:])
+    assert bench.window_means(str(tmp_path / "hand"), 200, 100) == [62.5, 162.5]  # (25+50+75+100)/4, ...
+
+    g = torch.Generator().manual_seed(0)
+    steps = torch.arange(25, 1001, 25)
+
+    def run(name, seed_noise, shift):
+        loss = 2 / steps.sqrt() + seed_noise + shift
+        write_metrics(tmp_path / name, [{"step": int(s), "loss": float(v)} for s, v in zip(steps, loss)])
+        return str(tmp_path / name)
+
+    noise = [0.02 * torch.randn(len(steps), generator=g) for _ in range(2)]
+    a = [run(f"a{i}", noise[i], 0.0) for i in range(2)]
+    close = [run(f"close{i}", noise[i], 0.001) for i in range(2)]
+    far = [run(f"far{i}", noise[i], 0.1) for i in range(2)]
+    res = bench.main(["curves", "--a", *a, "--b", *close, "--steps", "1000", "--window", "100",
+                      "--json", str(tmp_path / "c.json"), "--figure", str(tmp_path / "c.png")])
+    assert res["within_noise"] and res["rms_mode_gap"] == pytest.approx(0.001, rel=1e-3)
+    assert len(res["mode_gap"]) == 10 and os.path.getsize(tmp_path / "c.png") > 0
+    assert json.load(open(tmp_path / "c.json"))["rms_seed_spread_a"] == pytest.approx(res["rms_seed_spread_a"])
+    assert not bench.curve_gap(a, far, 1000, 100)["within_noise"]
