@@ -676,15 +676,19 @@ def whitened_distance(z, target, eps=1e-3):
     (N, D) each, under target's covariance. A difference along a direction in which the features
     hardly vary costs as much as one along a widely varying direction, so the encoder cannot make
     two views agree by shrinking its features (a plain MSE lets it); it has to drop what differs.
-    eps * (the mean variance) is added to the covariance's diagonal, for small batches."""
-    target = target.detach().float()
-    # the covariance of the global batch (every rank holds as many tokens), as one process computes it
-    mean, second = all_mean(target.mean(0)), all_mean(target.T @ target / len(target))
-    cov = second - torch.outer(mean, mean)  # (D, D)
-    cov = cov + eps * cov.diagonal().mean() * torch.eye(len(cov), device=cov.device)
-    lam, V = torch.linalg.eigh(cov)
-    W = V / lam.clamp_min(1e-12).sqrt()  # (D, D): x @ W whitens
-    return ((z.float() - target) @ W).pow(2).sum(-1).mean() / len(cov)
+    eps * (the mean variance) is added to the covariance's diagonal, for small batches.
+    Always in fp32: under bf16 autocast the products would round the covariance to 3 significant
+    digits, its small eigenvalues to noise, and 1 / sqrt of them blows the distance up (measured:
+    1e8 instead of about 1)."""
+    with torch.autocast(z.device.type, enabled=False):
+        target = target.detach().float()
+        # the covariance of the global batch (every rank holds as many tokens), as one process computes it
+        mean, second = all_mean(target.mean(0)), all_mean(target.T @ target / len(target))
+        cov = second - torch.outer(mean, mean)  # (D, D)
+        cov = cov + eps * cov.diagonal().mean() * torch.eye(len(cov), device=cov.device)
+        lam, V = torch.linalg.eigh(cov)
+        W = V / lam.clamp_min(1e-12).sqrt()  # (D, D): x @ W whitens
+        return ((z.float() - target) @ W).pow(2).sum(-1).mean() / len(cov)
 
 class StageZero(nn.Module):
     """The world encoder + linear heads: the per-patch maps (shape, colour, texture) are read

@@ -253,6 +253,22 @@ def test_whitened_distance_ignores_the_features_scale_and_weighs_every_direction
     assert T.whitened_distance(wide, target).item() == pytest.approx(0.25 / 3, rel=5e-2)  # (1/2)^2 over D = 3
 
 
+def test_whitened_distance_is_the_same_under_bf16_autocast():
+    """Stage 0 runs under bf16 autocast where the machine has bf16 units. The whitening must not: a
+    covariance rounded to bf16, from tokens with a large common mean and directions of small
+    variance (as layer-normed patch tokens have), turns its small eigenvalues into noise."""
+    g = torch.Generator().manual_seed(0)
+    spread = torch.logspace(0, -2, 32)  # variances from 1 down to 1e-4
+    target = 3.0 + torch.randn(2048, 32, generator=g) * spread
+    z = target + 0.1 * torch.randn(2048, 32, generator=g) * spread
+    d32 = T.whitened_distance(z, target)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d16 = T.whitened_distance(z, target)
+    assert d16.dtype == torch.float32
+    assert d32.item() == pytest.approx(0.01, rel=0.1)  # (0.1 spread)^2 in every direction
+    assert d16.item() == pytest.approx(d32.item(), rel=1e-4)
+
+
 def test_twin_views_are_one_scene_with_its_detail_redrawn():
     import world as W
     ds = T.TwinScenes("train", 8, 32, 4)
