@@ -82,15 +82,20 @@ def cpu_has_bf16():
     return any(check() for check in checks if check is not None)
 
 
-def choose_amp(flag, device):
-    """--amp auto|bf16|off -> (the autocast dtype or None for fp32, why). auto: bf16 on a GPU, and
-    on a CPU only where it has bf16 units; elsewhere fp32, which is then the faster mode."""
+def choose_amp(flag, device, compiled):
+    """--amp auto|bf16|off -> (the autocast dtype or None for fp32, why). auto: bf16 on a GPU; on a
+    CPU only where it has bf16 units and the run is compiled. Measured on such a CPU (AVX512-BF16,
+    results/README.md, bench/): eager bf16 autocast made the convolutional tokenizer slower than
+    fp32 (31 against 43 samples/s, the casts around every layer), compiled bf16 made every stage
+    the fastest (1.5-1.8x fp32 eager). Without bf16 units torch emulates bf16, many times slower."""
     if flag != "auto":
         return (torch.bfloat16 if flag == "bf16" else None), f"--amp {flag}"
     if device.type == "cuda":
         return torch.bfloat16, "auto: bf16 autocast on the GPU"
     if device.type == "cpu" and cpu_has_bf16():
-        return torch.bfloat16, "auto: bf16 autocast, this CPU has bf16 matrix units (AVX512-BF16 or AMX)"
+        if compiled:
+            return torch.bfloat16, "auto: bf16 autocast, this CPU has bf16 units (AVX512-BF16 or AMX) and the run is compiled"
+        return None, "auto: fp32, this CPU has bf16 units but eager bf16 is slower than fp32 here (the casts)"
     return None, f"auto: fp32, this {device.type} has no native bf16 (emulated bf16 is slower than fp32)"
 
 
@@ -115,8 +120,8 @@ def choose_compile(flag, device, steps):
 def choose_speed(cfg, device, steps):
     """--amp and --compile of a run of `steps` steps, with the one log line that says what was chosen
     and why: (the autocast dtype or None for fp32, compile?)."""
-    amp, why_amp = choose_amp(cfg["amp"], device)
     compiled, why_compile = choose_compile(cfg["compile"], device, steps)
+    amp, why_amp = choose_amp(cfg["amp"], device, compiled)
     print0(f"precision: {'bf16 autocast' if amp else 'fp32'} ({why_amp}); {'compiled' if compiled else 'eager'} "
            f"({why_compile})")
     return amp, compiled
@@ -125,7 +130,7 @@ def choose_speed(cfg, device, steps):
 def add_speed_args(g):
     """--amp and --compile, the same in every training script."""
     g.add_argument("--amp", choices=("auto", "bf16", "off"), default="auto", help="bf16 autocast: auto = on a GPU, "
-                   "and on a CPU with bf16 units (AVX512-BF16 / AMX); off = fp32")
+                   "and on a CPU with bf16 units (AVX512-BF16 / AMX) when the run is compiled; off = fp32")
     g.add_argument("--compile", nargs="?", const="on", choices=("auto", "on", "off"), default="auto",
                    help=f"torch.compile: auto = for runs of >= {COMPILE_MIN_STEPS} steps, where a C compiler is found")
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 
 import tokenizer
 import world as W
+from common import add_speed_args
 
 # ----------------------------------------------------------------------------------------------
 # 1. The world: how exact the detector is, what the world looks like, how fast it renders
@@ -609,7 +610,7 @@ def cmd_table4(args):
     if args.stage0 and not os.path.isfile(args.stage0):
         raise ValueError(f"--stage0 {args.stage0} does not exist; give a tokenizer.py --stage 0 checkpoint")
     table4_steps(B, max(TABLE4_SPLITS))  # a budget too small for RPiAE stops here, before any training
-    base = ["--preset", args.preset] + (["--device", args.device] if args.device else []) + \
+    base = ["--preset", args.preset, *speed_flags(args)] + (["--device", args.device] if args.device else []) + \
         (["--workers", str(args.workers)] if args.workers else []) + \
         (["--batch-size", str(sz["batch"])] if "batch" in sz else []) + \
         [a for flag in ("semantic_weight", "pixel_weight") if getattr(args, flag) is not None
@@ -897,7 +898,7 @@ def generation_job(job):
     os.makedirs(out, exist_ok=True)
     curve_path, gen = os.path.join(out, "curve.json"), os.path.join(out, "gen")
     ed = os.path.join(out, f"edit-from{sz['gen_steps']}")  # a longer-trained generator gets a new editor
-    common = ["--preset", job["preset"], "--seed", str(job["seed"]), "--n-samples", "0", *job["device"]]
+    common = ["--preset", job["preset"], "--seed", str(job["seed"]), "--n-samples", "0", *job["device"], *job["speed"]]
     ev = lambda **k: argparse.Namespace(**{**GEN_EVAL_DEFAULTS, **k})  # noqa: E731
 
     def generation():
@@ -947,6 +948,11 @@ GEN_EVAL_DEFAULTS = dict(tokenizer=None, prompts=None, images=None, steps=None, 
                          edits=None, grid=None)
 
 
+def speed_flags(args):
+    """The trainings' --amp and --compile, passed through from a table command (default: auto)."""
+    return ["--amp", args.amp, "--compile", args.compile]
+
+
 def cmd_table4_gen(args):
     """Generation and editing on every Table-4 latent: table4_gen.md, figure7.png, figure4.png."""
     import generator
@@ -969,7 +975,7 @@ def cmd_table4_gen(args):
                          tokenizer_sha1=generator.file_hash(tok),
                          head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
                          threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
-                         device=["--device", args.device] if args.device else []))
+                         device=["--device", args.device] if args.device else [], speed=speed_flags(args)))
     print(f"table4-gen preset {args.preset}: generator {sz['gen_steps']} steps, editor {sz['edit_steps']} steps per "
           f"latent, {args.jobs} jobs at a time, runs in {runs}", flush=True)
     results = dict(zip([r[0] for r in rows], run_jobs(jobs, args.jobs, generation_job)))
@@ -1118,6 +1124,7 @@ def add_tokenizer_commands(sub):
     p.add_argument("--runs", default=None, help="run folder (default runs/table4-<preset>); finished stages are reused")
     p.add_argument("--results", default=os.path.join("results", "table4"), help="folder for the table and figure")
     p.add_argument("--budget", type=int, default=None, help="training steps per latent (default: the preset's)")
+    add_speed_args(p)  # passed to every training of the table
     p.add_argument("--jobs", type=int, default=None, help="trainings at a time (default 2 on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=None, help="threads per training (default cpu_count / jobs)")
     p.add_argument("--stage0", default=None, help="a world encoder (tokenizer.py --stage 0 checkpoint) to use "
@@ -1179,6 +1186,7 @@ def add_generation_commands(sub):
                    "trains new ones, in gen-*-seed<N>/; the suites' prompts and noise stay the same)")
     p.add_argument("--jobs", type=int, default=2, help="latents trained at a time")
     p.add_argument("--threads", type=int, default=None, help="threads per job (default cpu_count / jobs)")
+    add_speed_args(p)  # passed to every generator and editor of the table
     p.set_defaults(func=cmd_table4_gen)
 
 

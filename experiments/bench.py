@@ -291,9 +291,11 @@ def main(argv=None):
             a.stage = stage
             rows += [{"mode": m, **bench(a, what, device, *modes[m])} for m in modes if m not in a.skip.split(",")]
             print(json.dumps(rows[-1]), flush=True)
-        res = {**a.peaks, "rows": rows, "auto": [choose_amp("auto", device)[1], choose_compile("auto", device, 2000)[1]]}
+        compiled, why = choose_compile("auto", device, 2000)  # what a 2000-step run picks on its own
+        res = {**a.peaks, "rows": rows, "auto": [choose_amp("auto", device, compiled)[1], why]}
     else:
-        amp, compiled = choose_amp(a.amp, device)[0], choose_compile(a.compile, device, 10**9)[0]
+        compiled = choose_compile(a.compile, device, 10**9)[0]
+        amp = choose_amp(a.amp, device, compiled)[0]
         res = {**a.peaks, **bench(a, a.what, device, amp, compiled)}
     print(json.dumps(res))
     return write_json(res, a.json)

@@ -50,12 +50,16 @@ def test_bench_counts_flops_per_sample_independent_of_batch_and_writes_json(tmp_
 
 
 def test_auto_precision_and_compilation_say_what_they_chose():
-    """auto: bf16 on a CPU only with bf16 units; compilation only for long runs; forced modes obey."""
+    """auto: bf16 on a CPU only with bf16 units and compiled kernels (eager bf16 autocast measured
+    slower than fp32 there); compilation only for long runs; forced modes obey."""
     from common import choose_amp, choose_compile, cpu_has_bf16
-    dtype, why = choose_amp("auto", torch.device("cpu"))
-    assert (dtype is torch.bfloat16) == cpu_has_bf16() and why.startswith("auto: ")
-    assert choose_amp("bf16", torch.device("cpu"))[0] is torch.bfloat16 and choose_amp("off", torch.device("cpu"))[0] is None
     cpu = torch.device("cpu")
+    dtype, why = choose_amp("auto", cpu, compiled=True)
+    assert (dtype is torch.bfloat16) == cpu_has_bf16() and why.startswith("auto: ")
+    dtype, why = choose_amp("auto", cpu, compiled=False)
+    assert dtype is None and why.startswith("auto: fp32")
+    for compiled in (False, True):
+        assert choose_amp("bf16", cpu, compiled)[0] is torch.bfloat16 and choose_amp("off", cpu, compiled)[0] is None
     assert not choose_compile("auto", cpu, 6)[0] and "too few" in choose_compile("auto", cpu, 6)[1]
     assert choose_compile("auto", cpu, 10**6)[0] == (shutil.which("cc") is not None or shutil.which("gcc") is not None)
     assert choose_compile("on", cpu, 6)[0] and not choose_compile("off", cpu, 10**6)[0]
