@@ -898,7 +898,7 @@ def generation_job(job):
     os.makedirs(out, exist_ok=True)
     curve_path, gen = os.path.join(out, "curve.json"), os.path.join(out, "gen")
     ed = os.path.join(out, f"edit-from{sz['gen_steps']}")  # a longer-trained generator gets a new editor
-    common = ["--preset", job["preset"], "--seed", str(job["seed"]), "--n-samples", "0", *job["device"], *job["speed"]]
+    common = ["--preset", job["preset"], "--seed", str(job["seed"]), "--n-samples", "0", *job["flags"]]
     ev = lambda **k: argparse.Namespace(**{**GEN_EVAL_DEFAULTS, **k})  # noqa: E731
 
     def generation():
@@ -975,7 +975,7 @@ def cmd_table4_gen(args):
                          tokenizer_sha1=generator.file_hash(tok),
                          head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
                          threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
-                         device=["--device", args.device] if args.device else [], speed=speed_flags(args)))
+                         flags=(["--device", args.device] if args.device else []) + speed_flags(args)))
     print(f"table4-gen preset {args.preset}: generator {sz['gen_steps']} steps, editor {sz['edit_steps']} steps per "
           f"latent, {args.jobs} jobs at a time, runs in {runs}", flush=True)
     results = dict(zip([r[0] for r in rows], run_jobs(jobs, args.jobs, generation_job)))

@@ -197,9 +197,10 @@ def test_tiny_run_lowers_the_loss_and_samples(tmp_path, tok):
 
 # every precision and compilation mode --amp auto / --compile auto can pick on some machine (bf16 on
 # CPUs with bf16 units and GPUs; compiled for long runs there): exact resume and 2 processes = 1
-MODES = [("--amp", "off"), ("--amp", "bf16"), pytest.param(("--amp", "off", "--compile", "on"), marks=pytest.mark.slow),
-         pytest.param(("--amp", "bf16", "--compile", "on"), marks=pytest.mark.slow)]  # a long run's auto on bf16 CPUs
-BF16 = ("--amp", "bf16")
+# (fp32 compiled names --amp off: compiled runs take bf16 on their own on CPUs with bf16 units)
+BF16, COMPILED, BF16_COMPILED = ("--amp", "bf16"), ("--amp", "off", "--compile", "on"), ("--amp", "bf16", "--compile", "on")
+MODES = [("--amp", "off"), BF16, pytest.param(COMPILED, marks=pytest.mark.slow),
+         pytest.param(BF16_COMPILED, marks=pytest.mark.slow)]
 
 
 @pytest.mark.parametrize("mode", MODES, ids=lambda m: "".join(m))
@@ -262,8 +263,7 @@ def test_two_processes_match_one(tmp_path, tok):
 
 @pytest.mark.slow
 def test_two_processes_match_one_compiled(tmp_path, tok):
-    # (--amp named: compiled runs take bf16 on their own on CPUs with bf16 units)
-    two_processes_match_one(tmp_path, tok, [("--amp", "off", "--compile", "on"), ("--amp", "bf16", "--compile", "on")])
+    two_processes_match_one(tmp_path, tok, [COMPILED, BF16_COMPILED])
 
 
 def test_latent_cache_is_made_once_and_follows_the_tokenizer(tmp_path, tok):

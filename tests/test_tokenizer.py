@@ -71,13 +71,13 @@ def test_tiny_svae_lowers_its_loss(tmp_path, stage0):
 
 # the precision and compilation modes --amp auto / --compile auto can pick on some machine (bf16 on
 # CPUs with bf16 units and GPUs; compiled for long runs there), besides fp32 eager
-BF16, COMPILED = ("--amp", "bf16"), ("--amp", "off", "--compile", "on")  # (compiled runs take bf16 on their own
-# on CPUs with bf16 units: fp32 compiled is named)
+# (fp32 compiled names --amp off: compiled runs take bf16 on their own on CPUs with bf16 units)
+BF16, COMPILED, BF16_COMPILED = ("--amp", "bf16"), ("--amp", "off", "--compile", "on"), ("--amp", "bf16", "--compile", "on")
 SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize("stage,mode", [(1, ()), (2, ()), (1, BF16), pytest.param(2, COMPILED, marks=SLOW),
-                                        pytest.param(1, BF16 + ("--compile", "on"), marks=SLOW)])  # a long run's auto on bf16 CPUs
+                                        pytest.param(1, BF16_COMPILED, marks=SLOW)])
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, stage0, stage, mode):
     """6 steps in one go vs 3 steps, stop, --resume to 6 (the GAN switches on at step 5)."""
     a, b = fresh(tmp_path, stage0, "a"), fresh(tmp_path, stage0, "b")
@@ -160,7 +160,7 @@ def test_a_run_starts_and_ends_its_own_group_but_leaves_a_callers_group_up(monke
 
 @SLOW
 def test_two_processes_match_one_compiled(tmp_path, stage0):
-    two_processes_match_one(tmp_path, stage0, [(1, COMPILED), (1, BF16 + ("--compile", "on"))])
+    two_processes_match_one(tmp_path, stage0, [(1, COMPILED), (1, BF16_COMPILED)])
 
 
 # ---- bad input: one clear sentence each, nothing good overwritten --------------------------
