@@ -628,14 +628,17 @@ def cmd_table4(args):
               evaluator_cache=ev_cache, n_train=sz["n_train"], n_test=sz["n_test"])
     specs = [(name, recipe, last, C0) for name, recipe, last in rows] + \
         [(f"PS-VAE C={C}", "psvae", 2, C) for C in Cs if C != C0]
-    jobs = [dict(kind="latent", out=os.path.join(runs, recipe if C == C0 else f"psvae-c{C}"), stage0=s0, ev=ev,
+    seed = [] if not args.seed else ["--seed", str(args.seed)]  # the latents' seed; stage 0 stays the same
+    jobs = [dict(kind="latent", out=os.path.join(runs, (recipe if C == C0 else f"psvae-c{C}") +
+                                                 (f"-seed{args.seed}" if args.seed else "")), stage0=s0, ev=ev,
                  threads=threads, plan=list(zip(range(1, last + 1), table4_steps(B, last))),
-                 args=base + ["--recipe", recipe, "--latent-channels", str(C)]) for _, recipe, last, C in specs]
+                 args=base + seed + ["--recipe", recipe, "--latent-channels", str(C)]) for _, recipe, last, C in specs]
     results = dict(zip([s[0] for s in specs], run_jobs(jobs, n_proc)))
     chans = [(C, results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]) for C in Cs]
     name = f"table4_{args.preset}" + (f"_b{B}" if B != sz["budget"] else "") + \
         ("_" + "_".join(r for _, r, _ in rows) if args.recipes else "") + \
-        "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight)) if v is not None)
+        "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight)) if v is not None) + \
+        (f"_seed{args.seed}" if args.seed else "")
     command = "python evaluate.py table4 " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
     batch = sz.get("batch", tokenizer.PRESETS[args.preset]["batch_size"])
     md = write_table4(os.path.join(args.results, name + ".md"), rows, results, chans, command, B, batch, sz, s0, runs,
@@ -644,7 +647,8 @@ def cmd_table4(args):
            "channels": [(C, r["recon"]["psnr"], r["probe"]["probe"]) for C, r in chans],
            "seconds": round(time.time() - t0, 1)}
     if chans:
-        out["figure"] = plot_channels(os.path.join(args.results, f"channels_{args.preset}.png"), out["channels"],
+        out["figure"] = plot_channels(os.path.join(args.results, f"channels_{args.preset}"
+                                                   f"{f'_seed{args.seed}' if args.seed else ''}.png"), out["channels"],
                                       args.preset)
     return out
 
@@ -1136,6 +1140,8 @@ def add_tokenizer_commands(sub):
                    "the tokenizer's, Sec 4.1); with --pixel-weight, Sec 4.4's ratio; give them their own --runs")
     p.add_argument("--pixel-weight", type=float, default=None, help="w_p of L_p in every training (default: the "
                    "tokenizer's)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the latents' trainings (stage 0 and the rFID "
+                   "network stay the same); another seed trains beside the first, in <recipe>-seed<N>/")
     p.set_defaults(func=cmd_table4)
 
 

@@ -234,6 +234,13 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     assert json.load(open(tmp_path / "runs" / "rae" / "config.json"))["stage1"]["batch_size"] == batch
     assert not (tmp_path / "table4_tiny.md").exists() and not list(tmp_path.glob("*.png"))
     assert torch.load(tmp_path / "runs" / "rae" / "stage1.pt", weights_only=True)["step"] == 4
+    # another seed of the latents trains beside the first (same stage 0), into its own table
+    r1 = E.main([*argv[:argv.index("--recipes")], "--recipes", "rae", "--budget", "4", "--jobs", "1", "--stage0", s0,
+                 "--seed", "1"])
+    assert os.path.basename(r1["table"]) == "table4_tiny_b4_rae_seed1.md"
+    assert json.load(open(tmp_path / "runs" / "rae-seed1" / "config.json"))["stage1"]["seed"] == 1
+    w0, w1 = (torch.load(tmp_path / "runs" / f / "stage1.pt", weights_only=True)["model"] for f in ("rae", "rae-seed1"))
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # the seed reached the training
     # Table 4's right half on the RAE latent just made: the same generator with and without its DDT
     # head, then the editor, evaluated along the way; a second call reuses everything
     gen = ["table4-gen", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "gen"),

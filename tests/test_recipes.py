@@ -60,7 +60,12 @@ TORCHRUN = {"psvae": ["--latent-channels", 8], "svae": ["--svae-arch", "mlp2", "
 def recipes_under_torchrun_match_one_process(tmp_path, stage0, recipes):
     """Earlier stages in one process, each recipe's last stage by torchrun (gloo, 2 x batch 2; all
     recipes in one launch) and by one process (batch 4): the same losses; the checkpoint then
-    loads without any flag."""
+    loads without any flag. Step 1 (before any update: the batch is split right) agrees to 1e-4.
+    Later steps follow the GAN, whose adaptive weight is a ratio of gradient norms whose sums cancel,
+    after Adam's first, sign-like updates: there rounding alone moves the numbers. Measured on an
+    AVX-512 Xeon for RAE with --rae-hd, one process, 1 thread against 2: the step-3 adaptive weight
+    1.9%, the loss 1.9e-3; 2 processes against 1: the step-2 weight 0.4%, the loss 5e-4 (over the
+    1e-4 this test once asked, which other CPUs met). So steps 2-3 agree to 1e-2, the weight to 0.1."""
     runs = []
     for recipe in recipes:
         flags = ["--recipe", recipe, *TORCHRUN[recipe]]
@@ -77,11 +82,12 @@ def recipes_under_torchrun_match_one_process(tmp_path, stage0, recipes):
     torchrun(runs, tmp_path)
     for recipe in recipes:
         last, one, two = max(T.RECIPES[recipe].STAGES), tmp_path / recipe / "one", tmp_path / recipe / "two"
-        for key in ("loss", "rec", "d_loss"):
+        for key in ("loss", "rec", "d_loss", "w_gan"):
             m1, m2 = metrics(one, last, key), metrics(two, last, key)
-            assert sorted(m1) == sorted(m2) == [1, 2, 3][key == "d_loss":], (recipe, key, m1, m2)  # GAN from step 2
+            assert sorted(m1) == sorted(m2) == [1, 2, 3][key in ("d_loss", "w_gan"):], (recipe, key, m1, m2)  # GAN from 2
             for s in m1:
-                assert m2[s] == pytest.approx(m1[s], rel=1e-4, abs=1e-5), (recipe, key, s, m1[s], m2[s])
+                tol = 1e-4 if s == 1 else 0.1 if key == "w_gan" else 1e-2
+                assert m2[s] == pytest.approx(m1[s], rel=tol, abs=tol / 10), (recipe, key, s, m1[s], m2[s])
         c = ck(two, last)
         assert c["config"]["recipe"] == recipe and c["step"] == 3 and c["world_size"] == 2
         # load_tokenizer needs no flags: the recipe and its variants come from the checkpoint
