@@ -968,14 +968,16 @@ def cmd_table4_gen(args):
         [(f"{name}, no DDT head", recipe, "none") for name, recipe, _ in TABLE4_ROWS
          if recipe in wanted and recipe in ("psvae", "rae") and args.head_ablation]
     jobs = []
+    tok_seed = f"-seed{args.tokenizer_seed}" if args.tokenizer_seed else ""  # table4 --seed's folders
     for name, recipe, head in rows:
-        measured = os.path.join(runs, recipe, "measured.json")
+        measured = os.path.join(runs, recipe + tok_seed, "measured.json")
         if not os.path.isfile(measured):
-            raise ValueError(f"{os.path.join(runs, recipe)} holds no measured latent; run `python evaluate.py table4 "
-                             f"--preset {args.preset} --runs {runs}` first")
-        tok = tokenizer.last_stage(os.path.join(runs, recipe))  # its measured (last) stage
+            raise ValueError(f"{os.path.join(runs, recipe + tok_seed)} holds no measured latent; run `python evaluate.py "
+                             f"table4 --preset {args.preset} --runs {runs}"
+                             f"{f' --seed {args.tokenizer_seed}' if tok_seed else ''}` first")
+        tok = tokenizer.last_stage(os.path.join(runs, recipe + tok_seed))  # its measured (last) stage
         folder = ("gen-nohead" if head == "none" else "gen-ddt") + (f"-seed{args.seed}" if args.seed else "")
-        jobs.append(dict(out=os.path.join(runs, recipe, folder), tokenizer=tok, seed=args.seed,
+        jobs.append(dict(out=os.path.join(runs, recipe + tok_seed, folder), tokenizer=tok, seed=args.seed,
                          tokenizer_sha1=generator.file_hash(tok),
                          head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
                          threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
@@ -983,13 +985,14 @@ def cmd_table4_gen(args):
     print(f"table4-gen preset {args.preset}: generator {sz['gen_steps']} steps, editor {sz['edit_steps']} steps per "
           f"latent, {args.jobs} jobs at a time, runs in {runs}", flush=True)
     results = dict(zip([r[0] for r in rows], run_jobs(jobs, args.jobs, generation_job)))
-    measured = {name: json.load(open(os.path.join(runs, recipe, "measured.json"))) for name, recipe, _ in rows}
+    measured = {name: json.load(open(os.path.join(runs, recipe + tok_seed, "measured.json"))) for name, recipe, _ in rows}
     os.makedirs(args.results, exist_ok=True)
     preset = GEN_SIZES[args.preset]  # a budget, latent subset or missing ablation of its own gets its own files
     name = args.preset + "".join(f"_{k}{sz[key]}" for k, key in (("b", "gen_steps"), ("e", "edit_steps"))
                                  if sz[key] != preset[key]) + \
         ("_" + "_".join(dict.fromkeys(r for _, r, _ in rows)) if args.recipes else "") + \
-        ("" if args.head_ablation else "_ddt") + (f"_seed{args.seed}" if args.seed else "")
+        ("" if args.head_ablation else "_ddt") + (f"_seed{args.seed}" if args.seed else "") + \
+        (f"_tok{args.tokenizer_seed}" if args.tokenizer_seed else "")
     command = "python evaluate.py table4-gen " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
     md = write_table4_gen(os.path.join(args.results, f"table4_generation_{name}.md"), rows, results, measured,
                           sz, time.time() - t0, command)
@@ -1190,6 +1193,8 @@ def add_generation_commands(sub):
                    help="leave out Table 1's rows (PS-VAE and RAE without the DDT head)")
     p.add_argument("--seed", type=int, default=0, help="training seed of the generators and editors (another seed "
                    "trains new ones, in gen-*-seed<N>/; the suites' prompts and noise stay the same)")
+    p.add_argument("--tokenizer-seed", type=int, default=0, help="use the latents that `table4 --seed N` trained "
+                   "(<recipe>-seed<N>/) instead of the first ones")
     p.add_argument("--jobs", type=int, default=2, help="latents trained at a time")
     p.add_argument("--threads", type=int, default=None, help="threads per job (default cpu_count / jobs)")
     add_speed_args(p)  # passed to every generator and editor of the table

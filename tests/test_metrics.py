@@ -277,6 +277,13 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     g0 = E.main([*gen, "--budget", "6", "--edit-budget", "0", "--no-head-ablation"])
     assert "gedit" not in g0["rows"]["RAE"] and g0["rows"]["RAE"]["geneval"] == g6["rows"]["RAE"]["geneval"]
     assert os.path.basename(g0["table"]) == "table4_generation_tiny_b6_e0_rae_ddt.md"
+    # the same generator on the seed-1 RAE latent trained above: its own run folder and table
+    t1 = E.main([*gen, "--tokenizer-seed", "1", "--no-head-ablation", "--edit-budget", "0"])
+    assert os.path.basename(t1["table"]) == "table4_generation_tiny_e0_rae_ddt_tok1.md"
+    cfg1 = json.load(open(tmp_path / "runs" / "rae-seed1" / "gen-ddt" / "gen" / "config.json"))
+    assert os.path.dirname(cfg1["tokenizer"]) == str(tmp_path / "runs" / "rae-seed1")
+    with pytest.raises(SystemExit, match="table4 --preset tiny .* --seed 2` first"):
+        E.main([*gen, "--tokenizer-seed", "2"])
     with pytest.raises(SystemExit, match="subset of psvae"):
         E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--recipes", "rea"])
     with pytest.raises(SystemExit, match="does not exist; give a tokenizer.py --stage 0"):
