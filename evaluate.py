@@ -628,17 +628,18 @@ def cmd_table4(args):
               evaluator_cache=ev_cache, n_train=sz["n_train"], n_test=sz["n_test"])
     specs = [(name, recipe, last, C0) for name, recipe, last in rows] + \
         [(f"PS-VAE C={C}", "psvae", 2, C) for C in Cs if C != C0]
-    seed = [] if not args.seed else ["--seed", str(args.seed)]  # the latents' seed; stage 0 stays the same
-    jobs = [dict(kind="latent", out=os.path.join(runs, (recipe if C == C0 else f"psvae-c{C}") +
-                                                 (f"-seed{args.seed}" if args.seed else "")), stage0=s0, ev=ev,
-                 threads=threads, plan=list(zip(range(1, last + 1), table4_steps(B, last))),
+    # another seed of the latents (stage 0 stays the same): its own folders <recipe>-seed<N> and files *_seed<N>
+    seed, dir_sfx, file_sfx = (["--seed", str(args.seed)], f"-seed{args.seed}", f"_seed{args.seed}") if args.seed \
+        else ([], "", "")
+    jobs = [dict(kind="latent", out=os.path.join(runs, (recipe if C == C0 else f"psvae-c{C}") + dir_sfx), stage0=s0,
+                 ev=ev, threads=threads, plan=list(zip(range(1, last + 1), table4_steps(B, last))),
                  args=base + seed + ["--recipe", recipe, "--latent-channels", str(C)]) for _, recipe, last, C in specs]
     results = dict(zip([s[0] for s in specs], run_jobs(jobs, n_proc)))
     chans = [(C, results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]) for C in Cs]
     name = f"table4_{args.preset}" + (f"_b{B}" if B != sz["budget"] else "") + \
         ("_" + "_".join(r for _, r, _ in rows) if args.recipes else "") + \
         "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight)) if v is not None) + \
-        (f"_seed{args.seed}" if args.seed else "")
+        file_sfx
     command = "python evaluate.py table4 " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
     batch = sz.get("batch", tokenizer.PRESETS[args.preset]["batch_size"])
     md = write_table4(os.path.join(args.results, name + ".md"), rows, results, chans, command, B, batch, sz, s0, runs,
@@ -647,9 +648,8 @@ def cmd_table4(args):
            "channels": [(C, r["recon"]["psnr"], r["probe"]["probe"]) for C, r in chans],
            "seconds": round(time.time() - t0, 1)}
     if chans:
-        out["figure"] = plot_channels(os.path.join(args.results, f"channels_{args.preset}"
-                                                   f"{f'_seed{args.seed}' if args.seed else ''}.png"), out["channels"],
-                                      args.preset)
+        out["figure"] = plot_channels(os.path.join(args.results, f"channels_{args.preset}{file_sfx}.png"),
+                                      out["channels"], args.preset)
     return out
 
 
@@ -967,17 +967,18 @@ def cmd_table4_gen(args):
     rows = [(name, recipe, "ddt") for name, recipe, _ in TABLE4_ROWS if recipe in wanted] + \
         [(f"{name}, no DDT head", recipe, "none") for name, recipe, _ in TABLE4_ROWS
          if recipe in wanted and recipe in ("psvae", "rae") and args.head_ablation]
-    jobs = []
-    tok_seed = f"-seed{args.tokenizer_seed}" if args.tokenizer_seed else ""  # table4 --seed's folders
+    jobs, measured = [], {}
+    n = args.tokenizer_seed  # the latents of `table4 --seed N`, in <recipe>-seed<N>/
+    dir_sfx, seed_flag = (f"-seed{n}", f" --seed {n}") if n else ("", "")
     for name, recipe, head in rows:
-        measured = os.path.join(runs, recipe + tok_seed, "measured.json")
-        if not os.path.isfile(measured):
-            raise ValueError(f"{os.path.join(runs, recipe + tok_seed)} holds no measured latent; run `python evaluate.py "
-                             f"table4 --preset {args.preset} --runs {runs}"
-                             f"{f' --seed {args.tokenizer_seed}' if tok_seed else ''}` first")
-        tok = tokenizer.last_stage(os.path.join(runs, recipe + tok_seed))  # its measured (last) stage
+        latent = os.path.join(runs, recipe + dir_sfx)
+        if not os.path.isfile(os.path.join(latent, "measured.json")):
+            raise ValueError(f"{latent} holds no measured latent; run `python evaluate.py table4 --preset "
+                             f"{args.preset} --runs {runs}{seed_flag}` first")
+        measured[name] = json.load(open(os.path.join(latent, "measured.json")))
+        tok = tokenizer.last_stage(latent)  # its measured (last) stage
         folder = ("gen-nohead" if head == "none" else "gen-ddt") + (f"-seed{args.seed}" if args.seed else "")
-        jobs.append(dict(out=os.path.join(runs, recipe + tok_seed, folder), tokenizer=tok, seed=args.seed,
+        jobs.append(dict(out=os.path.join(latent, folder), tokenizer=tok, seed=args.seed,
                          tokenizer_sha1=generator.file_hash(tok),
                          head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
                          threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
@@ -985,7 +986,6 @@ def cmd_table4_gen(args):
     print(f"table4-gen preset {args.preset}: generator {sz['gen_steps']} steps, editor {sz['edit_steps']} steps per "
           f"latent, {args.jobs} jobs at a time, runs in {runs}", flush=True)
     results = dict(zip([r[0] for r in rows], run_jobs(jobs, args.jobs, generation_job)))
-    measured = {name: json.load(open(os.path.join(runs, recipe + tok_seed, "measured.json"))) for name, recipe, _ in rows}
     os.makedirs(args.results, exist_ok=True)
     preset = GEN_SIZES[args.preset]  # a budget, latent subset or missing ablation of its own gets its own files
     name = args.preset + "".join(f"_{k}{sz[key]}" for k, key in (("b", "gen_steps"), ("e", "edit_steps"))
