@@ -1140,7 +1140,7 @@ def add_tokenizer_commands(sub):
     p.add_argument("--recipes", default=None, help="comma-separated subset of rows, e.g. psvae,rae,pvae (no channel "
                    "sweep; own file)")
     p.add_argument("--semantic-weight", type=float, default=None, help="w_s of L_s in every training (default: "
-                   "the tokenizer's, Sec 4.1); with --pixel-weight, Sec 4.4's ratio; give them their own --runs")
+                   "the tokenizer's, Sec 4.4: 0.1); 1 with --pixel-weight 0.1 is Sec 4.1's; give them their own --runs")
     p.add_argument("--pixel-weight", type=float, default=None, help="w_p of L_p in every training (default: the "
                    "tokenizer's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents' trainings (stage 0 and the rFID "

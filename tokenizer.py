@@ -79,10 +79,11 @@ ENCODERS = {
     "siglip2_so400m_patch14_224": SiglipConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                                                num_attention_heads=16, image_size=224, patch_size=14),
 }
-# Sec 4.4: the semantic:pixel loss ratio for SigLIP2 is 0.05:1 ("its reconstruction saturates
-# earlier"); the other encoders take the Sec 4.1 weights (see tokenizer_loss)
+# (w_s, w_p): Sec 4.4's semantic:pixel ratio, 0.1:1 for DINOv2 (and this world's encoders), 0.05:1
+# for SigLIP2 ("its reconstruction saturates earlier"). Sec 4.1's L_s + 0.1 L_p is --semantic-weight 1
+# --pixel-weight 0.1 (see tokenizer_loss and the README's deviations for why Sec 4.4 is the default)
 LOSS_WEIGHTS = {"siglip2_so400m_patch14_224": (0.05, 1.0)}
-DEFAULT_LOSS_WEIGHTS = (1.0, 0.1)
+DEFAULT_LOSS_WEIGHTS = (0.1, 1.0)
 
 
 def build_encoder(name):
@@ -739,9 +740,9 @@ def tokenizer_loss(fwd, model, x, idx, stage, step, cfg, lpips, disc):
         terms["L_kl"] = kl_loss(out["mean"].float(), out["logvar"].float())
     terms["L_p"], parts = pixel_loss(x_hat, x, lpips, cfg["lpips_weight"], disc, cfg["disc_weight"],
                                      model.pixel_decoder.conv_out.weight)
-    # Sec 4.1: L = 1 * L_s + 0.1 * L_p (+ KL). Sec 4.4 instead speaks of a semantic:pixel ratio of
-    # 0.1:1 (DINOv2) and 0.05:1 (SigLIP2); the paper contradicts itself, so both weights are flags
-    # and the defaults follow Sec 4.1. P-VAE and VAE have no L_s: for them only the KL : L_p ratio acts.
+    # Sec 4.4: L = 0.1 * L_s + 1 * L_p (+ KL), a semantic:pixel ratio of 0.1:1 (0.05:1 for SigLIP2).
+    # Sec 4.1 says L_s + 0.1 L_p instead; the paper contradicts itself, so both weights are flags.
+    # Under Adam only ratios act; P-VAE and VAE have no L_s: for them only the KL : L_p ratio acts.
     loss = cfg["semantic_weight"] * terms.get("L_s", 0.0) + cfg["kl_weight"] * terms.get("L_kl", 0.0) \
         + cfg["pixel_weight"] * terms["L_p"]
     return loss, {**terms, **parts}, x_hat
@@ -1146,11 +1147,11 @@ def parse_args(argv=None):
     g.add_argument("--beta1", type=float, default=0.5, help="AdamW beta1 (LDM autoencoders: 0.5)")
     g.add_argument("--beta2", type=float, default=0.9, help="AdamW beta2 (LDM autoencoders: 0.9)")
     g.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip, 0 = off")
-    g = p.add_argument_group("losses (Sec 4.1)")
+    g = p.add_argument_group("losses (Sec 4.1, 4.4)")
     g.add_argument("--semantic-weight", type=float, default=None, help="w_s of L_s (default: LOSS_WEIGHTS of the "
-                   "encoder; Sec 4.1: 1)")
+                   "encoder, Sec 4.4: 0.1, SigLIP2 0.05; Sec 4.1: 1)")
     g.add_argument("--pixel-weight", type=float, default=None, help="w_p of L_p (default: LOSS_WEIGHTS of the "
-                   "encoder; Sec 4.1: 0.1; Sec 4.4 differs)")
+                   "encoder, Sec 4.4: 1; Sec 4.1: 0.1)")
     g.add_argument("--kl-weight", type=float, default=1e-3, help="w_kl of the per-element L_kl (not in the paper)")
     g.add_argument("--lpips-weight", type=float, default=1.0, help="LPIPS inside L_p (skipped if unavailable)")
     g.add_argument("--disc-weight", type=float, default=0.5, help="PatchGAN weight times the adaptive weight (LDM 0.5)")
