@@ -600,6 +600,8 @@ def cmd_table4(args):
     and the channels figure. Jobs run --jobs at a time, each with cpu_count / jobs threads."""
     t0, sz = time.time(), TABLE4_SIZES[args.preset]
     runs, B = args.runs or os.path.join("runs", f"table4-{args.preset}"), args.budget or sz["budget"]
+    own_batch = sz.get("batch", tokenizer.PRESETS[args.preset]["batch_size"])  # the table's; stage 0 always uses it
+    batch = args.batch_size or own_batch
     n_proc = args.jobs or (2 if eval_device(args).type == "cpu" else 1)
     threads = args.threads or max(1, (os.cpu_count() or 1) // n_proc)
     wanted = args.recipes.split(",") if args.recipes else [r for _, r, _ in TABLE4_ROWS]
@@ -612,7 +614,6 @@ def cmd_table4(args):
     table4_steps(B, max(TABLE4_SPLITS))  # a budget too small for RPiAE stops here, before any training
     base = ["--preset", args.preset, *speed_flags(args)] + (["--device", args.device] if args.device else []) + \
         (["--workers", str(args.workers)] if args.workers else []) + \
-        (["--batch-size", str(sz["batch"])] if "batch" in sz else []) + \
         [a for flag in ("semantic_weight", "pixel_weight") if getattr(args, flag) is not None
          for a in ("--" + flag.replace("_", "-"), str(getattr(args, flag)))]
     s0 = args.stage0 or os.path.join(runs, "stage0", "stage0.pt")
@@ -620,7 +621,9 @@ def cmd_table4(args):
     print(f"table4 preset {args.preset}: budget {B} steps per latent, {n_proc} jobs at a time, {threads} thread(s) "
           f"each, runs in {runs}", flush=True)
     first = [dict(kind="evaluator", out=ev_cache, steps=sz["evaluator_steps"], threads=threads)]
-    run_jobs(first + ([] if args.stage0 else [dict(kind="stage0", out=os.path.dirname(s0), stage0=s0, args=base,
+    bs = lambda b: [] if b == tokenizer.PRESETS[args.preset]["batch_size"] else ["--batch-size", str(b)]  # noqa: E731
+    run_jobs(first + ([] if args.stage0 else [dict(kind="stage0", out=os.path.dirname(s0), stage0=s0,
+                                                   args=base + bs(own_batch),
                                                    threads=threads)]), n_proc)
     C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
     Cs = [] if args.recipes else sorted(set(sz["channels"]) | {C0})  # Fig. 11 belongs to the whole table
@@ -633,15 +636,15 @@ def cmd_table4(args):
         else ([], "", "")
     jobs = [dict(kind="latent", out=os.path.join(runs, (recipe if C == C0 else f"psvae-c{C}") + dir_sfx), stage0=s0,
                  ev=ev, threads=threads, plan=list(zip(range(1, last + 1), table4_steps(B, last))),
-                 args=base + seed + ["--recipe", recipe, "--latent-channels", str(C)]) for _, recipe, last, C in specs]
+                 args=base + bs(batch) + seed + ["--recipe", recipe, "--latent-channels", str(C)]) for _, recipe, last, C in specs]
     results = dict(zip([s[0] for s in specs], run_jobs(jobs, n_proc)))
     chans = [(C, results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]) for C in Cs]
     name = f"table4_{args.preset}" + (f"_b{B}" if B != sz["budget"] else "") + \
+        (f"_bs{batch}" if batch != own_batch else "") + \
         ("_" + "_".join(r for _, r, _ in rows) if args.recipes else "") + \
         "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight)) if v is not None) + \
         file_sfx
     command = "python evaluate.py table4 " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
-    batch = sz.get("batch", tokenizer.PRESETS[args.preset]["batch_size"])
     md = write_table4(os.path.join(args.results, name + ".md"), rows, results, chans, command, B, batch, sz, s0, runs,
                       time.time() - t0, n_proc, threads)
     out = {"table": md, "rows": {n: {**results[n]["recon"], **results[n]["probe"]} for n, _, _ in rows},
@@ -1131,6 +1134,8 @@ def add_tokenizer_commands(sub):
     p.add_argument("--runs", default=None, help="run folder (default runs/table4-<preset>); finished stages are reused")
     p.add_argument("--results", default=os.path.join("results", "table4"), help="folder for the table and figure")
     p.add_argument("--budget", type=int, default=None, help="training steps per latent (default: the preset's)")
+    p.add_argument("--batch-size", type=int, default=None, help="batch of every training (default: TABLE4_SIZES'); "
+                   "give it its own --runs")
     add_speed_args(p)  # passed to every training of the table
     p.add_argument("--jobs", type=int, default=None, help="trainings at a time (default 2 on CPU, 1 on GPU)")
     p.add_argument("--threads", type=int, default=None, help="threads per training (default cpu_count / jobs)")

@@ -241,6 +241,12 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     assert json.load(open(tmp_path / "runs" / "rae-seed1" / "config.json"))["stage1"]["seed"] == 1
     w0, w1 = (torch.load(tmp_path / "runs" / f / "stage1.pt", weights_only=True)["model"] for f in ("rae", "rae-seed1"))
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # the seed reached the training
+    # another batch: the latents train at it, into their own table; the table's text says it
+    rb = E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs-bs"), "--results", str(tmp_path),
+                 "--recipes", "rae", "--budget", "4", "--jobs", "1", "--stage0", s0, "--batch-size", str(batch // 2)])
+    assert os.path.basename(rb["table"]) == f"table4_tiny_b4_bs{batch // 2}_rae.md"
+    assert f"steps of batch {batch // 2} in all" in open(rb["table"]).read()
+    assert json.load(open(tmp_path / "runs-bs" / "rae" / "config.json"))["stage1"]["batch_size"] == batch // 2
     # Table 4's right half on the RAE latent just made: the same generator with and without its DDT
     # head, then the editor, evaluated along the way; a second call reuses everything
     gen = ["table4-gen", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "gen"),
