@@ -639,11 +639,10 @@ def cmd_table4(args):
                  args=base + bs(batch) + seed + ["--recipe", recipe, "--latent-channels", str(C)]) for _, recipe, last, C in specs]
     results = dict(zip([s[0] for s in specs], run_jobs(jobs, n_proc)))
     chans = [(C, results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]) for C in Cs]
-    name = f"table4_{args.preset}" + (f"_b{B}" if B != sz["budget"] else "") + \
-        (f"_bs{batch}" if batch != own_batch else "") + \
-        ("_" + "_".join(r for _, r, _ in rows) if args.recipes else "") + \
-        "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight)) if v is not None) + \
-        file_sfx
+    sfx = lambda recipes: (f"_b{B}" if B != sz["budget"] else "") + (f"_bs{batch}" if batch != own_batch else "") + \
+        recipes + "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight))
+                          if v is not None) + file_sfx  # noqa: E731
+    name = f"table4_{args.preset}" + sfx("_" + "_".join(r for _, r, _ in rows) if args.recipes else "")
     command = "python evaluate.py table4 " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
     md = write_table4(os.path.join(args.results, name + ".md"), rows, results, chans, command, B, batch, sz, s0, runs,
                       time.time() - t0, n_proc, threads)
@@ -651,7 +650,7 @@ def cmd_table4(args):
            "channels": [(C, r["recon"]["psnr"], r["probe"]["probe"]) for C, r in chans],
            "seconds": round(time.time() - t0, 1)}
     if chans:
-        out["figure"] = plot_channels(os.path.join(args.results, f"channels_{args.preset}{file_sfx}.png"),
+        out["figure"] = plot_channels(os.path.join(args.results, f"channels_{args.preset}{sfx('')}.png"),
                                       out["channels"], args.preset)
     return out
 

@@ -207,12 +207,16 @@ def test_recon_and_probe_commands_on_a_tiny_tokenizer(tmp_path, evaluator, capsy
 
 @pytest.mark.slow
 def test_table4_tiny(tmp_path):
-    """The whole Table 4 command at the tiny preset: every recipe trained, one row each."""
-    r = E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)])
+    """The whole Table 4 command at the tiny preset: every recipe trained, one row each; at another
+    budget the table and Figure 11 both carry it in their names (the preset's own stay untouched)."""
+    B = E.TABLE4_SIZES["tiny"]["budget"] + 3
+    r = E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path),
+                "--budget", str(B)])
     text = open(r["table"]).read()
     for name, _, _ in E.TABLE4_ROWS:
         assert f"| {name} |" in text
-    assert (tmp_path / "channels_tiny.png").stat().st_size > 0 and len(r["channels"]) == 3
+    assert os.path.basename(r["table"]) == f"table4_tiny_b{B}.md" and r["figure"] == str(tmp_path / f"channels_tiny_b{B}.png")
+    assert os.path.getsize(r["figure"]) > 0 and len(r["channels"]) == 3 and not (tmp_path / "channels_tiny.png").exists()
 
 
 def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_path):
