@@ -621,9 +621,8 @@ def cmd_table4(args):
     print(f"table4 preset {args.preset}: budget {B} steps per latent, {n_proc} jobs at a time, {threads} thread(s) "
           f"each, runs in {runs}", flush=True)
     first = [dict(kind="evaluator", out=ev_cache, steps=sz["evaluator_steps"], threads=threads)]
-    bs = lambda b: [] if b == tokenizer.PRESETS[args.preset]["batch_size"] else ["--batch-size", str(b)]  # noqa: E731
     run_jobs(first + ([] if args.stage0 else [dict(kind="stage0", out=os.path.dirname(s0), stage0=s0,
-                                                   args=base + bs(own_batch),
+                                                   args=base + ["--batch-size", str(own_batch)],
                                                    threads=threads)]), n_proc)
     C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
     Cs = [] if args.recipes else sorted(set(sz["channels"]) | {C0})  # Fig. 11 belongs to the whole table
@@ -636,13 +635,14 @@ def cmd_table4(args):
         else ([], "", "")
     jobs = [dict(kind="latent", out=os.path.join(runs, (recipe if C == C0 else f"psvae-c{C}") + dir_sfx), stage0=s0,
                  ev=ev, threads=threads, plan=list(zip(range(1, last + 1), table4_steps(B, last))),
-                 args=base + bs(batch) + seed + ["--recipe", recipe, "--latent-channels", str(C)]) for _, recipe, last, C in specs]
+                 args=base + ["--batch-size", str(batch)] + seed + ["--recipe", recipe, "--latent-channels", str(C)]) for _, recipe, last, C in specs]
     results = dict(zip([s[0] for s in specs], run_jobs(jobs, n_proc)))
     chans = [(C, results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]) for C in Cs]
-    sfx = lambda recipes: (f"_b{B}" if B != sz["budget"] else "") + (f"_bs{batch}" if batch != own_batch else "") + \
-        recipes + "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight))
-                          if v is not None) + file_sfx  # noqa: E731
-    name = f"table4_{args.preset}" + sfx("_" + "_".join(r for _, r, _ in rows) if args.recipes else "")
+    # file names: what differs from the preset's table (the channels figure has no recipe subset)
+    head = (f"_b{B}" if B != sz["budget"] else "") + (f"_bs{batch}" if batch != own_batch else "")
+    tail = "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight))
+                   if v is not None) + file_sfx
+    name = f"table4_{args.preset}{head}" + ("_" + "_".join(r for _, r, _ in rows) if args.recipes else "") + tail
     command = "python evaluate.py table4 " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
     md = write_table4(os.path.join(args.results, name + ".md"), rows, results, chans, command, B, batch, sz, s0, runs,
                       time.time() - t0, n_proc, threads)
@@ -650,7 +650,7 @@ def cmd_table4(args):
            "channels": [(C, r["recon"]["psnr"], r["probe"]["probe"]) for C, r in chans],
            "seconds": round(time.time() - t0, 1)}
     if chans:
-        out["figure"] = plot_channels(os.path.join(args.results, f"channels_{args.preset}{sfx('')}.png"),
+        out["figure"] = plot_channels(os.path.join(args.results, f"channels_{args.preset}{head}{tail}.png"),
                                       out["channels"], args.preset)
     return out
 
