@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 import tokenizer
 import world as W
-from common import add_speed_args
+from common import COMPILE_MIN_STEPS, add_speed_args
 
 # ----------------------------------------------------------------------------------------------
 # 1. The world: how exact the detector is, what the world looks like, how fast it renders
@@ -909,12 +909,13 @@ def generation_job(job):
 
     def generation():
         t0, curve = time.time(), json.load(open(curve_path)) if os.path.isfile(curve_path) else {}
+        ckpt = os.path.join(gen, "generator.pt")
         for s in sorted({*range(sz["every"], sz["gen_steps"], sz["every"]), sz["gen_steps"]}):  # chunks, then the budget
-            if str(s) in curve:
+            done = torch.load(ckpt, map_location="cpu", weights_only=True)["step"] if os.path.isfile(ckpt) else 0
+            if str(s) in curve or s < done:  # measured, or passed by a run with another interval
                 continue
-            resume = ["--resume"] if os.path.isfile(os.path.join(gen, "generator.pt")) else []
             generator.main([*common, "--tokenizer", job["tokenizer"], "--out", gen, "--steps", str(s), "--head",
-                            job["head"], "--cache", job["cache"], *resume])
+                            job["head"], "--cache", job["cache"], *(["--resume"] if done else []), *job["chunk_flags"]])
             curve[str(s)] = cmd_geneval(ev(ckpt=gen, preset=job["preset"], prompts=sz["prompts"], images=1))
             with open(curve_path, "w") as f:
                 json.dump(curve, f, indent=1)
@@ -959,12 +960,19 @@ def speed_flags(args):
     return ["--amp", args.amp, "--compile", args.compile]
 
 
+def chunk_compile(flag, sz):
+    """The generator trains in chunks of `every` steps, one process call each: `--compile auto`
+    judges the chunk, not the budget, so that short chunks do not each pay a compilation."""
+    return ["--compile", "off"] if flag == "auto" and min(sz["every"], sz["gen_steps"]) < COMPILE_MIN_STEPS else []
+
+
 def cmd_table4_gen(args):
     """Generation and editing on every Table-4 latent: table4_gen.md, figure7.png, figure4.png."""
     import generator
     t0, runs = time.time(), args.runs or os.path.join("runs", f"table4-{args.preset}")
     sz = {**GEN_SIZES[args.preset], **({"gen_steps": args.budget} if args.budget else {}),
-          **({"edit_steps": args.edit_budget} if args.edit_budget is not None else {})}
+          **({"edit_steps": args.edit_budget} if args.edit_budget is not None else {}),
+          **({"every": args.every} if args.every else {})}
     wanted = args.recipes.split(",") if args.recipes else [r for _, r, _ in TABLE4_ROWS]
     rows = [(name, recipe, "ddt") for name, recipe, _ in TABLE4_ROWS if recipe in wanted] + \
         [(f"{name}, no DDT head", recipe, "none") for name, recipe, _ in TABLE4_ROWS
@@ -984,9 +992,10 @@ def cmd_table4_gen(args):
                          tokenizer_sha1=generator.file_hash(tok),
                          head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
                          threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
-                         flags=(["--device", args.device] if args.device else []) + speed_flags(args)))
-    print(f"table4-gen preset {args.preset}: generator {sz['gen_steps']} steps, editor {sz['edit_steps']} steps per "
-          f"latent, {args.jobs} jobs at a time, runs in {runs}", flush=True)
+                         flags=(["--device", args.device] if args.device else []) + speed_flags(args),
+                         chunk_flags=chunk_compile(args.compile, sz)))
+    print(f"table4-gen preset {args.preset}: generator {sz['gen_steps']} steps (small suite every {sz['every']}), editor "
+          f"{sz['edit_steps']} steps per latent, {args.jobs} jobs at a time, runs in {runs}", flush=True)
     results = dict(zip([r[0] for r in rows], run_jobs(jobs, args.jobs, generation_job)))
     os.makedirs(args.results, exist_ok=True)
     preset = GEN_SIZES[args.preset]  # a budget, latent subset or missing ablation of its own gets its own files
@@ -1192,6 +1201,8 @@ def add_generation_commands(sub):
     p.add_argument("--budget", type=int, default=None, help="generator steps per latent (default: the preset's)")
     p.add_argument("--edit-budget", type=int, default=None, help="editor steps per latent (default: the preset's; "
                    "0: no editor, the GEdit columns left empty)")
+    p.add_argument("--every", type=int, default=None, help="generator steps between the small suite's "
+                   "evaluations, Figure 7's points (default: the preset's)")
     p.add_argument("--recipes", default=None, help="comma-separated subset of the latents, e.g. psvae,rae")
     p.add_argument("--no-head-ablation", dest="head_ablation", action="store_false",
                    help="leave out Table 1's rows (PS-VAE and RAE without the DDT head)")

@@ -270,8 +270,9 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     assert E.main(gen)["rows"] == g["rows"]  # finished jobs are reused, measurements included
     assert json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json")) == curve and os.path.getmtime(ck) == mtime
     # another training seed: a new generator beside the first, with its own table
-    s1 = E.main([*gen, "--seed", "1", "--no-head-ablation", "--edit-budget", "0"])
+    s1 = E.main([*gen, "--seed", "1", "--no-head-ablation", "--edit-budget", "0", "--every", "1"])
     ck1 = tmp_path / "runs" / "rae" / "gen-ddt-seed1" / "gen" / "generator.pt"
+    assert sorted(map(int, json.load(open(ck1.parent.parent / "curve.json")))) == [1, 2, 3, 4]  # Figure 7's points
     w0, w1 = (torch.load(c, map_location="cpu", weights_only=True)["model"] for c in (ck, ck1))
     assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
     assert os.path.basename(s1["table"]) == "table4_generation_tiny_e0_rae_ddt_seed1.md" and os.path.getmtime(ck) == mtime
