@@ -910,12 +910,13 @@ def generation_job(job):
     def generation():
         t0, curve = time.time(), json.load(open(curve_path)) if os.path.isfile(curve_path) else {}
         ckpt = os.path.join(gen, "generator.pt")
+        done = torch.load(ckpt, map_location="cpu", weights_only=True)["step"] if os.path.isfile(ckpt) else 0
         for s in sorted({*range(sz["every"], sz["gen_steps"], sz["every"]), sz["gen_steps"]}):  # chunks, then the budget
-            done = torch.load(ckpt, map_location="cpu", weights_only=True)["step"] if os.path.isfile(ckpt) else 0
             if str(s) in curve or s < done:  # measured, or passed by a run with another interval
                 continue
             generator.main([*common, "--tokenizer", job["tokenizer"], "--out", gen, "--steps", str(s), "--head",
                             job["head"], "--cache", job["cache"], *(["--resume"] if done else []), *job["chunk_flags"]])
+            done = s
             curve[str(s)] = cmd_geneval(ev(ckpt=gen, preset=job["preset"], prompts=sz["prompts"], images=1))
             with open(curve_path, "w") as f:
                 json.dump(curve, f, indent=1)
