@@ -891,6 +891,11 @@ def reuse_or_run(path, key, fn):
     return json.load(open(path))["result"]  # the same types as a reused one (json keys are strings)
 
 
+def trained_steps(path):
+    """The step a generator's or editor's checkpoint has reached; 0 when there is none yet."""
+    return torch.load(path, map_location="cpu", weights_only=True)["step"] if os.path.isfile(path) else 0
+
+
 def generation_job(job):
     """One latent space (or head variant): the generator trained to the plan in chunks of `every`
     steps, each chunk followed by mini-GenEval on the small suite (written to curve.json, so a
@@ -910,7 +915,7 @@ def generation_job(job):
     def generation():
         t0, curve = time.time(), json.load(open(curve_path)) if os.path.isfile(curve_path) else {}
         ckpt = os.path.join(gen, "generator.pt")
-        done = torch.load(ckpt, map_location="cpu", weights_only=True)["step"] if os.path.isfile(ckpt) else 0
+        done = trained_steps(ckpt)
         for s in sorted({*range(sz["every"], sz["gen_steps"], sz["every"]), sz["gen_steps"]}):  # chunks, then the budget
             if str(s) in curve or s < done:  # measured, or passed by a run with another interval
                 continue
@@ -931,11 +936,10 @@ def generation_job(job):
         return {"off_manifold_ratio": ratio, "off_manifold_stderr": stderr}
 
     def editing():
-        if not os.path.isfile(os.path.join(ed, "edit.pt")) or torch.load(os.path.join(ed, "edit.pt"), map_location="cpu",
-                                                                             weights_only=True)["step"] < sz["edit_steps"]:
-            resume = ["--resume"] if os.path.isfile(os.path.join(ed, "edit.pt")) else []
+        done = trained_steps(os.path.join(ed, "edit.pt"))
+        if done < sz["edit_steps"]:
             edit.main([*common, "--init", gen, "--out", ed, "--steps", str(sz["edit_steps"]), "--cache", job["cache"],
-                       *resume])
+                       *(["--resume"] if done else [])])
         return cmd_gedit(ev(ckpt=ed, preset=job["preset"]))
 
     with open(os.path.join(out, "table4-gen.log"), "a") as log, contextlib.redirect_stdout(log), \
