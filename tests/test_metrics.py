@@ -302,9 +302,9 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
 
 
 def test_table4_budget_is_the_same_for_every_latent():
-    """Each recipe's stages add up to the budget exactly, split 60/40 or 40/30/30."""
+    """Each recipe's stages add up to the budget exactly, split 20/80 or 40/30/30."""
     assert E.table4_steps(600, 1) == [600]
-    assert E.table4_steps(600, 2) == [360, 240]
+    assert E.table4_steps(600, 2) == [120, 480]
     assert E.table4_steps(600, 3) == [240, 180, 180]
     for budget in (7, 12, 101, 60000):
         for stages in (1, 2, 3):
