@@ -492,9 +492,9 @@ TABLE4_ROWS = [("PS-VAE", "psvae", 2), ("S-VAE", "svae", 1), ("RAE", "rae", 1), 
 # to S-VAE (at the cpu budget, PSNR follows the number of stage-2 steps; results/README.md).
 TABLE4_SPLITS = {1: (1.0,), 2: (0.2, 0.8), 3: (0.4, 0.3, 0.3)}
 # budget B, recon images, probe train/test scenes, evaluator steps, channels (Fig. 11); batch: the
-# trainings' batch when not the tokenizer preset's (cpu: 16 instead of 32). The cpu budget is the
-# shortest at which PS-VAE's decoder draws the world's background lines; the whole table, 8
-# trainings, then takes about 40 minutes of 2 cores.
+# trainings' batch when not the tokenizer preset's (cpu: 16 instead of 32). At the cpu budget
+# PS-VAE's decoder draws the world's background lines (at 600 steps no semantic latent did); the
+# whole table, 8 trainings, took 33 minutes of 2 cores on the latest CPU here (results/README.md).
 TABLE4_SIZES = {
     "tiny": dict(budget=12, n=16, n_train=32, n_test=16, evaluator_steps=20, channels=(2, 8)),
     "cpu": dict(budget=1200, batch=16, n=256, n_train=512, n_test=256, evaluator_steps=400, channels=(8, 48)),
