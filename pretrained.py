@@ -256,6 +256,67 @@ DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF1
           "BOOL": torch.bool}
 
 
+HEADER_LIMIT = 100_000_000  # the safetensors library refuses a longer header, and so does this reader
+FIX = "download the file again (a complete .safetensors file), or re-save the tensors with safetensors"
+
+
+def safetensors_entries(path, header, data_size):
+    """[(name, dtype, shape, begin, end)] of a parsed header, in header order, once the format's
+    rules hold (those the safetensors library checks) for a data buffer of data_size bytes; a
+    broken rule is one sentence. Nothing is read or allocated before this returns."""
+    meta = header.get("__metadata__", {})
+    # __metadata__ (optional): free text, a JSON object of strings to strings
+    if not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise ValueError(f"{path} has a __metadata__ that is not a JSON object of strings to strings; {FIX}")
+    entries = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"tensor {name} in {path}"
+        # every other entry: a JSON object with a dtype, a shape and data_offsets
+        if not isinstance(info, dict):
+            raise ValueError(f"{where} is described by a {type(info).__name__}, not by a JSON object; {FIX}")
+        missing = [k for k in ("dtype", "shape", "data_offsets") if k not in info]
+        if missing:
+            raise ValueError(f"{where} lacks {' and '.join(missing)} in the header; {FIX}")
+        dtype, shape, offsets = info["dtype"], info["shape"], info["data_offsets"]
+        # dtype: one of the names of DTYPES
+        if not (isinstance(dtype, str) and dtype in DTYPES):
+            raise ValueError(f"{where} has dtype {dtype}, which this reader does not know; convert the file "
+                             f"to one of {list(DTYPES)}")
+        # shape: a list of non-negative integers ([] for a scalar)
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise ValueError(f"{where} has shape {shape}, not a list of non-negative integers; {FIX}")
+        # data_offsets: [begin, end], two integers counted from the start of the data buffer
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(type(o) is int for o in offsets)):
+            raise ValueError(f"{where} has data_offsets {offsets}, not two integers; {FIX}")
+        begin, end = offsets
+        # 0 <= begin <= end <= data_size: the bytes lie inside the file
+        if begin < 0:
+            raise ValueError(f"{where} begins at byte {begin}, before the data buffer; {FIX}")
+        if end < begin:
+            raise ValueError(f"{where} ends at byte {end}, before it begins (byte {begin}); {FIX}")
+        if end > data_size:
+            raise ValueError(f"{where} ends at byte {end} of a {data_size}-byte data buffer; the file is "
+                             f"truncated, download it again")
+        # end - begin: exactly the bytes of the shape's elements
+        nbytes = math.prod(shape) * DTYPES[dtype].itemsize
+        if end - begin != nbytes:
+            raise ValueError(f"{where} has {end - begin} bytes, not the {nbytes} of its {shape} {dtype}; {FIX}")
+        entries.append((name, DTYPES[dtype], shape, begin, end))
+    # sorted by offset, the tensors tile the data buffer: no overlap, no gap, nothing after the last
+    at = 0
+    for name, _, _, begin, end in sorted(entries, key=lambda e: (e[3], e[4])):
+        if begin != at:
+            gap = "they overlap" if begin < at else "a gap"
+            raise ValueError(f"tensor {name} in {path} begins at byte {begin} of the data buffer, not at {at} "
+                             f"where the tensors before it end ({gap}); {FIX}")
+        at = end
+    if at != data_size:
+        raise ValueError(f"{path} has {data_size - at} unused bytes after its last tensor; {FIX}")
+    return entries
+
+
 def read_safetensors(path):
     """{name: tensor} of a .safetensors file; each tensor owns a copy of its bytes."""
     if not os.path.isfile(path):
@@ -263,29 +324,22 @@ def read_safetensors(path):
     size, header = os.path.getsize(path), None
     with open(path, "rb") as f:
         n = int.from_bytes(f.read(8), "little")
+        if HEADER_LIMIT < n <= size - 8:
+            raise ValueError(f"{path} has a {n}-byte header, over the format's limit of {HEADER_LIMIT} bytes; {FIX}")
         if 2 <= n <= size - 8:  # a length past the end of the file means another format
             try:
-                header = json.loads(f.read(n))
+                header = json.loads(f.read(n).decode("utf-8"))
             except ValueError:  # not UTF-8, or not JSON
                 pass
         if not isinstance(header, dict):
             raise ValueError(f"{path} is not a safetensors file (bad header); use a complete .safetensors "
                              f"download, not a .bin/.pth or a partial file")
         out = {}
-        for name, info in header.items():
-            if name == "__metadata__":
-                continue
-            if info["dtype"] not in DTYPES:
-                raise ValueError(f"tensor {name} in {path} has dtype {info['dtype']}, which this reader does not "
-                                 f"know; convert the file to one of {list(DTYPES)}")
-            dtype, (begin, end) = DTYPES[info["dtype"]], info["data_offsets"]
+        for name, dtype, shape, begin, end in safetensors_entries(path, header, size - 8 - n):
             f.seek(8 + n + begin)
-            buf = bytearray(f.read(end - begin))  # writable, owned by the tensor below
-            if len(buf) != math.prod(info["shape"]) * dtype.itemsize:
-                raise ValueError(f"tensor {name} in {path} has {len(buf)} bytes, not those of its {info['shape']} "
-                                 f"{info['dtype']}; the file is truncated, download it again")
+            buf = bytearray(f.read(end - begin))  # writable, owned by the tensor below; checked size
             t = torch.frombuffer(buf, dtype=dtype) if buf else torch.empty(0, dtype=dtype)
-            out[name] = t.reshape(info["shape"])  # (the host is assumed little-endian: x86, ARM)
+            out[name] = t.reshape(shape)  # (the host is assumed little-endian: x86, ARM)
     return out
 
 

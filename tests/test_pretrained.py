@@ -33,6 +33,12 @@ def fixture_io(folder):
     return torch.load(os.path.join(need(folder), "tiny_io.pth"), weights_only=True)
 
 
+def config(folder):
+    """A fixture's config.json as written: the sizes a test expects are read from it."""
+    with open(os.path.join(need(folder), "config.json")) as f:
+        return json.load(f)
+
+
 def max_err(a, b, keep=None):  # keep: (B, L) bool, compare real tokens only
     d = (a - b).abs()
     return (d[keep] if keep is not None else d).max().item()
@@ -58,7 +64,8 @@ def test_safetensors_errors(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         P.read_safetensors(str(tmp_path / "missing.safetensors"))
     for name, data in {"text": b"hello, not a checkpoint at all", "short": b"\x01\x02",
-                       "json": (12).to_bytes(8, "little") + b"{not json!!}"}.items():
+                       "json": (12).to_bytes(8, "little") + b"{not json!!}", "array": (2).to_bytes(8, "little") + b"[]",
+                       "utf16": (6).to_bytes(8, "little") + "{}".encode("utf-16")}.items():
         (tmp_path / name).write_bytes(data)
         with pytest.raises(ValueError, match="is not a safetensors file"):
             P.read_safetensors(str(tmp_path / name))
@@ -70,6 +77,72 @@ def test_safetensors_errors(tmp_path):
     (tmp_path / "cut").write_bytes((tmp_path / "cut").read_bytes()[:-4])
     with pytest.raises(ValueError, match="truncated"):
         P.read_safetensors(str(tmp_path / "cut"))
+
+
+def hand_made(path, header, data=b""):
+    """A .safetensors file written byte by byte: the header's length, the JSON header, the data."""
+    h = json.dumps(header).encode()
+    path.write_bytes(len(h).to_bytes(8, "little") + h + data)
+    return str(path)
+
+
+def entry(begin, end, dtype="F32", shape=(2,)):
+    return {"dtype": dtype, "shape": list(shape), "data_offsets": [begin, end]}
+
+
+BAD_HEADERS = {  # case: (header, data buffer, what the sentence says)
+    "negative begin": ({"t": entry(-8, 0)}, bytes(8), "tensor t in {} begins at byte -8, before the data"),
+    "end past the file": ({"t": entry(0, 10**15, shape=[10**15 // 4])}, bytes(100), "ends at byte 10" + "0" * 14),
+    "end before begin": ({"t": entry(8, 0)}, bytes(8), "ends at byte 0, before it begins (byte 8)"),
+    "no dtype": ({"t": {"shape": [2], "data_offsets": [0, 8]}}, bytes(8), "tensor t in {} lacks dtype in"),
+    "no offsets": ({"t": {"dtype": "F32", "shape": [2]}}, bytes(8), "lacks data_offsets in"),
+    "not an object": ({"t": [0, 8]}, bytes(8), "is described by a list, not by a JSON object"),
+    "list as dtype": ({"t": entry(0, 8, dtype=["F32"])}, bytes(8), "has dtype ['F32'], which this reader"),
+    "float offsets": ({"t": {**entry(0, 8), "data_offsets": [0.0, 8.0]}}, bytes(8), "[0.0, 8.0], not two integers"),
+    "one offset": ({"t": {**entry(0, 8), "data_offsets": [8]}}, bytes(8), "has data_offsets [8], not two integers"),
+    "negative dim": ({"t": entry(0, 8, shape=[-2])}, bytes(8), "shape [-2], not a list of non-negative integers"),
+    "wrong size": ({"t": entry(0, 8, shape=[3])}, bytes(8), "has 8 bytes, not the 12 of its [3] F32"),
+    "overlap": ({"a": entry(0, 8), "b": entry(4, 12)}, bytes(12), "tensor b in {} begins at byte 4 of the data "
+                "buffer, not at 8 where the tensors before it end (they overlap)"),
+    "gap": ({"b": entry(12, 20), "a": entry(0, 8)}, bytes(20), "begins at byte 12 of the data buffer, not at 8 "
+            "where the tensors before it end (a gap)"),
+    "trailing bytes": ({"t": entry(0, 8)}, bytes(12), "{} has 4 unused bytes after its last tensor"),
+    "metadata": ({"__metadata__": {"format": 1}, "t": entry(0, 8)}, bytes(8), "a __metadata__ that is not"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_HEADERS)
+def test_safetensors_header_rules_are_checked_before_reading(tmp_path, case):
+    header, data, says = BAD_HEADERS[case]
+    path = hand_made(tmp_path / "bad.safetensors", header, data)
+    with pytest.raises(ValueError, match=re.escape(says.format(path))) as e:
+        P.read_safetensors(path)
+    assert "\n" not in str(e.value) and path in str(e.value)
+
+
+def test_safetensors_header_over_the_format_limit(tmp_path):
+    """A header length past 100,000,000 bytes is refused before the header is read (a sparse file)."""
+    path, n = tmp_path / "huge.safetensors", 100_000_001
+    with open(path, "wb") as f:
+        f.write(n.to_bytes(8, "little"))
+        f.truncate(8 + n + 8)
+    with pytest.raises(ValueError, match=f"has a {n}-byte header, over the format's limit of 100000000 bytes"):
+        P.read_safetensors(str(path))
+
+
+def test_safetensors_valid_files_still_load(tmp_path):
+    """What the format allows: __metadata__, entries listed out of offset order, a scalar, an empty
+    tensor, a header padded with spaces; and the files of the project's own writer."""
+    a, s = torch.arange(6, dtype=torch.int16).reshape(2, 3), torch.tensor(1.5)
+    header = {"__metadata__": {"format": "pt"}, "s": entry(12, 16, shape=[]), "e": entry(16, 16, shape=[0, 3]),
+              "a": entry(0, 12, dtype="I16", shape=[2, 3])}
+    h = json.dumps(header).encode() + b"   "
+    (tmp_path / "hand").write_bytes(len(h).to_bytes(8, "little") + h + a.numpy().tobytes() + s.numpy().tobytes())
+    back = P.read_safetensors(str(tmp_path / "hand"))
+    assert list(back) == ["s", "e", "a"] and torch.equal(back["a"], a) and torch.equal(back["s"], s)
+    assert back["e"].shape == (0, 3)
+    P.write_safetensors(tmp_path / "own", {"x": torch.ones(3, 2), "y": torch.zeros(0), "z": torch.arange(5)})
+    assert torch.equal(P.read_safetensors(str(tmp_path / "own"))["z"], torch.arange(5))
 
 
 # ---- Qwen2.5's tokenizer ---------------------------------------------------------------------------
@@ -125,13 +198,17 @@ def test_letter_and_number_classes_are_the_unicode_categories():
 
 # ---- the generator's text backbone as Qwen2 (--lm) ---------------------------------------------
 
-def lm_generator(folder, **override):
-    """The tiny generator with the backbone of `folder` and its weights (the fixture's)."""
-    cfg = dict(model="tiny", patch=1, text_len=8, head="ddt", lm=folder)
-    mcfg = G.model_config(cfg)
+def lm_model(folder, **override):
+    """The tiny generator with the backbone of `folder` (its config.json), `override` on top."""
+    mcfg = G.model_config(dict(model="tiny", patch=1, text_len=8, head="ddt", lm=folder))
     for k, v in override.items():
         setattr(mcfg, k, v)
-    model = G.Generator(mcfg, (4, 4, 4), 1, 8, "ddt").eval()
+    return G.Generator(mcfg, (4, 4, 4), 1, 8, "ddt").eval()
+
+
+def lm_generator(folder, **override):
+    """lm_model with the weights of `folder` (the fixture's)."""
+    model = lm_model(folder, **override)
     P.load_qwen2_weights(folder, model.text_parts())
     return model
 
@@ -154,10 +231,12 @@ def test_text_path_reproduces_qwen2():
 def test_wrong_rope_theta_or_tiled_kv_heads_do_not_reproduce_it(monkeypatch):
     io = fixture_io(QWEN)
     keep, folder = io["attention_mask"].bool(), os.path.join(QWEN, "tiny")
-    assert max_err(text_outputs(lm_generator(folder, rope_theta=10000.0), io)[1], io["last_hidden_state"], keep) > 1e-3
+    wrong = P.qwen2_config(folder)["rope_theta"] / 100  # 1e4 for Qwen2.5's 1e6 (read in either config form)
+    assert max_err(text_outputs(lm_generator(folder, rope_theta=wrong), io)[1], io["last_hidden_state"], keep) > 1e-3
     model = lm_generator(folder)
     attn = model.layers[0].self_attn
-    assert attn.heads > attn.kv_heads > 1  # else tiling and repeating are the same
+    if not attn.heads > attn.kv_heads > 1:
+        pytest.skip("the fixture's attention has no key/value groups: tiling and repeating are the same")
     # k0 k1 k0 k1 (tiled) instead of k0 k0 k1 k1 (repeat_interleave): the wrong heads meet
     monkeypatch.setattr(G.Qwen2Attention, "repeat_kv", lambda self, x: x.repeat(1, self.heads // self.kv_heads, 1, 1))
     assert max_err(text_outputs(model, io)[1], io["last_hidden_state"], keep) > 1e-3
@@ -188,8 +267,10 @@ def test_qwen2_weights_load_strictly_with_one_sentence_per_problem(tmp_path):
         with pytest.raises(ValueError, match=re.escape(msg)) as e:
             P.load_qwen2_weights(str(tmp_path), model.text_parts())
         assert "\n" not in str(e.value) and "--lm" in str(e.value)
-    wide = G.Generator(G.ModelConfig(64, 2, 4, 2, 160, 48, 1, 2, vocab_size=700), (4, 4, 4), 1, 8, "ddt")
-    with pytest.raises(ValueError, match=r"embed_tokens.weight has shape \(603, 64\) in .* but \(700, 64\)"):
+    rows, width = config(folder)["vocab_size"], config(folder)["hidden_size"]
+    wide = lm_model(folder, vocab_size=rows + 97)  # the fixture's layers and width, 97 more rows
+    with pytest.raises(ValueError, match=rf"embed_tokens.weight has shape \({rows}, {width}\) in .* but "
+                                         rf"\({rows + 97}, {width}\)"):
         P.load_qwen2_weights(folder, wide.text_parts())
     P.write_safetensors(tmp_path / "model.safetensors", {k: v.bfloat16() for k, v in sd.items()})  # as published
     P.load_qwen2_weights(str(tmp_path), model.text_parts())
@@ -222,7 +303,7 @@ def test_a_tiny_run_with_lm_reads_captions_through_qwen_and_cuts_long_ones(tmp_p
             "--cache", str(tmp_path / "cache"), "--lm", folder, "--text-len", "6", "--steps", "2", "--n-samples", "1"])
     assert json.load(open(out / "config.json"))["captions_cut"] > 0
     model, cfg, _ = G.load_generator(str(out))
-    assert isinstance(model.text, G.QwenText) and model.embed_tokens.num_embeddings == 603
+    assert isinstance(model.text, G.QwenText) and model.embed_tokens.num_embeddings == config(folder)["vocab_size"]
     ids = model.text(["a red circle"], 6)
     assert ids[0].tolist()[:len(model.text.encode("a red circle"))] == P.QwenTokenizer.from_folder(folder).encode(
         "a red circle") and ids[0, -1] == model.text.pad
@@ -259,8 +340,8 @@ def test_siglip_checkpoint_forms_and_errors(tmp_path, tower):
     for good in ({k.removeprefix("vision_model."): v for k, v in sd.items()}, full):  # no prefix; a full SigLIP
         P.write_safetensors(tmp_path / "model.safetensors", good)
         P.load_siglip_state_dict(str(tmp_path), model)
-        assert torch.equal(model.head.probe, tower.head.probe)
-    cases = {"lacks tensor 'head.probe'": {k: v for k, v in sd.items() if not k.endswith("probe")},
+        assert torch.equal(model.post_layernorm.weight, tower.post_layernorm.weight)
+    cases = {"lacks tensor 'post_layernorm.weight'": {k: v for k, v in sd.items() if "post_layernorm.w" not in k},
              "has unexpected tensor 'extra.bias'": {**sd, "vision_model.extra.bias": torch.zeros(1)},
              "is not a SigLIP vision checkpoint": P.read_safetensors(os.path.join(need(QWEN), "tiny", "model.safetensors"))}
     for msg, bad in cases.items():
@@ -284,19 +365,23 @@ def test_the_tokenizer_trains_on_a_siglip_encoder(tmp_path, monkeypatch, tower):
     """The S-VAE on the fixture's SigLIP tower, through tokenizer.py: the checkpoint loads strictly,
     E_s and D_s inherit SigLIP's last layers, the input is normalised with 0.5 / 0.5, and no token
     is dropped as a class token (RAE)."""
+    cfg = config(os.path.join(SIGLIP, "tiny"))
+    size, width, layers = cfg["image_size"], cfg["hidden_size"], cfg["num_hidden_layers"]
+    grid = size // cfg["patch_size"]
+    image = grid * 2 ** (len(T.DECODERS["tiny"].ch_mult) - 1)  # what the tiny pixel decoder makes of that grid
     monkeypatch.setitem(T.ENCODERS, "siglip-fixture", P.siglip_config(os.path.join(SIGLIP, "tiny")))
     ckpt = os.path.join(SIGLIP, "tiny", "model.safetensors")
     args = ["--preset", "tiny", "--device", "cpu", "--encoder", "siglip-fixture", "--encoder-ckpt", ckpt,
-            "--encoder-size", "56", "--image-size", "32", "--stage", "1", "--steps", "2"]
+            "--encoder-size", str(size), "--image-size", str(image), "--stage", "1", "--steps", "2"]
     T.main([*args, "--out", str(tmp_path / "s")])
     tok = T.load_tokenizer(str(tmp_path / "s" / "stage1.pt"))
     assert torch.equal(tok.encoder.blocks[0].mlp.fc1.weight, tower.blocks[0].mlp.fc1.weight)  # frozen in stage 1
-    assert isinstance(tok.E_s.blocks[0], P.SiglipEncoderLayer) and len(tok.E_s.blocks) == 3
-    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert isinstance(tok.E_s.blocks[0], P.SiglipEncoderLayer) and len(tok.E_s.blocks) == min(3, layers)
+    x = torch.rand(2, 3, image, image) * 2 - 1
     with torch.no_grad():
-        want = tower.forward_features(torch.nn.functional.interpolate(x, size=(56, 56), mode="bicubic", antialias=True))
+        want = tower.forward_features(torch.nn.functional.interpolate(x, size=(size, size), mode="bicubic", antialias=True))
     assert torch.allclose(tok.features(x), want["x_norm_patchtokens"], atol=1e-5)  # (x + 1) / 2 - 0.5) / 0.5 = x
     T.main([*args, "--out", str(tmp_path / "r"), "--recipe", "rae"])
-    assert T.load_tokenizer(str(tmp_path / "r" / "stage1.pt")).encode(x).shape == (2, 64, 4, 4)  # all 16 patches
+    assert T.load_tokenizer(str(tmp_path / "r" / "stage1.pt")).encode(x).shape == (2, width, grid, grid)  # all patches
     with pytest.raises(SystemExit, match="--encoder-ckpt"):
         T.main([*args[:6], *args[8:], "--out", str(tmp_path / "n")])
