@@ -153,7 +153,7 @@ class SemanticEncoder(nn.Module):
     def __init__(self, encoder, C, depth=3):
         super().__init__()
         D = encoder.embed_dim
-        self.blocks = copy.deepcopy(encoder.blocks[len(encoder.blocks) - depth:])  # depth 0: Table 5's MLP
+        self.blocks = copy.deepcopy(encoder.blocks[max(0, len(encoder.blocks) - depth):])  # depth 0: Table 5's MLP
         self.norm = nn.LayerNorm(D, eps=1e-6)
         self.proj = nn.Sequential(nn.Linear(D, D), nn.GELU(), nn.Linear(D, 2 * C))
 
@@ -174,7 +174,7 @@ class SemanticDecoder(nn.Module):
         super().__init__()
         D = encoder.embed_dim
         self.proj = nn.Sequential(nn.Linear(C, D), nn.GELU(), nn.Linear(D, D))
-        self.blocks = copy.deepcopy(encoder.blocks[len(encoder.blocks) - depth:])
+        self.blocks = copy.deepcopy(encoder.blocks[max(0, len(encoder.blocks) - depth):])
         self.norm = copy.deepcopy(encoder.norm)
 
     def forward(self, z):
@@ -770,6 +770,17 @@ def discriminator_step(disc, opt_d, x, x_hat):
     return d_loss.detach()
 
 
+def lr_at(step, cfg):
+    """The learning rate of 0-based `step` in a stage: constant, and with --cooldown F > 0 a linear
+    decay to zero over the last fraction F of the stage's steps (the decay of warmup-stable-decay).
+    With a constant lr the weights a stage ends on are one noisy draw among the recent ones (at the
+    cpu budget the validation PSNR of one run moved by up to 1.1 dB between evaluations 60 steps
+    apart); the decay averages that noise away, so the result no longer depends on the step at
+    which the stage stops. A function of the step alone: a resume is exact."""
+    n_cool = round(cfg["steps"] * (cfg.get("cooldown") or 0))
+    return cfg["lr"] * min(1.0, (cfg["steps"] - step) / n_cool) if n_cool else cfg["lr"]
+
+
 def train(cfg, ddp, rank, local_rank, world, device):
     """Train one stage: the loop reads as the procedure; the set-up is named below it."""
     stage, out, steps = cfg["stage"], cfg["out"], cfg["steps"]
@@ -799,13 +810,15 @@ def train(cfg, ddp, rank, local_rank, world, device):
     while step < steps:
         (epoch, pos), (idx, x, targets) = next(data)
         x = x.to(device, non_blocking=True)
+        for g in [*opt.param_groups, *(opt_d.param_groups if opt_d is not None else [])]:
+            g["lr"] = lr_at(step, cfg)
         gan = disc if stage and step >= cfg["disc_start"] and "pixel_decoder" in model.plan(stage)[0] else None
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if stage == 0:
                 loss, terms = stage0_loss(fwd, model, x, targets, cfg["s0_invariance"])
             else:
                 loss, terms, x_hat = tokenizer_loss(fwd, model, x, idx, stage, step, cfg, lpips, gan)
-        terms["loss"] = loss
+        terms["loss"], terms["lr"] = loss, torch.tensor(lr_at(step, cfg))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg["grad_clip"] > 0:
@@ -877,6 +890,8 @@ def check_config(cfg, world):
                              f"go to --stage 1")
     if cfg["batch_size"] % world:
         raise TokenizerError(f"--batch-size {cfg['batch_size']} (global) does not split over {world} processes")
+    if not 0 <= cfg["cooldown"] <= 1:
+        raise TokenizerError(f"--cooldown {cfg['cooldown']} is a fraction of the stage's steps; give 0 to 1")
     patch = ENCODERS[cfg["encoder"]].patch_size
     if cfg["encoder_size"] % patch:
         raise TokenizerError(f"--encoder-size {cfg['encoder_size']} is not a multiple of the patch size {patch}")
@@ -1144,6 +1159,8 @@ def parse_args(argv=None):
                    "checkpoints and stops (--resume continues); 0 = none")
     g.add_argument("--batch-size", type=int, help="global batch size, split over processes (paper 96)")
     g.add_argument("--lr", type=float, help="learning rate (paper 1e-4)")
+    g.add_argument("--cooldown", type=float, default=0.2, help="the lr decays linearly to 0 over this last "
+                   "fraction of the stage's steps (0 = constant to the end; the paper gives no schedule)")
     g.add_argument("--beta1", type=float, default=0.5, help="AdamW beta1 (LDM autoencoders: 0.5)")
     g.add_argument("--beta2", type=float, default=0.9, help="AdamW beta2 (LDM autoencoders: 0.9)")
     g.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip, 0 = off")
