@@ -41,7 +41,7 @@ from tqdm import tqdm
 
 import tokenizer
 import world as W
-from common import COMPILE_MIN_STEPS, add_speed_args
+from common import add_speed_args, choose_amp, choose_compile
 
 # ----------------------------------------------------------------------------------------------
 # 1. The world: how exact the detector is, what the world looks like, how fast it renders
@@ -539,7 +539,7 @@ def train_latent(out, args, plan, stage0):
     return trained
 
 
-REUSE_KEYS = ("batch_size", "lr", "semantic_weight", "pixel_weight", "kl_weight")  # same names, other training
+REUSE_KEYS = ("batch_size", "lr", "cooldown", "semantic_weight", "pixel_weight", "kl_weight")  # same names, other training
 
 
 def same_recipe(path, had, want):
@@ -616,7 +616,8 @@ def cmd_table4(args):
     if args.stage0 and not os.path.isfile(args.stage0):
         raise ValueError(f"--stage0 {args.stage0} does not exist; give a tokenizer.py --stage 0 checkpoint")
     table4_steps(B, max(TABLE4_SPLITS))  # a budget too small for RPiAE stops here, before any training
-    base = ["--preset", args.preset, *speed_flags(args)] + (["--device", args.device] if args.device else []) + \
+    speed, precision = table_speed(args, B)  # judged by a latent's whole budget
+    base = ["--preset", args.preset, *speed] + (["--device", args.device] if args.device else []) + \
         (["--workers", str(args.workers)] if args.workers else []) + \
         [a for flag in ("semantic_weight", "pixel_weight") if getattr(args, flag) is not None
          for a in ("--" + flag.replace("_", "-"), str(getattr(args, flag)))]
@@ -649,7 +650,7 @@ def cmd_table4(args):
     name = f"table4_{args.preset}{head}" + ("_" + "_".join(r for _, r, _ in rows) if args.recipes else "") + tail
     command = "python evaluate.py table4 " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
     md = write_table4(os.path.join(args.results, name + ".md"), rows, results, chans, command, B, batch, sz, s0, runs,
-                      time.time() - t0, n_proc, threads)
+                      time.time() - t0, n_proc, threads, precision)
     out = {"table": md, "rows": {n: {**results[n]["recon"], **results[n]["probe"]} for n, _, _ in rows},
            "channels": [(C, r["recon"]["psnr"], r["probe"]["probe"]) for C, r in chans],
            "seconds": round(time.time() - t0, 1)}
@@ -659,7 +660,7 @@ def cmd_table4(args):
     return out
 
 
-def write_table4(path, rows, results, chans, command, B, batch, sz, s0, runs, seconds, n_proc, threads):
+def write_table4(path, rows, results, chans, command, B, batch, sz, s0, runs, seconds, n_proc, threads, precision):
     """The markdown table: one row per latent, then Figure 11's sweep."""
     fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     r0 = results[rows[0][0]]["recon"]
@@ -667,7 +668,7 @@ def write_table4(path, rows, results, chans, command, B, batch, sz, s0, runs, se
              f"`{command}`; runs in `{runs}`; every latent trained for {B} steps of batch {batch} "
              f"in all (2 stages: "
              f"{'+'.join(map(str, table4_steps(B, 2)))}, 3 stages: {'+'.join(map(str, table4_steps(B, 3)))}); "
-             f"{sz['n']} held-out world scenes; probe: {sz['n_train']} train / {sz['n_test']} held-out scenes; rFID "
+             f"precision: {precision}; {sz['n']} held-out world scenes; probe: {sz['n_train']} train / {sz['n_test']} held-out scenes; rFID "
              f"features: WorldEvaluator ({sz['evaluator_steps']} steps). World encoder (stage 0): `{s0}`, "
              f"{torch.load(s0, map_location='cpu', weights_only=True)['step']} steps. LPIPS: "
              f"{r0.get('lpips_reason', 'lpips package, AlexNet')}. Read back: what the scene detector reads from the "
@@ -924,7 +925,7 @@ def generation_job(job):
             if str(s) in curve or s < done:  # measured, or passed by a run with another interval
                 continue
             generator.main([*common, "--tokenizer", job["tokenizer"], "--out", gen, "--steps", str(s), "--head",
-                            job["head"], "--cache", job["cache"], *(["--resume"] if done else []), *job["chunk_flags"]])
+                            job["head"], "--cache", job["cache"], *(["--resume"] if done else [])])
             done = s
             curve[str(s)] = cmd_geneval(ev(ckpt=gen, preset=job["preset"], prompts=sz["prompts"], images=1))
             with open(curve_path, "w") as f:
@@ -964,15 +965,17 @@ GEN_EVAL_DEFAULTS = dict(tokenizer=None, prompts=None, images=None, steps=None, 
                          edits=None, grid=None)
 
 
-def speed_flags(args):
-    """The trainings' --amp and --compile, passed through from a table command (default: auto)."""
-    return ["--amp", args.amp, "--compile", args.compile]
-
-
-def chunk_compile(flag, sz):
-    """The generator trains in chunks of `every` steps, one process call each: `--compile auto`
-    judges the chunk, not the budget, so that short chunks do not each pay a compilation."""
-    return ["--compile", "off"] if flag == "auto" and min(sz["every"], sz["gen_steps"]) < COMPILE_MIN_STEPS else []
+def table_speed(args, steps):
+    """One precision and compilation for every training of a table, decided here once from
+    --amp / --compile and the length `steps` of the table's trainings, then passed to each as
+    explicit flags: rows of one table differ only in the latent (with `auto` judged per training,
+    a 1200-step RAE ran bf16 compiled beside a 240 + 960-step PS-VAE in fp32 eager).
+    -> (flags, the sentence the table prints)."""
+    compiled, why_compile = choose_compile(args.compile, eval_device(args), steps)
+    amp, why_amp = choose_amp(args.amp, eval_device(args), compiled)
+    flags = ["--amp", "bf16" if amp else "off", "--compile", "on" if compiled else "off"]
+    return flags, (f"{'bf16 autocast' if amp else 'fp32'}, {'compiled' if compiled else 'eager'}, the same for every "
+                   f"training of the table ({why_amp}; {why_compile})")
 
 
 def cmd_table4_gen(args):
@@ -987,6 +990,9 @@ def cmd_table4_gen(args):
         [(f"{name}, no DDT head", recipe, "none") for name, recipe, _ in TABLE4_ROWS
          if recipe in wanted and recipe in ("psvae", "rae") and args.head_ablation]
     jobs, measured = [], {}
+    # the generator trains in chunks of `every` steps, one process call each: the choice judges the
+    # chunk, not the budget, so that short chunks do not each pay a compilation
+    speed, precision = table_speed(args, min(sz["every"], sz["gen_steps"]))
     n = args.tokenizer_seed  # the latents of `table4 --seed N`, in <recipe>-seed<N>/
     dir_sfx, seed_flag = (f"-seed{n}", f" --seed {n}") if n else ("", "")
     for name, recipe, head in rows:
@@ -1001,8 +1007,7 @@ def cmd_table4_gen(args):
                          tokenizer_sha1=generator.file_hash(tok),
                          head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
                          threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
-                         flags=(["--device", args.device] if args.device else []) + speed_flags(args),
-                         chunk_flags=chunk_compile(args.compile, sz)))
+                         flags=(["--device", args.device] if args.device else []) + speed))
     print(f"table4-gen preset {args.preset}: generator {sz['gen_steps']} steps (small suite every {sz['every']}), editor "
           f"{sz['edit_steps']} steps per latent, {args.jobs} jobs at a time, runs in {runs}", flush=True)
     results = dict(zip([r[0] for r in rows], run_jobs(jobs, args.jobs, generation_job)))
@@ -1015,19 +1020,19 @@ def cmd_table4_gen(args):
         (f"_tok{args.tokenizer_seed}" if args.tokenizer_seed else "")
     command = "python evaluate.py table4-gen " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
     md = write_table4_gen(os.path.join(args.results, f"table4_generation_{name}.md"), rows, results, measured,
-                          sz, time.time() - t0, command)
+                          sz, time.time() - t0, command, precision)
     fig7 = plot_curves(os.path.join(args.results, f"figure7_{name}.png"), results)
     fig4 = figure4(os.path.join(args.results, f"figure4_{name}.png"), rows, jobs)
     return {"table": md, "figure7": fig7, "figure4": fig4, "rows": {n: {k: v for k, v in r.items() if k != "curve"}
                                                                     for n, r in results.items()}}
 
 
-def write_table4_gen(path, rows, results, measured, sz, seconds, command):
+def write_table4_gen(path, rows, results, measured, sz, seconds, command, precision):
     """One row per latent: mini-GenEval (strict and GenEval rules, +- the standard error over
     prompts), mini-GEdit, the off-manifold ratio, and the reconstruction columns of the same latent."""
     cats = W.CAPTION_CATEGORIES
     lines = [f"# Table 4 in miniature, generation and editing: generator {sz['gen_steps']} steps, editor "
-             f"{sz['edit_steps']} steps on every latent", "", f"`{command}`", "",
+             f"{sz['edit_steps']} steps on every latent", "", f"`{command}`; precision: {precision}", "",
              "| latent | mini-GenEval strict | GenEval rules | " + " | ".join(cats) + " | GEdit hit | adherence | "
              "consistency (dB) | off-manifold ratio | directions / channels | PSNR | probe, balanced |",
              "|---|" + "---|" * (len(cats) + 9)]
@@ -1084,6 +1089,12 @@ def figure4(path, rows, jobs, n=8):
 # Command line
 # ----------------------------------------------------------------------------------------------
 
+def cmd_report(args):
+    """results/REPORT.md and its figure sheet: every claim of the paper beside the miniature's data (report.py)."""
+    import report
+    return report.write_report()
+
+
 def build_parser():
     """One sub-parser per cmd_<name>; each gets --json (and clean errors) in main()."""
     parser = argparse.ArgumentParser(description="PS-VAE, minimal: evaluation and the paper's tables in miniature")
@@ -1116,6 +1127,8 @@ def build_parser():
     p.add_argument("--size", type=int, default=64, help="resize + centre-crop size in px")
     p.add_argument("--read", type=int, default=8, help="how many items to read")
     p.set_defaults(func=cmd_data)
+    p = sub.add_parser("report", help="results/REPORT.md: every claim of the paper beside the miniature's data")
+    p.set_defaults(func=cmd_report)
     add_tokenizer_commands(sub)
     add_generation_commands(sub)
     for name, p in sub.choices.items():

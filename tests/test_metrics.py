@@ -236,6 +236,12 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     batch = T.PRESETS["tiny"]["batch_size"]  # the tiny table trains at its preset's batch
     assert f"steps of batch {batch} in all" in text
     assert json.load(open(tmp_path / "runs" / "rae" / "config.json"))["stage1"]["batch_size"] == batch
+    # one precision for the whole table, decided once and written into it: at 4 steps, fp32 eager
+    # on every CPU (auto takes bf16 only for compiled runs), passed to every training as a flag
+    assert "precision: fp32, eager, the same for every training of the table" in text
+    for f in ("rae", "vae"):
+        assert {k: json.load(open(tmp_path / "runs" / f / "config.json"))["stage1"][k] for k in ("amp", "compile")} \
+            == {"amp": "off", "compile": "off"}
     assert not (tmp_path / "table4_tiny.md").exists() and not list(tmp_path.glob("*.png"))
     assert torch.load(tmp_path / "runs" / "rae" / "stage1.pt", weights_only=True)["step"] == 4
     # another seed of the latents trains beside the first (same stage 0), into its own table

@@ -1,4 +1,4 @@
-"""The commands of README.md and results/README.md stay true: every `python X.py ...` /
+"""The commands of README.md and results/ (README.md, LOG.md, REPORT.md) stay true: every `python X.py ...` /
 `torchrun ... X.py ...` they show, in a bash block or inline, is parsed by that script's real
 argument parser (nothing is run: the parse is stopped as soon as it succeeds). A renamed or
 removed flag fails here. Commands that need an older commit are shown in ```text blocks, which
@@ -13,7 +13,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("toy_manifold", "tokenizer", "generator", "edit", "evaluate", "experiments/bench")
-DOCS = ("README.md", os.path.join("results", "README.md"))
+DOCS = ("README.md", *(os.path.join("results", f) for f in ("README.md", "LOG.md", "REPORT.md")))
 # placeholders the README uses where a parser wants a number; strings (RUN, PATH) parse as they are
 PLACEHOLDERS = {"$s": "1", "S": "64"}
 

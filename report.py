@@ -1,0 +1,414 @@
+"""report.py -- every claim of the paper beside the miniature's measurement, in one page.
+
+    python evaluate.py report      # rebuilds results/REPORT.md and its figure sheet results/report.png
+
+Read top to bottom: the paper's numbers (the only numbers typed in this file), the verdict rule
+(one function), small readers of the JSON the runs wrote under results/, one function per section
+of the paper returning its rows, the renderer, the figure sheet. Every number of the miniature in
+REPORT.md is computed here from those files; tests/test_report.py rebuilds the page and checks
+that it equals the committed one, so the page cannot drift from the data.
+"""
+import glob
+import json
+import math
+import os
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+# ----------------------------------------------------------------------------------------------
+# 1. The paper's numbers (Zhang et al., 2025). Facts from the paper, not measurements.
+# ----------------------------------------------------------------------------------------------
+
+PAPER_PSNR = {"PS-VAE": 28.79, "RAE": 19.20}                       # Table 4, reconstruction
+PAPER_RFID = {"PS-VAE": 0.203, "RAE": 0.619}                       # Table 4
+PAPER_PROBE_GAP_PVAE = 15                                          # Table 4: P-VAE ~15 points below PS-VAE
+PAPER_GENEVAL = {"PS-VAE": 76.6, "S-VAE": 73.7, "RAE": 71.3}       # Table 4, generation
+PAPER_EDIT = {"PS-VAE": 0.22, "S-VAE": 0.12, "RAE": 0.06}          # Table 4, editing (GEdit)
+PAPER_TABLE1 = {"LlamaFusion": (0.524, 857), "Bagel-style": (0.763, 857),  # GenEval, parameters (M)
+                "Transfusion": (0.752, 500), "Transfusion + DDT head": (0.762, 653)}
+PAPER_FIGURE10 = {"96c": ((76.56, 78.14), (0.222, 0.285)),         # (GenEval, editing): base -> larger model
+                  "32c": ((77.07, 77.67), (0.274, 0.228))}
+PAPER_TABLE3_MME = (1685, 1652)                                    # MME-P: SigLIP2 before -> after PS-VAE training
+
+# ----------------------------------------------------------------------------------------------
+# 2. The verdict rule: stated once here and at the top of the page
+# ----------------------------------------------------------------------------------------------
+
+RESOLVED = 2.0  # a gap counts when it is at least this many standard errors from zero
+RULE = ("A claim is a set of gaps, each written so that the paper's sign is positive (A - B for "
+        "\"A above B\"). A gap *confirms* the paper when it is positive by at least 2 standard errors, and "
+        "*contradicts* it when it is negative by at least 2 standard errors; a gap without a standard error "
+        "(one seed) does neither. **reproduced**: every gap confirms. **partly**: some gap confirms, none "
+        "contradicts. **missed (contradicted)**: some gap contradicts. **missed (unresolved)**: no gap "
+        "confirms and none contradicts: the miniature cannot tell. Only signs are judged, not sizes; the "
+        "paper's sizes stand beside. **not measured yet**: no run has made the data. **not available as "
+        "data**: a run printed a table but wrote no JSON that this page reads (the row names the table). "
+        "An identity (Eq. 1) is reproduced when it holds to a relative 1e-10 in float64.")
+
+
+def verdict(gaps):
+    """gaps: [(mean, standard error or None)], the paper's sign positive -> one of the verdicts."""
+    if not gaps:
+        return "not measured yet"
+    confirms = [se is not None and g > 0 and g >= RESOLVED * se for g, se in gaps]
+    contradicts = [se is not None and g < 0 and -g >= RESOLVED * se for g, se in gaps]
+    if any(contradicts):
+        return "missed (contradicted)"
+    if all(confirms):
+        return "reproduced"
+    return "partly" if any(confirms) else "missed (unresolved)"
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Reading the data: a measurement is {seed: value}
+# ----------------------------------------------------------------------------------------------
+
+def load(rel):
+    with open(os.path.join(RESULTS, rel)) as f:
+        return json.load(f)
+
+
+def mean_se(values):
+    """Mean and standard error of the mean (None for a single value)."""
+    v = list(values)
+    m = sum(v) / len(v)
+    if len(v) < 2:
+        return m, None
+    return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
+
+
+def gap(a, b):
+    """a - b for two {seed: value} measurements: paired over seeds when both have the same seeds
+    (shared data order and stage 0 cancel), else the difference of means with both errors added."""
+    if sorted(a) == sorted(b):
+        return mean_se(a[s] - b[s] for s in a)
+    (ma, sa), (mb, sb) = mean_se(a.values()), mean_se(b.values())
+    return ma - mb, (math.sqrt(sa ** 2 + sb ** 2) if sa is not None and sb is not None else None)
+
+
+def fmt(m, se, n=None, d=2, unit="", sign=False):
+    """'18.81 ± 0.30 (3 seeds)'; sign=True writes gaps as '+3.48'."""
+    return (f"{m:+.{d}f}" if sign else f"{m:.{d}f}") + unit + (f" ± {se:.{d}f}" if se is not None else "") + \
+        ("" if n is None else f" ({n} seed{'s' if n > 1 else ''})")
+
+
+def fmt_value(values, d=2):
+    m, se = mean_se(values.values())
+    return fmt(m, se, len(values), d)
+
+
+def fmt_gaps(names, gaps, d=2, unit=""):
+    return "; ".join(f"{n} {fmt(g, se, d=d, unit=unit, sign=True)}" + ("" if se is not None else " (no s.e.)")
+                     for n, (g, se) in zip(names, gaps))
+
+
+# The default reconstruction table (README's headline): budget 1200, one JSON per latent and seed.
+TABLE4_METRICS = os.path.join("table4", "twins", "metrics")
+TABLE4_TABLE = "table4/twins/table4_cpu_b1200_xeon.md"
+TABLE4_LATENTS = {"PS-VAE": "psvae", "S-VAE": "svae", "RAE": "rae", "P-VAE": "pvae",
+                  "pixel VAE (MAR-VAE role)": "vae", "RPiAE": "rpiae"}
+
+
+def table4(recipe, key):
+    """{seed: value} of one metric of one latent over every seed of the default table
+    (seed 0: <recipe>_b1200_xeon_measured.json, seed N: <recipe>_b1200_seedN_xeon_measured.json)."""
+    out = {}
+    for path in sorted(glob.glob(os.path.join(RESULTS, TABLE4_METRICS, f"{recipe}_b1200*_xeon_measured.json"))):
+        tag = os.path.basename(path)[len(recipe) + len("_b1200"):-len("_xeon_measured.json")]
+        if tag == "" or (tag.startswith("_seed") and tag[5:].isdigit()):
+            out[int(tag[5:]) if tag else 0] = load(os.path.relpath(path, RESULTS))[key[0]][key[1]]
+    return out
+
+
+PSNR, RFID, PROBE = ("recon", "psnr"), ("recon", "rfid"), ("probe", "probe_balanced")
+
+# The default generation table: written as JSON by `table4-gen --json` (the run before this page only printed
+# its markdown table, named below, so those rows say "not available as data" until it is run again).
+GEN_JSON = "generation/table4_generation.json"
+GEN_TABLE = "generation/table4_generation_cpu_b2500_e1000_psvae_svae_rae_pvae_vae_tok1200.md"
+GEN_FIG7 = "generation/figure7_cpu_b2500_e0_psvae_svae_rae_pvae_vae_tok1200.png"  # the same generators, before
+GEN_FIG4 = "generation/figure4_cpu_b2500_e0_psvae_svae_rae_pvae_vae_tok1200.png"  # their editors were trained
+
+
+def generation(name, what):
+    """(value, s.e. over prompts) of one latent's row of the generation table's JSON, or None.
+    what: 'geneval' (GenEval rules), 'edit' (instruction hit), 'offman' (off-manifold ratio)."""
+    if not os.path.isfile(os.path.join(RESULTS, GEN_JSON)):
+        return None
+    r = load(GEN_JSON)["rows"].get(name)
+    if r is None or (what == "edit" and "gedit" not in r):
+        return None
+    if what == "geneval":
+        return r["geneval"]["overall_geneval_rules"], r["geneval"]["overall_geneval_rules_stderr"]
+    if what == "edit":
+        p, n = r["gedit"]["instruction_hit"], r["gedit"]["n_edits"]
+        return p, math.sqrt(p * (1 - p) / n)  # a share of n edits: binomial standard error
+    return r["off_manifold_ratio"], r["off_manifold_stderr"]
+
+
+def gen_gaps(pairs, what):
+    """Gaps (a - b, both errors added) of generation-table values; None when the data is missing."""
+    vals = {n: generation(n, what) for p in pairs for n in p}
+    if any(v is None for v in vals.values()):
+        return None
+    return [(vals[a][0] - vals[b][0], math.hypot(vals[a][1], vals[b][1])) for a, b in pairs], vals
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. One function per section of the paper: each returns rows
+#    (claim, paper, miniature, gaps or None, command, links)
+# ----------------------------------------------------------------------------------------------
+
+CMD_TOY = "`python toy_manifold.py`"
+CMD_DIMS = "`OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 toy_manifold.py --dims 2 8 32 128`"
+CMD_TABLE4 = ("`python evaluate.py table4 --preset cpu`, then `--seed 1` and `--recipes psvae,rae --seed 2` "
+              "(each latent's measured.json copied to table4/twins/metrics/)")
+CMD_GEN = ("`python evaluate.py table4-gen --preset cpu --budget 2500 --edit-budget 1000 --every 250 "
+           "--json results/generation/table4_generation.json`")
+
+
+def row(claim, paper, mini, gaps, command, links, status=None):
+    return dict(claim=claim, paper=paper, mini=mini, verdict=status or verdict(gaps), command=command, links=links)
+
+
+def section_eq1():
+    rows = []
+    for rel in ("figure3/figure3.json", "figure3/dims.json"):
+        e = load(rel)["eq1"]
+        ok = e["dtype"] == "float64" and e["max_rel_dev"] < 1e-10
+        rows.append(row(f"v_x = Q v_z(Q^T x) + (1/t)(I - QQ^T) x for the optimal field, h = {e['h']}",
+                        "exact (a proof)",
+                        f"max relative deviation {e['max_rel_dev']:.1e} ({e['dtype']})", None,
+                        CMD_TOY if rel.endswith("figure3.json") else CMD_DIMS,
+                        [rel, "figure3/eq1_check.txt"], "reproduced" if ok else "missed (contradicted)"))
+    return rows
+
+
+def section_figure3():
+    f3, dims = load("figure3/figure3.json"), load("figure3/dims.json")
+    per_seed = lambda d, h: dict(enumerate(d["final_per_seed"][h]))  # noqa: E731
+    g = gap(per_seed(f3, "8"), per_seed(f3, "2"))
+    hs = sorted(dims["final_per_seed"], key=int)
+    chain = [gap(per_seed(dims, b), per_seed(dims, a)) for a, b in zip(hs, hs[1:])]
+    return [
+        row("the 8D model's samples stray further off the \"PS\" than the 2D model's (top-5% NN distance)",
+            "8D above 2D (Figure 3)",
+            f"2D {fmt_value(per_seed(f3, '2'), 3)}, 8D {fmt_value(per_seed(f3, '8'), 3)}; 8D - 2D "
+            f"{fmt(*g, d=3, sign=True)}, ratio {f3['ratio_to_2d']['8']:.2f}", [g], CMD_TOY,
+            ["figure3/figure3.json", "figure3/figure3.png"]),
+        row("the tail grows with the ambient dimension (the miniature's extension of Figure 3)",
+            "2D against 8D only",
+            "; ".join(f"{h}D {fmt_value(per_seed(dims, h), 3)}" for h in hs) + "; steps: " +
+            fmt_gaps([f"{b}-{a}" for a, b in zip(hs, hs[1:])], chain, 3), chain, CMD_DIMS,
+            ["figure3/dims.json", "figure3/dims.png"]),
+    ]
+
+
+def order_row(claim, paper, names, key, d=2, scale=1.0, unit="", lower_is_better=False):
+    """An order A > B > C ... of one Table-4 metric over the default table's seeds."""
+    vals = {n: {s: v * scale for s, v in table4(TABLE4_LATENTS[n], key).items()} for n in names}
+    pairs = list(zip(names, names[1:]))
+    gaps = [gap(vals[b], vals[a]) if lower_is_better else gap(vals[a], vals[b]) for a, b in pairs]
+    mini = ", ".join(f"{n} {fmt_value(vals[n], d)}" for n in names) + "; gaps: " + \
+        fmt_gaps([f"{a} - {b}" if not lower_is_better else f"{b} - {a}" for a, b in pairs], gaps, d, unit)
+    return row(claim, paper, mini, gaps, CMD_TABLE4, [TABLE4_TABLE, TABLE4_METRICS.replace(os.sep, "/") + "/"])
+
+
+def section_table4_recon():
+    return [
+        order_row("PSNR: P-VAE > PS-VAE > RAE > S-VAE", f"P-VAE > PS-VAE {PAPER_PSNR['PS-VAE']:.2f} > RAE "
+                  f"{PAPER_PSNR['RAE']:.2f} > S-VAE", ["P-VAE", "PS-VAE", "RAE", "S-VAE"], PSNR, unit=" dB"),
+        order_row("PS-VAE above RAE in PSNR (the size is not judged)",
+                  f"+{PAPER_PSNR['PS-VAE'] - PAPER_PSNR['RAE']:.2f} dB",
+                  ["PS-VAE", "RAE"], PSNR, unit=" dB"),
+        order_row("PSNR: the MAR-VAE (here a pixel VAE) between PS-VAE and RAE", "PS-VAE > MAR-VAE > RAE",
+                  ["PS-VAE", "pixel VAE (MAR-VAE role)", "RAE"], PSNR, unit=" dB"),
+        order_row("rFID: PS-VAE below RAE (lower is better; here a small world-feature network)",
+                  f"PS-VAE {PAPER_RFID['PS-VAE']} < RAE {PAPER_RFID['RAE']}", ["PS-VAE", "RAE"], RFID, d=0,
+                  lower_is_better=True),
+    ]
+
+
+def section_probes():
+    return [
+        order_row("linear probe: RAE > S-VAE > PS-VAE (balanced accuracy, points)", "RAE > S-VAE > PS-VAE",
+                  ["RAE", "S-VAE", "PS-VAE"], PROBE, d=1, scale=100),
+        order_row("P-VAE's probe below PS-VAE's (points; the size is not judged)",
+                  f"far below: about {PAPER_PROBE_GAP_PVAE} points",
+                  ["PS-VAE", "P-VAE"], PROBE, d=1, scale=100),
+    ]
+
+
+def section_figure11():
+    sweep = {c: table4(f"psvae-c{c}", PSNR) for c in (8, 48)}
+    sweep[24] = {s: v for s, v in table4("psvae", PSNR).items() if s in sweep[8]}  # the seeds the sweep has
+    gaps = [gap(sweep[b], sweep[a]) for a, b in ((8, 24), (24, 48))]
+    return [row("PSNR rises with the latent channels C (PS-VAE, C = 8 < 24 < 48)", "rises with C (Figure 11, left)",
+                ", ".join(f"C = {c}: {fmt_value(sweep[c])}" for c in (8, 24, 48)) + "; gaps (paired by seed): " +
+                fmt_gaps(["24 - 8", "48 - 24"], gaps, unit=" dB"), gaps, CMD_TABLE4,
+                ["table4/twins/channels_cpu_b1200_xeon.png", "table4/twins/channels_cpu_b1200_seed1_xeon.png"])]
+
+
+def gen_row(claim, paper, pairs, what, links, d=3):
+    got = gen_gaps(pairs, what)
+    if got is None:
+        return row(claim, paper, f"not available as data: the run printed [its table]({GEN_TABLE}) but wrote no JSON",
+                   None, CMD_GEN, links, "not available as data")
+    gaps, vals = got
+    mini = ", ".join(f"{n} {v:.{d}f} ± {se:.{d}f}" for n, (v, se) in vals.items()) + " (s.e. over prompts); gaps: " + \
+        fmt_gaps([f"{a} - {b}" for a, b in pairs], gaps, d)
+    return row(claim, paper, mini, gaps, CMD_GEN, links)
+
+
+def section_table4_generation():
+    chain = [("PS-VAE", "S-VAE"), ("S-VAE", "RAE")]
+    return [
+        gen_row("GenEval: PS-VAE > S-VAE > RAE (mini-GenEval, GenEval's rules)",
+                " > ".join(f"{n} {v}" for n, v in PAPER_GENEVAL.items()), chain, "geneval", [GEN_TABLE, GEN_FIG4]),
+        gen_row("editing: PS-VAE > S-VAE > RAE (mini-GEdit instruction hit)",
+                " > ".join(f"{n} {v}" for n, v in PAPER_EDIT.items()), chain, "edit", [GEN_TABLE]),
+    ]
+
+
+def section_figure7():
+    return [row("the generator on PS-VAE converges faster than on the other latents (GenEval against steps)",
+                "PS-VAE's curve above the others (Figure 7)",
+                "not available as data: the curves live in the run folders (curve.json); only the figure was kept",
+                None, CMD_GEN, [GEN_FIG7], "not available as data")]
+
+
+def section_off_manifold():
+    return [gen_row("RAE's samples stray furthest off the latent data (off-manifold ratio)",
+                    "RAE most off-manifold (Sec. 3.1)", [("RAE", "S-VAE"), ("RAE", "PS-VAE")], "offman",
+                    [GEN_TABLE], d=2)]
+
+
+def section_table1():
+    rows = [row(f"fusion design: {name}", f"GenEval {g}, {p} M parameters", "not measured yet", None,
+                "no command yet (the miniature has only the deep-fusion generator)", [], "not measured yet")
+            for name, (g, p) in PAPER_TABLE1.items() if name != "Transfusion + DDT head"]
+    (g0, _), (g1, _) = PAPER_TABLE1["Transfusion"], PAPER_TABLE1["Transfusion + DDT head"]
+    rows += [gen_row(f"the wide DDT head helps ({name})", f"GenEval {g0} -> {g1} with the head",
+                     [(name, f"{name}, no DDT head")], "geneval", [GEN_TABLE]) for name in ("PS-VAE", "RAE")]
+    return rows
+
+
+def section_figure10():
+    return [row(f"a larger generator on the {c} latent", f"GenEval {a} -> {b}, editing {e} -> {f}",
+                "not measured yet", None, "no command yet (a larger generator per latent needs a GPU)", [],
+                "not measured yet") for c, ((a, b), (e, f)) in PAPER_FIGURE10.items()]
+
+
+def section_table3():
+    a, b = PAPER_TABLE3_MME
+    return [row("PS-VAE training on SigLIP2 keeps its understanding (a small drop)", f"MME-P {a} -> {b}",
+                "not measured yet", None, "no command yet (MME-P needs a multimodal LLM)", [],
+                "not measured yet")]
+
+
+SECTIONS = [
+    ("Eq. 1: the optimal field in h dimensions (Sec. 3.2)", section_eq1),
+    ("Figure 3: off-manifold samples of a flow in a high-dimensional space (Sec. 3.2)", section_figure3),
+    ("Table 4, reconstruction: the PSNR and rFID orders, PS-VAE's margin over RAE", section_table4_recon),
+    ("Table 4, semantics: the probe orders", section_probes),
+    ("Figure 11: latent channels", section_figure11),
+    ("Table 4, generation and editing: the orders", section_table4_generation),
+    ("Figure 7: convergence", section_figure7),
+    ("Sec. 3.1: RAE's samples off the manifold", section_off_manifold),
+    ("Table 1: fusion designs and the wide DDT head", section_table1),
+    ("Figure 10: scaling the generator", section_figure10),
+    ("Table 3: SigLIP2's understanding after PS-VAE training", section_table3),
+]
+
+# ----------------------------------------------------------------------------------------------
+# 5. The page and its figure sheet
+# ----------------------------------------------------------------------------------------------
+
+VERDICTS = ("reproduced", "partly", "missed (contradicted)", "missed (unresolved)", "not available as data",
+            "not measured yet")
+
+
+def render(sections):
+    """The markdown page: the rule, the count of verdicts, the sheet, one table per section."""
+    count = {v: sum(r["verdict"] == v for _, rows in sections for r in rows) for v in VERDICTS}
+    lines = ["# The paper's claims beside the miniature's measurements", "",
+             "Made by `python evaluate.py report` from the JSON the runs wrote under results/; do not edit by hand "
+             "(tests/test_report.py rebuilds it and checks that it equals this file). Every miniature number is "
+             "read from the files linked in its row; the paper's numbers are the constants at the top of "
+             "`report.py`. All runs on 2 CPU cores (cpu presets); values are mean ± standard error of the mean "
+             "over seeds (how many in brackets) unless a row says otherwise.", "",
+             "**Verdict rule.** " + RULE, "",
+             "**Count.** " + ", ".join(f"{v}: {n}" for v, n in count.items()), "",
+             "![the figure sheet: Figure 3, Table 4 and Figure 11 from the data](report.png)", ""]
+    for title, rows in sections:
+        lines += [f"## {title}", "", "| claim | paper | miniature | verdict | made by | data |",
+                  "|---|---|---|---|---|---|"]
+        for r in rows:
+            links = ", ".join(f"[{os.path.basename(p.rstrip('/')) or p}]({p})" for p in r["links"]) or "-"
+            lines.append(f"| {r['claim']} | {r['paper']} | {r['mini']} | **{r['verdict']}** | {r['command']} "
+                         f"| {links} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def figure_sheet(path):
+    """One PNG from the same data: Figure 3's curves and tails, Table 4's PSNR / probe / rFID per seed,
+    Figure 11's sweep."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(2, 3, figsize=(13, 7.2))
+    f3, dims = load("figure3/figure3.json"), load("figure3/dims.json")
+    for h in ("2", "8"):
+        c = f3["curves"][h]
+        ax[0, 0].errorbar([p["step"] for p in c], [p["top5_mean"] for p in c], [p["top5_std"] for p in c],
+                          marker="o", capsize=2, label=f"{h}D")
+    ax[0, 0].set(title="Figure 3: top-5% NN distance (mean ± s.d., 3 seeds)", xlabel="training step",
+                 ylabel="distance")
+    ax[0, 0].legend()
+    hs = sorted(dims["final_per_seed"], key=int)
+    for h in hs:
+        ax[0, 1].plot([int(h)] * len(dims["final_per_seed"][h]), dims["final_per_seed"][h], "o", color="C0")
+    ax[0, 1].plot([int(h) for h in hs], [dims["final"][h] for h in hs], "-", color="C0")
+    ax[0, 1].set(title="Figure 3: the tail against the dimension (3 seeds)", xlabel="ambient dimension h",
+                 ylabel="distance", xscale="log",
+                 yscale="log")
+    names = list(TABLE4_LATENTS)
+    short = [n.split(" (")[0] for n in names]
+    for a, (key, title, log) in zip((ax[0, 2], ax[1, 0], ax[1, 1]), ((PSNR, "Table 4: PSNR (dB)", False),
+                                                                    (PROBE, "Table 4: balanced probe", False),
+                                                                    (RFID, "Table 4: rFID, world features", True))):
+        for i, n in enumerate(names):
+            v = table4(TABLE4_LATENTS[n], key)
+            a.plot([i] * len(v), list(v.values()), "o", color=f"C{i}", alpha=0.6)
+            a.plot([i - 0.3, i + 0.3], [mean_se(v.values())[0]] * 2, "-", color=f"C{i}", lw=2)
+        a.set_xticks(range(len(names)), short, rotation=30, fontsize=8)
+        a.set(title=title + " (dots: seeds; bar: mean)", yscale="log" if log else "linear")
+    for seed in (0, 1):
+        ys = [table4(r, PSNR).get(seed) for r in ("psvae-c8", "psvae", "psvae-c48")]
+        ax[1, 2].plot([8, 24, 48], ys, "o-", label=f"seed {seed}")
+    ax[1, 2].set(title="Figure 11: PS-VAE's PSNR against C", xlabel="latent channels C", ylabel="PSNR (dB)")
+    ax[1, 2].legend()
+    for a in ax.flat:
+        a.title.set_fontsize(10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    return path
+
+
+def build():
+    """The page's text, every number read from the files under RESULTS."""
+    return render([(title, fn()) for title, fn in SECTIONS])
+
+
+def write_report(out=None, sheet=True):
+    """Write REPORT.md (and its figure sheet report.png) into `out` (default: RESULTS)."""
+    out = out or RESULTS
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "REPORT.md"), "w") as f:
+        f.write(build())
+    result = {"report": os.path.join(out, "REPORT.md")}
+    if sheet:
+        result["sheet"] = figure_sheet(os.path.join(out, "report.png"))
+    return result

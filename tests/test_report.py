@@ -1,0 +1,90 @@
+"""results/REPORT.md stays true to the data: rebuilt from the committed results it is the same page,
+byte for byte; the verdict rule gives the verdicts it states; every relative link of the guide, the
+results index and the report points at a file that exists; the README's headline quotes no number
+the report does not show.
+
+    OMP_NUM_THREADS=1 python -m pytest -q -n 0 tests/test_report.py
+"""
+import json
+import os
+import re
+
+import pytest
+
+import report
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PAGES = ("README.md", "results/README.md", "results/REPORT.md", "results/LOG.md")
+
+
+def test_the_report_is_the_one_the_data_makes(tmp_path):
+    report.write_report(str(tmp_path), sheet=False)
+    fresh = (tmp_path / "REPORT.md").read_text()
+    committed = open(os.path.join(ROOT, "results", "REPORT.md")).read()
+    assert fresh == committed, "results/REPORT.md is stale: run `python evaluate.py report` and commit it"
+
+
+@pytest.mark.parametrize("gaps,expected", [
+    ([(3.0, 1.0)], "reproduced"),                       # the paper's sign, 3 s.e.
+    ([(-3.0, 1.0)], "missed (contradicted)"),           # the opposite sign, 3 s.e.
+    ([(1.0, 1.0)], "missed (unresolved)"),              # the paper's sign at 1 s.e.: cannot tell
+    ([(-0.5, 1.0)], "missed (unresolved)"),             # the opposite sign within 2 s.e.
+    ([(1.0, None)], "missed (unresolved)"),             # one seed: no s.e., cannot confirm
+    ([(3.0, 1.0), (2.5, 1.0)], "reproduced"),           # a chain, every gap confirmed
+    ([(3.0, 1.0), (0.5, 1.0)], "partly"),               # one gap confirmed, one unresolved
+    ([(3.0, 1.0), (-1.0, 1.0)], "partly"),              # the opposite sign, but within 2 s.e.
+    ([(3.0, 1.0), (-2.5, 1.0)], "missed (contradicted)"),  # one gap contradicted
+    ([], "not measured yet"),
+])
+def test_the_verdict_rule(gaps, expected):
+    assert report.verdict(gaps) == expected
+
+
+def test_gaps_pair_seeds_when_both_sides_have_them():
+    m, se = report.gap({0: 19.0, 1: 20.0, 2: 21.0}, {0: 15.0, 1: 16.5, 2: 16.5})  # differences 4, 3.5, 4.5
+    assert m == pytest.approx(4.0) and se == pytest.approx(0.5 / 3 ** 0.5)
+    m, se = report.gap({0: 1.0, 1: 3.0}, {0: 0.0, 1: 0.0, 2: 0.0})  # other seeds: unpaired, errors added
+    assert m == pytest.approx(2.0) and se == pytest.approx(1.0)
+    assert report.gap({0: 1.0}, {0: 0.0}) == (1.0, None)  # one seed: no standard error
+
+
+def test_generation_rows_read_the_table_json_once_a_run_writes_it(tmp_path, monkeypatch):
+    """Without the JSON the rows say so; with it (what `table4-gen --json` writes) they are judged."""
+    monkeypatch.setattr(report, "RESULTS", str(tmp_path))
+    assert {r["verdict"] for r in report.section_table4_generation()} == {"not available as data"}
+    geneval = lambda v: {"overall_geneval_rules": v, "overall_geneval_rules_stderr": 0.01}  # noqa: E731
+    rows = {"PS-VAE": {"geneval": geneval(0.30), "gedit": {"instruction_hit": 0.5, "n_edits": 240}},
+            "S-VAE": {"geneval": geneval(0.20), "gedit": {"instruction_hit": 0.5, "n_edits": 240}},
+            "RAE": {"geneval": geneval(0.10), "gedit": {"instruction_hit": 0.6, "n_edits": 240}}}
+    os.makedirs(tmp_path / "generation")
+    (tmp_path / report.GEN_JSON).write_text(json.dumps({"rows": rows}))
+    gen, edit = report.section_table4_generation()
+    assert gen["verdict"] == "reproduced" and "PS-VAE 0.300 ± 0.010" in gen["mini"]
+    assert edit["verdict"] == "missed (contradicted)"  # RAE above S-VAE by 2.2 binomial standard errors
+
+
+def relative_links(page):
+    text = open(os.path.join(ROOT, page)).read()
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if not re.match(r"[a-z]+:", target) and not target.startswith("#"):
+            yield target.split("#")[0]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_relative_link_resolves(page):
+    base = os.path.dirname(os.path.join(ROOT, page))
+    missing = [t for t in relative_links(page) if not os.path.exists(os.path.join(base, t))]
+    assert not missing, f"{page} links to files that do not exist: {missing}"
+
+
+def test_the_headline_links_the_report_and_quotes_only_its_numbers():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    headline = readme.split("## Headline results")[1].split("\n## ")[0]
+    assert "results/REPORT.md" in headline
+    shown = open(os.path.join(ROOT, "results", "REPORT.md")).read()
+    prose = re.sub(r"\([^)]*\.(?:md|png|json)\)|Sec\. \d+\.\d+", "", headline)  # links and section numbers
+    numbers = re.findall(r"(?<![\w.])\d+\.\d+", prose)
+    assert numbers, "the headline quotes no measured number at all"
+    missing = [n for n in numbers if n not in shown]
+    assert not missing, f"the README's headline quotes numbers the report does not show: {missing}"
