@@ -109,10 +109,17 @@ def test_time_limit_checkpoints_at_the_step_it_stops_and_resume_finishes_the_sam
 def two_processes_match_one(tmp_path, stage0, cases):
     """torchrun (gloo, 2 processes, global batch 4 = 2 + 2) vs 1 process with batch 4, for each
     (stage, mode) in cases, all in one torchrun launch: the same first losses, GAN and adaptive
-    weight included (disc-start 1). In bf16, products of 2 and of 4 rows may round differently
-    (8-bit mantissas, a relative step of 2^-8 = 4e-3): the losses then agree to 1e-2 (measured: up
-    to 2e-3), and the adaptive GAN weight, a ratio of two gradient norms whose sums cancel heavily,
-    to 15% (measured: 7%). fp32 checks the DDP path at 1e-4."""
+    weight included (disc-start 1). fp32 agrees to 1e-4.
+    bf16 cannot agree that closely, on any CPU: each rank rounds its weight gradients (sums over 2
+    rows) to bf16 before the ranks average them, 1 process the sums over 4, so step 1's gradients
+    differ by 2e-3 of their norm (the forward pass is bitwise the same row by row). Adam's first
+    step moves every weight by +-lr whatever its gradient's size, and the GAN's adaptive weight
+    amplifies the rest: on an AMD EPYC with AVX512-BF16 the step-3 loss differs by 1.2% (0.6354 /
+    0.6432; 0.02% without the GAN), with other seeds or oneDNN's emulated bf16 kernels by up to 0.5%.
+    So a bf16 value may differ by 5 times as much as bf16 itself moves the 1-process value from the
+    fp32 case of the same stage, plus half a bf16 step (2^-9) of it (measured: up to 0.4 of that
+    here, 0.75 over 6 seeds x 3 kernel paths); the GAN weight by 15% (measured: 8%). One rank's
+    gradient halved, gradients not averaged, both ranks on the same data exceed it 1.7x, 35x, 64x."""
     runs = []
     for i, (stage, mode) in enumerate(cases):
         one, two = fresh(tmp_path, stage0, f"one{i}"), fresh(tmp_path, stage0, f"two{i}")
@@ -124,14 +131,21 @@ def two_processes_match_one(tmp_path, stage0, cases):
         runs.append(("tokenizer", [*TINY, "--out", two, *args]))
     torchrun(runs, tmp_path)
     for i, (stage, mode) in enumerate(cases):
-        one, two, rel = tmp_path / f"one{i}", tmp_path / f"two{i}", 1e-2 if "bf16" in mode else 1e-4
+        one, two, bf16 = tmp_path / f"one{i}", tmp_path / f"two{i}", "bf16" in mode
         assert torch.load(two / f"stage{stage}.pt", weights_only=True)["world_size"] == 2  # it ran on 2 ranks
         for key in (["loss", "ce_count"] if stage == 0 else ["loss", "L_s", "rec", "d_loss", "w_gan"]):
             m1, m2 = metrics(one, stage, key), metrics(two, stage, key)
             assert sorted(m1) == sorted(m2) and len(m1) >= (3 if key in ("loss", "L_s", "ce_count") else 1)
+            if bf16 and key != "w_gan":  # 5x how far bf16 moves this value from fp32 (1 process), + 2^-9 of it
+                j = next(j for j, (st, md) in enumerate(cases) if st == stage and "bf16" not in md)
+                fp32 = metrics(tmp_path / f"one{j}", stage, key)
+                drift = max(abs(m1[s] - fp32[s]) for s in m1)
+                tol = {s: 5 * drift + 2 ** -9 * abs(m1[s]) for s in m1}
+            else:
+                rel = 0.15 if bf16 else 1e-4
+                tol = {s: max(rel * abs(m1[s]), rel / 10) for s in m1}
             for s in m1:
-                tol = 0.15 if key == "w_gan" and "bf16" in mode else rel
-                assert m2[s] == pytest.approx(m1[s], rel=tol, abs=tol / 10), (stage, mode, key, s, m1[s], m2[s])
+                assert abs(m2[s] - m1[s]) <= tol[s], (stage, mode, key, s, m1[s], m2[s], tol[s])
 
 
 def test_two_processes_match_one(tmp_path, stage0):
