@@ -4,14 +4,12 @@ Every sub-command is a function `cmd_<name>(args) -> dict`; the dict is printed 
 (JSON) and written to --json. Read top to bottom:
 
   1. the world: detector accuracy, contact sheets, renderer speed, a real-data check
-  2. reconstruction (Table 4, left): PSNR, SSIM, LPIPS and rFID, whose feature network is a
-     small CNN trained once on world scenes (the world has no Inception)
+  2. reconstruction (Table 4, left): PSNR, SSIM, LPIPS and rFID (on a small world-trained CNN, not Inception)
   3. semantics (Table 4, right): linear probes of the latent, and a linear pixel readout
   4. Table 4 and Figure 11: every latent space trained at one budget, then measured
   5. mini-GenEval (Table 2, generation): the scene detector judges generated images
   6. mini-GEdit (Table 2, editing): adherence and consistency of edits
-  7. Table 4's right half (Figures 1, 4, 7; Table 1's head row): the same generator and editor on
-     every latent space
+  7. Table 4's right half (Figures 1, 4, 7; Table 1's head row): the same generator and editor per latent
 
     python evaluate.py detector --n 1000 --size 64   # detector accuracy on held-out scenes
     python evaluate.py world-sheet --out results/world # contact sheets world.png and edits.png
@@ -45,16 +43,13 @@ from common import add_speed_args, choose_amp, choose_compile
 
 # ----------------------------------------------------------------------------------------------
 # 1. The world: how exact the detector is, what the world looks like, how fast it renders
-# ----------------------------------------------------------------------------------------------
-
 
 def cmd_detector(args):
     """Detector accuracy on held-out scenes, clean and noisy; captions and edits agreement."""
     if args.n < 1 or not 32 <= args.size <= 256:
         raise ValueError(f"--n {args.n} --size {args.size} is not a test; use --n >= 1 and --size between 32 and 256")
     bar = lambda it: tqdm(it, total=args.n, disable=not sys.stderr.isatty())  # noqa: E731
-    count = dict.fromkeys(["exact", "exact_noisy", "tp", "tp_noisy", "pred", "pred_noisy", "true", "captions",
-                           "edits", "seconds"], 0)
+    count = dict.fromkeys("exact exact_noisy tp tp_noisy pred pred_noisy true captions edits seconds".split(), 0)
     wrong = dict.fromkeys(["bg_colour", "tone", "style"], 0)
     for i in bar(range(args.n)):
         scene = W.sample_scene(W.scene_seed(args.split, i))
@@ -103,51 +98,52 @@ def cmd_world_bench(args):
 
 
 def cmd_detail_bound(args):
-    """The no-detail bound (world.no_detail_bound): the PSNR against the render of the mean of
-    --k renders of the scene with its detail redrawn, i.e. what a latent that holds semantics and
-    positions but no pixel detail could reconstruct at best."""
+    """The no-detail bound (world.no_detail_bound): the best PSNR of a latent holding all but the pixel detail."""
     if args.n < 1 or args.k < 1:
         raise ValueError(f"--n {args.n} --k {args.k}: use --n >= 1 scenes and --k >= 1 renders each")
     return W.no_detail_bound(args.n, args.size, k=args.k, split=args.split)
 
 
-def cmd_world_sheet(args):
-    """Contact sheets: world.png (scenes and captions, per GenEval category) and edits.png
-    (source -> target with the instruction, per GEdit category)."""
-    import matplotlib
-    matplotlib.use("Agg")
+@contextlib.contextmanager
+def figure(path, *grid, dpi=100, **kw):
+    """A figure and its axes, plt.subplots(*grid, **kw), written to path and closed when the block ends."""
+    import matplotlib  # here, not at the top: only the figures need it
+    matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(*grid, **kw)
+    yield fig, axes
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
+def cmd_world_sheet(args):
+    """Contact sheets: world.png (scenes, captions per GenEval category), edits.png (edit pairs per GEdit category)."""
     os.makedirs(args.out, exist_ok=True)
-    cats, cols = W.CAPTION_CATEGORIES, args.per_category
-    fig, axes = plt.subplots(cols, len(cats), figsize=(2.3 * len(cats), 2.9 * cols), squeeze=False)
-    for c, cat in enumerate(cats):
-        for r in range(cols):
-            scene, text, _ = W.caption_scene(W.scene_seed("val", r), cat)
-            axes[r, c].imshow(W.render(scene, args.size), interpolation="nearest")
-            axes[r, c].set_title(("" if r else f"[{cat}]\n") + "\n".join(textwrap.wrap(text, 26)), fontsize=7)
-            axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "world.png"), dpi=90)
-    plt.close(fig)
+    out = {"world": os.path.join(args.out, "world.png"), "edits": os.path.join(args.out, "edits.png")}
+    cats, n = W.CAPTION_CATEGORIES, args.per_category  # n examples per category
+    with figure(out["world"], n, len(cats), figsize=(2.3 * len(cats), 2.9 * n), squeeze=False, dpi=90) as (_, axes):
+        for c, cat in enumerate(cats):
+            for r in range(n):
+                scene, text, _ = W.caption_scene(W.scene_seed("val", r), cat)
+                axes[r, c].imshow(W.render(scene, args.size), interpolation="nearest")
+                axes[r, c].set_title(("" if r else f"[{cat}]\n") + "\n".join(textwrap.wrap(text, 26)), fontsize=7)
+                axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
     cats = W.EDIT_CATEGORIES
-    fig, axes = plt.subplots(len(cats), 2 * cols, figsize=(4.0 * cols, 2.4 * len(cats)), squeeze=False)
-    for r, cat in enumerate(cats):
-        for k in range(cols):
-            e = W.make_edit(W.scene_seed("val", k), cat)
-            for j, (scene, title) in enumerate(((e.source, f"[{cat}] source"), (e.target, e.instruction))):
-                ax = axes[r, 2 * k + j]
-                ax.imshow(W.render(scene, args.size), interpolation="nearest")
-                ax.set_title("\n".join(textwrap.wrap(title, 24)), fontsize=7)
-                ax.set_xticks([]), ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(os.path.join(args.out, "edits.png"), dpi=90)
-    plt.close(fig)
-    return {"world": os.path.join(args.out, "world.png"), "edits": os.path.join(args.out, "edits.png")}
+    with figure(out["edits"], len(cats), 2 * n, figsize=(4.0 * n, 2.4 * len(cats)), squeeze=False, dpi=90) as (_, axes):
+        for r, cat in enumerate(cats):
+            for k in range(n):
+                e = W.make_edit(W.scene_seed("val", k), cat)
+                for j, (scene, title) in enumerate(((e.source, f"[{cat}] source"), (e.target, e.instruction))):
+                    ax = axes[r, 2 * k + j]
+                    ax.imshow(W.render(scene, args.size), interpolation="nearest")
+                    ax.set_title("\n".join(textwrap.wrap(title, 24)), fontsize=7)
+                    ax.set_xticks([]), ax.set_yticks([])
+    return out
 
 
 def cmd_data(args):
-    """Open a real-data folder or file as training would and read a few items: a quick check
-    that --data is right before a long run."""
+    """A check of --data before a long run: open a real-data folder or file as training would, read a few items."""
     if sum(x is not None for x in (args.images, args.captions, args.edits)) != 1:
         raise ValueError("give exactly one of --images, --captions, --edits")
     if args.images is not None:
@@ -163,10 +159,8 @@ def cmd_data(args):
 
 
 # ----------------------------------------------------------------------------------------------
-# 2. Reconstruction (Table 4, left): PSNR, SSIM, LPIPS and rFID. rFID needs a feature network:
-#    Inception-v3 in the paper; here a small CNN trained once on world scenes (seeded, cached),
-#    never the encoder under test.
-# ----------------------------------------------------------------------------------------------
+# 2. Reconstruction (Table 4, left): PSNR, SSIM, LPIPS, rFID. rFID's feature network (Inception-v3
+#    in the paper) is here a small CNN trained once on world scenes, never the encoder under test.
 
 def gaussian_window(size=11, sigma=1.5):
     """The SSIM paper's window (Wang et al. 2004): 11x11 circular Gaussian, sigma 1.5, sum 1."""
@@ -176,9 +170,8 @@ def gaussian_window(size=11, sigma=1.5):
 
 
 def ssim(x, y, k1=0.01, k2=0.03):
-    """Mean SSIM per image of images in [-1, 1] (mapped to [0, 1], dynamic range L = 1):
-    local means, variances and covariance under the Gaussian window over every window that fits
-    inside the image, SSIM map averaged over positions and channels. (B, C, H, W) x 2 -> (B,)."""
+    """Mean SSIM per image of two (B, C, H, W) batches in [-1, 1] (mapped to [0, 1], dynamic range L = 1) -> (B,):
+    the SSIM map under the Gaussian window, over every window inside the image, averaged over positions and channels."""
     x, y = (t.double().clamp(-1, 1).add(1).div(2) for t in (x, y))
     C = x.shape[1]
     w = gaussian_window().to(x.device).expand(C, 1, 11, 11)
@@ -208,10 +201,8 @@ def fid_of_features(a, b):
 
 
 class WorldEvaluator(torch.nn.Module):
-    """rFID's feature network for the world: 4 convolutions (64 px -> 8x8 map), trained on world
-    scenes to predict the semantic targets (per-cell shape/colour/texture, count, background).
-    Features: channel means and standard deviations of the last map, (B, 8 * width); width 16
-    keeps its one-off training at 400 steps near a minute on one CPU core."""
+    """rFID's feature network: 4 convolutions (64 px -> 8x8 map) trained on world scenes to predict the semantic
+    targets; features: the last map's channel means and stds, (B, 8 * width). Width 16 trains once in ~1 CPU-minute."""
 
     def __init__(self, width=16):
         super().__init__()
@@ -237,8 +228,7 @@ class WorldEvaluator(torch.nn.Module):
 
 
 def world_evaluator(steps=400, seed=0, cache="runs/evaluator", verbose=True, width=16):
-    """The rFID feature network, trained once (seeded) and cached as
-    <cache>/world_w<width>_s<steps>_seed<seed>.pt."""
+    """The rFID feature network, trained once (seeded), cached as <cache>/world_w<width>_s<steps>_seed<seed>.pt."""
     path = os.path.join(cache, f"world_w{width}_s{steps}_seed{seed}.pt")
     net = WorldEvaluator(width)
     if os.path.isfile(path):
@@ -271,18 +261,14 @@ def tokenizer_run(path, device="cpu"):
     folder, path = path, tokenizer.last_stage(path)
     if os.path.isdir(folder) and not os.path.isfile(path):
         raise ValueError(f"{folder} holds no stage1/2/3.pt; train a tokenizer into it (tokenizer.py --out {folder})")
-    try:
-        tok = tokenizer.load_tokenizer(path, device)
-    except tokenizer.TokenizerError as e:
-        raise ValueError(str(e))
+    tok = tokenizer.load_tokenizer(path, device)  # its TokenizerError is a ValueError: main prints one sentence
     return path, torch.load(path, map_location="cpu", weights_only=True)["config"], tok
 
 
 def read_back(images, scenes):
-    """What the detector reads back from images of known scenes (reconstructions, say): the share
-    of images with the right number of objects ('read_count') and, over the objects matched by
-    position ('read_matched': their share of all true objects), the share with the right shape,
-    colour, texture and size. All 1.0 on clean renders; a semantic view of reconstruction."""
+    """A semantic view of reconstruction: what the detector reads back from images of known scenes, i.e. the share
+    of images with the right object count ('read_count') and, over the objects matched by position ('read_matched':
+    their share of all true ones), the share with the right shape, colour, texture, size. All 1.0 on clean renders."""
     n_ok = n_true = n_match = 0
     right = dict.fromkeys(W.ATTRS, 0)
     for img, scene in zip(images, scenes):
@@ -298,8 +284,7 @@ def read_back(images, scenes):
 
 
 def cmd_recon(args):
-    """PSNR, SSIM, LPIPS and rFID of a tokenizer's reconstructions of held-out images; on world
-    scenes also what the detector reads back from them (read_back)."""
+    """PSNR, SSIM, LPIPS and rFID of a tokenizer's reconstructions of held-out images; on world scenes, read_back."""
     t0, dev = time.time(), eval_device(args)
     path, cfg, tok = tokenizer_run(args.ckpt, dev)
     size = cfg["image_size"]
@@ -334,7 +319,6 @@ def cmd_recon(args):
 # ----------------------------------------------------------------------------------------------
 # 3. Semantics (Table 4, right): how linearly the latent names the world's semantics, and, for
 #    contrast, how much of the pixels it holds linearly.
-# ----------------------------------------------------------------------------------------------
 
 def balanced_accuracy(pred, y):
     """Mean over the classes present in y of the share of that class predicted right (recall):
@@ -373,12 +357,10 @@ def per_token(z):
 
 
 def pixel_readout(ztr, xtr, zte, xte, ridge=1e-4):
-    """How much of the pixels a latent holds *linearly*: ridge regression from each latent token
-    (C values, standardised, plus a bias) to the pixels of its own patch (3 * p * p values, p =
-    image side / latent side), fit on (ztr, xtr), applied to zte; -> mean PSNR (dB) of the
-    reassembled test images. The pixel counterpart of the semantic probe: a token that names a
-    red striped square but not its stripes' phase reads out as a blurred square. z: (N, C, h, w),
-    x: (N, 3, H, W) in [-1, 1]."""
+    """How much of the pixels a latent holds *linearly*: ridge regression from each token (C values, standardised,
+    plus a bias) to the 3 * p * p pixels of its own p x p patch, fit on (ztr, xtr), applied to zte -> mean PSNR (dB)
+    of the reassembled test images. The semantic probe's pixel counterpart: a token naming a red striped square but
+    not its stripes' phase reads out as a blurred square. z: (N, C, h, w), x: (N, 3, H, W) in [-1, 1]."""
     h = ztr.shape[-1]
     p = xtr.shape[-1] // h
     ftr, fte = per_token(ztr.double()), per_token(zte.double())
@@ -406,9 +388,7 @@ def encoded_split(tok, split, n, size, batch, dev):
 
 
 def cmd_probe(args):
-    """Linear-probe accuracy of the latent on the world's semantics: per token (shape, colour,
-    texture of the cell) and mean-pooled (object count, background colour); and, for contrast,
-    the PSNR of a linear pixel readout of the same tokens (pixel_readout)."""
+    """Linear-probe accuracy of the latent on world semantics (per token, mean-pooled), and its linear pixel readout."""
     t0, dev = time.time(), eval_device(args)
     path, cfg, tok = tokenizer_run(args.ckpt, dev)
     ztr, ttr, xtr = encoded_split(tok, "train", args.n_train, cfg["image_size"], args.batch, dev)
@@ -447,16 +427,11 @@ def encoder_tokens(model, scenes, size, batch, dev):
 
 
 def cmd_encoder(args):
-    """A stage-0 world encoder, in DINOv2's role: the accuracy of its heads on held-out scenes,
-    the linear pixel readout of its patch tokens (pixel_readout), and the twin gap: the readout
-    from a scene's own tokens minus that from the tokens of its twin, the same scene with its
-    detail redrawn (world.resample_detail), both scored against the scene's pixels. An encoder that
-    keeps the detail reads its own scene better (a large gap); one that dropped it cannot tell."""
+    """A stage-0 world encoder, in DINOv2's role: its heads' accuracy on held-out scenes, its patch tokens' linear
+    pixel readout, and the twin gap: that readout from a scene's own tokens minus that from its twin's (its detail
+    redrawn, world.resample_detail). An encoder keeping detail reads its own scene better; one dropping it cannot."""
     t0, dev = time.time(), eval_device(args)
-    try:
-        ck = tokenizer.load_checkpoint(args.stage0, "stage-0 checkpoint")
-    except tokenizer.TokenizerError as e:
-        raise ValueError(str(e))
+    ck = tokenizer.load_checkpoint(args.stage0, "stage-0 checkpoint")
     if ck["stage"] != 0:
         raise ValueError(f"{args.stage0} is a stage-{ck['stage']} checkpoint; give a tokenizer.py --stage 0 one")
     model = tokenizer.StageZero(tokenizer.build_encoder(ck["config"]["encoder"]), W.TARGET_CLASSES)
@@ -479,11 +454,9 @@ def cmd_encoder(args):
 
 # ----------------------------------------------------------------------------------------------
 # 4. Table 4 in miniature: every latent space trained by tokenizer.py on the same world data and
-#    stage-0 encoder with the same total number of training steps B (a two-stage recipe splits
-#    it 20/80, RPiAE's three stages 40/30/30), then measured by recon and probe on the same
-#    held-out scenes. Equal budgets matter: with stage budgets instead, PS-VAE would beat S-VAE
-#    partly because it trained longer. Figure 11 (left): PS-VAE against C at the same budget.
-# ----------------------------------------------------------------------------------------------
+#    stage-0 encoder for the same total number of steps B (shared out by TABLE4_SPLITS), then
+#    measured by recon and probe on the same held-out scenes. Equal budgets matter: with stage
+#    budgets, PS-VAE would beat S-VAE partly by training longer. Fig. 11 (left): PS-VAE against C.
 
 TABLE4_ROWS = [("PS-VAE", "psvae", 2), ("S-VAE", "svae", 1), ("RAE", "rae", 1), ("P-VAE", "pvae", 1),
                ("VAE (MAR-VAE role)", "vae", 1), ("RPiAE", "rpiae", 3)]
@@ -511,18 +484,24 @@ def table4_steps(budget, stages):
     return steps
 
 
+def write_text(path, text):
+    """Write text to path atomically (a temporary file, then a rename: a reader never sees half a file); -> path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return path
+
+
 def train_latent(out, args, plan, stage0):
-    """Bring one latent space's run folder to its plan [(stage, steps), ...] on the stage-0 encoder
-    `stage0`: a stage at its planned steps is reused, one short of them resumed, a missing one
-    trained, and every stage above a (re)trained one trained afresh. A folder trained on another
-    encoder (<out>/encoder.sha1) is refused. Returns the number of stages trained."""
+    """Bring one latent space's run folder to its plan [(stage, steps), ...] on the stage-0 encoder `stage0`: a stage
+    at its planned steps is reused, one short of them resumed, a missing one trained, and every stage above a
+    (re)trained one trained afresh. A folder of another encoder (<out>/encoder.sha1) is refused. -> stages trained."""
     import generator
     sha, mark = generator.file_hash(stage0), os.path.join(out, "encoder.sha1")
     if os.path.isfile(mark) and open(mark).read().strip() != sha:
         raise ValueError(f"{out} was trained on another stage-0 encoder; give --stage0 {stage0} its own --runs folder")
-    os.makedirs(out, exist_ok=True)
-    with open(mark, "w") as f:
-        f.write(sha + "\n")
+    write_text(mark, sha + "\n")
     trained = 0
     for stage, steps in plan:
         path = os.path.join(out, f"stage{stage}.pt")
@@ -561,30 +540,26 @@ def num_threads(n):
 
 
 def table4_job(job):
-    """One latent space in its own process (or the rFID evaluator, or stage 0): trained as
-    planned, then measured by recon and probe. Its log goes to <out>/table4.log."""
+    """A latent space (or the rFID evaluator, or stage 0) trained as planned, then measured; log: <out>/table4.log."""
     t0 = time.time()
     os.makedirs(job["out"], exist_ok=True)
     with open(os.path.join(job["out"], "table4.log"), "a") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log), num_threads(job["threads"]):
         if job["kind"] == "evaluator":
             world_evaluator(job["steps"], cache=job["out"])
-            return {"seconds": round(time.time() - t0, 1), "trained": 0}
-        if job["kind"] == "stage0":
-            if not os.path.isfile(job["stage0"]):
-                tokenizer.main([*job["args"], "--stage", "0", "--out", job["out"]])
+        elif job["kind"] == "stage0" and not os.path.isfile(job["stage0"]):
+            tokenizer.main([*job["args"], "--stage", "0", "--out", job["out"]])
+        if job["kind"] != "latent":  # the evaluator and stage 0 are trained, not measured
             return {"seconds": round(time.time() - t0, 1), "trained": 0}
         trained = train_latent(job["out"], job["args"], job["plan"], job["stage0"])
         a = argparse.Namespace(ckpt=job["out"], **job["ev"])
         measured = {"recon": cmd_recon(a), "probe": cmd_probe(a)}
-        with open(os.path.join(job["out"], "measured.json"), "w") as f:  # read by table4-gen
-            json.dump(measured, f, indent=1)
+        write_text(os.path.join(job["out"], "measured.json"), json.dumps(measured, indent=1))  # read by table4-gen
         return {**measured, "seconds": round(time.time() - t0, 1), "trained": trained}
 
 
 def run_jobs(jobs, n_proc, job_fn=None):
-    """Run job_fn (default table4_job) on jobs n_proc at a time (in this process when n_proc is 1);
-    results in job order."""
+    """job_fn (default table4_job) of each job, n_proc at a time (in this process when n_proc is 1), in job order."""
     job_fn = job_fn or table4_job
     if n_proc <= 1:
         return [job_fn(j) for j in jobs]
@@ -600,8 +575,7 @@ def run_jobs(jobs, n_proc, job_fn=None):
 
 
 def cmd_table4(args):
-    """Train (or reuse) every latent space at one budget, measure recon + probe, write the table
-    and the channels figure. Jobs run --jobs at a time, each with cpu_count / jobs threads."""
+    """Train (or reuse) every latent space at one budget, measure recon + probe, write the table and channels figure."""
     t0, sz = time.time(), TABLE4_SIZES[args.preset]
     runs, B = args.runs or os.path.join("runs", f"table4-{args.preset}"), args.budget or sz["budget"]
     own_batch = sz.get("batch", tokenizer.PRESETS[args.preset]["batch_size"])  # the table's; stage 0 always uses it
@@ -625,10 +599,9 @@ def cmd_table4(args):
     ev_cache = os.path.join(runs, "evaluator")
     print(f"table4 preset {args.preset}: budget {B} steps per latent, {n_proc} jobs at a time, {threads} thread(s) "
           f"each, runs in {runs}", flush=True)
-    first = [dict(kind="evaluator", out=ev_cache, steps=sz["evaluator_steps"], threads=threads)]
-    run_jobs(first + ([] if args.stage0 else [dict(kind="stage0", out=os.path.dirname(s0), stage0=s0,
-                                                   args=base + ["--batch-size", str(own_batch)],
-                                                   threads=threads)]), n_proc)
+    train_s0 = [] if args.stage0 else [dict(kind="stage0", out=os.path.dirname(s0), stage0=s0, threads=threads,
+                                            args=base + ["--batch-size", str(own_batch)])]  # the preset's stage 0
+    run_jobs([dict(kind="evaluator", out=ev_cache, steps=sz["evaluator_steps"], threads=threads)] + train_s0, n_proc)
     C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
     Cs = [] if args.recipes else sorted(set(sz["channels"]) | {C0})  # Fig. 11 belongs to the whole table
     ev = dict(split="val", n=sz["n"], batch=32, data=None, evaluator_steps=sz["evaluator_steps"], device=args.device,
@@ -691,74 +664,63 @@ def write_table4(path, rows, results, chans, command, B, batch, sz, s0, runs, se
     lines += ["", f"Total time: {seconds:.0f} s ({n_proc} jobs at a time, {threads} thread(s) each, {os.cpu_count()} "
               f"CPU cores, device {torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}); "
               f"{trained} stage(s) trained here, the others reused from `{runs}`."]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write("\n".join(lines) + "\n")
-    os.replace(path + ".tmp", path)
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_channels(path, chans, preset):
     """Figure 11 (left): PS-VAE's PSNR and probe against the latent channels C."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(1, 2, figsize=(7, 2.8))
     Cs = [c for c, _, _ in chans]
-    ax[0].plot(Cs, [p for _, p, _ in chans], "o-"), ax[0].set_ylabel("PSNR (dB)")
-    ax[1].plot(Cs, [p for _, _, p in chans], "o-"), ax[1].set_ylabel("linear probe")
-    for a in ax:
-        a.set_xscale("log", base=2), a.set_xlabel("latent channels C"), a.set_xticks(Cs, [str(c) for c in Cs])
-    fig.suptitle(f"PS-VAE against C (Fig. 11 left), preset {preset}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, 1, 2, figsize=(7, 2.8)) as (fig, ax):
+        ax[0].plot(Cs, [p for _, p, _ in chans], "o-"), ax[0].set_ylabel("PSNR (dB)")
+        ax[1].plot(Cs, [p for _, _, p in chans], "o-"), ax[1].set_ylabel("linear probe")
+        for a in ax:
+            a.set_xscale("log", base=2), a.set_xlabel("latent channels C"), a.set_xticks(Cs, [str(c) for c in Cs])
+        fig.suptitle(f"PS-VAE against C (Fig. 11 left), preset {preset}", fontsize=9)
     return path
 
 
 # ----------------------------------------------------------------------------------------------
 # 5. mini-GenEval: the suite (world.geneval_suite) generated by a run, judged by the detector
 #    twice: strictly (check_caption) and by GenEval's own rules (check_caption_geneval_rules).
-# ----------------------------------------------------------------------------------------------
 
-def load_for_sampling(loader, args, device):
-    """(model, its config, tokenizer, image size) of a generator or edit run."""
+def load_for_sampling(loader, args, sizes, guidance):
+    """(model, tokenizer, image size, suite preset, sampling settings) of a generator or edit run, each its flag's,
+    else the run's (steps, shift, the `guidance` scales, tokenizer; preset: world where `sizes` lacks the run's)."""
     import generator
-    try:
-        model, cfg, tok_path = loader(args.ckpt, device)
-        tok, _, size = generator.open_tokenizer(args.tokenizer or tok_path, device, cfg["tokenizer_sha1"])
-    except tokenizer.TokenizerError as e:
-        raise ValueError(str(e)) from None
-    return model, cfg, tok, size
+    model, cfg, tok_path = loader(args.ckpt, eval_device(args))
+    tok, _, size = generator.open_tokenizer(args.tokenizer or tok_path, eval_device(args), cfg["tokenizer_sha1"])
+    preset = args.preset or (cfg["preset"] if cfg["preset"] in sizes else "world")
+    kw = dict(steps=args.steps or cfg["sample_steps"], shift=args.sample_shift or cfg["sample_shift"])
+    kw.update({g: cfg[g] if getattr(args, g) is None else getattr(args, g) for g in guidance})
+    return model, tok, size, preset, kw
 
 
 def cmd_geneval(args):
     """mini-GenEval of a generator run: per-category and overall accuracy."""
     import generator
     device = eval_device(args)
-    model, cfg, tok, size = load_for_sampling(generator.load_generator, args, device)
-    preset = args.preset or (cfg["preset"] if cfg["preset"] in W.GENEVAL_SIZES else "world")
+    model, tok, size, preset, kw = load_for_sampling(generator.load_generator, args, W.GENEVAL_SIZES, ["guidance"])
     per_cat, per_prompt = W.GENEVAL_SIZES[preset]
     per_cat, per_prompt = args.prompts or per_cat, args.images or per_prompt
     suite = W.geneval_suite(per_cat)
     sha = hashlib.sha1(json.dumps([p[1] for p in suite]).encode()).hexdigest()[:12]
-    kw = dict(steps=args.steps or cfg["sample_steps"], shift=args.sample_shift or cfg["sample_shift"],
-              guidance=args.guidance if args.guidance is not None else cfg["guidance"])
     print(f"{W.GENEVAL_VERSION} ({sha}): {per_cat} prompts x {len(W.CAPTION_CATEGORIES)} categories x {per_prompt} "
           f"images, {kw['steps']} Euler steps, shift {kw['shift']}, guidance {kw['guidance']}", flush=True)
     jobs = [(c, text, spec, k) for k, (c, text, spec) in enumerate(suite) for _ in range(per_prompt)]
     strict, rules = torch.zeros(len(suite)), torch.zeros(len(suite))  # per prompt, summed over its images
+    ev, feats = world_evaluator(verbose=False), {"generated": [], "real": []}  # gFID, in the world's features
     t0 = time.time()
     for b in tqdm(range(0, len(jobs), args.batch), disable=not sys.stderr.isatty()):
         part = jobs[b:b + args.batch]
-        if args.baseline:  # no generator: the suite's own scenes (each satisfies its caption) through the
-            # run's tokenizer, the best any generator on this latent can be scored
-            x = torch.stack([W.to_tensor(W.render(W.caption_scene(W.scene_seed("test", k % per_cat), c)[0], size))
-                             for c, _, _, k in part])
+        real = torch.stack([W.to_tensor(W.render(W.caption_scene(W.scene_seed("test", k % per_cat), c)[0], size))
+                            for c, _, _, k in part])  # the held-out scenes the suite's captions describe
+        if args.baseline:  # no generator: these scenes (each satisfies its caption) through the run's
+            # tokenizer, the best any generator on this latent can be scored
             with torch.no_grad():
-                imgs = tok.decode(tok.encode(x.to(device))).cpu()
+                imgs = tok.decode(tok.encode(real.to(device))).cpu()
         else:  # image j of the job list draws its noise from (seed, j): reproducible for any --batch
             imgs = generator.generate(model, tok, [j[1] for j in part], seed=args.seed, first=b, batch=args.batch, **kw)
+        feats["generated"].append(ev.features(imgs.float().cpu().clamp(-1, 1))), feats["real"].append(ev.features(real))
         for (c, _, spec, k), img in zip(part, imgs):
             desc = W.detect(img)
             strict[k] += W.check_caption(desc, spec)
@@ -768,7 +730,10 @@ def cmd_geneval(args):
     # over prompts, and its standard error that of the prompts' scores
     scores = {name: v.view(len(cats), per_cat) / per_prompt for name, v in (("", strict), ("_geneval_rules", rules))}
     out = {"suite": W.GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
-           "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs)}
+           "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs),
+           # generation FID: the suite's images against the real held-out scenes its captions describe
+           # (WorldEvaluator features, as rFID); it moves before shapes appear, GenEval does not
+           "gfid": fid_of_features(*(torch.cat(feats[k]) for k in ("generated", "real")))}
     for name, v in scores.items():
         out.update({f"per_category{name}": dict(zip(cats, v.mean(1).tolist())), f"overall{name}": v.mean().item(),
                     f"overall{name}_stderr": (v.std() / len(v.flatten()) ** 0.5).item() if v.numel() > 1 else 0.0})
@@ -777,20 +742,16 @@ def cmd_geneval(args):
 
 # ----------------------------------------------------------------------------------------------
 # 6. mini-GEdit: the suite (world.gedit_suite) edited by a run, scored by world.score_edit
-# ----------------------------------------------------------------------------------------------
 
 def cmd_gedit(args):
     """mini-GEdit of an edit run: per-category adherence, instruction hit and consistency."""
     import edit
     device = eval_device(args)
-    model, cfg, tok, size = load_for_sampling(edit.load_edit_model, args, device)
-    preset = args.preset or (cfg["preset"] if cfg["preset"] in W.GEDIT_SIZES else "world")
+    model, tok, size, preset, kw = load_for_sampling(edit.load_edit_model, args, W.GEDIT_SIZES,
+                                                     ["guidance_text", "guidance_image"])
     per_cat = args.edits or W.GEDIT_SIZES[preset]
     suite = W.gedit_suite(per_cat)
     sha = hashlib.sha1(json.dumps([e.instruction for e in suite]).encode()).hexdigest()[:12]
-    kw = dict(steps=args.steps or cfg["sample_steps"], shift=args.sample_shift or cfg["sample_shift"],
-              guidance_text=args.guidance_text if args.guidance_text is not None else cfg["guidance_text"],
-              guidance_image=args.guidance_image if args.guidance_image is not None else cfg["guidance_image"])
     print(f"{W.GEDIT_VERSION} ({sha}): {per_cat} edits x {len(W.EDIT_CATEGORIES)} categories, {kw['steps']} Euler "
           f"steps, shift {kw['shift']}, text guidance {kw['guidance_text']}, image guidance {kw['guidance_image']}",
           flush=True)
@@ -820,18 +781,15 @@ def cmd_gedit(args):
     mean = lambda k: sum(v[k] for v in per_category.values()) / len(per_category)  # noqa: E731
     return {"suite": W.GEDIT_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
             "edits_per_category": per_cat, "n_edits": len(suite), "per_category": per_category,
-            "adherence": mean("adherence"), "consistency_psnr": mean("consistency_psnr"),
-            "instruction_hit": mean("instruction_hit"), **kw, "baseline": args.baseline, "grid": args.grid,
-            "seconds": round(time.time() - t0, 1)}
+            **{k: mean(k) for k in ("adherence", "consistency_psnr", "instruction_hit")}, **kw,
+            "baseline": args.baseline, "grid": args.grid, "seconds": round(time.time() - t0, 1)}
 
 
 # ----------------------------------------------------------------------------------------------
-# 7. Table 4's right half and Figures 1, 4 and 7: the same generator (same preset, seed, batch, lr
-#    and steps) trained on every latent space of `evaluate.py table4`, then the same editor on
-#    each; mini-GenEval along the way (the convergence of Fig. 1 / 7) and at the end, mini-GEdit,
-#    and how far generated latents fall from the data (Figure 3's measure on the real latents).
-#    Table 1's DDT-head row: PS-VAE and RAE again with --head none.
-# ----------------------------------------------------------------------------------------------
+# 7. Table 4's right half, Figures 1, 4 and 7: the same generator (preset, seed, batch, lr, steps)
+#    trained on every latent of `evaluate.py table4`, then the same editor; mini-GenEval along the
+#    way (Fig. 1 / 7's convergence) and at the end, mini-GEdit, and how far generated latents fall
+#    from the data (Fig. 3's measure). Table 1's DDT-head row: PS-VAE and RAE with --head none.
 
 GEN_SIZES = {  # generator and editor steps, evaluation interval, prompts per category along the way
     "tiny": dict(gen_steps=4, edit_steps=2, every=2, prompts=1, n_off=24),
@@ -860,10 +818,9 @@ def tail_ratio(d_gen, d_real, top=0.05, boot=200, seed=0):
 
 
 def off_manifold_ratio(model, tok, size, cache_path, n, seed, kw):
-    """The top-5% nearest-neighbour distance of n generated latents to the training latents,
-    divided by the same for n held-out real latents (encoded val scenes): 1 when samples are as
-    close to the data as unseen data is; larger when they stray off it. Latents are normalised per
-    channel first, so that spaces of different size compare. Returns (ratio, its standard error)."""
+    """The top-5% nearest-neighbour distance of n generated latents to the training latents over the same for n
+    held-out real ones (encoded val scenes): 1 when samples lie as close to the data as unseen data does, larger when
+    they stray. Latents are normalised per channel first, so that spaces of any size compare. -> (ratio, stderr)."""
     import generator
     norm = lambda z: ((z.float() - model.latent_mean.cpu()) / model.latent_std.cpu()).flatten(1)  # noqa: E731
     train = norm(torch.load(cache_path, map_location="cpu", weights_only=True)["latents"])
@@ -876,9 +833,8 @@ def off_manifold_ratio(model, tok, size, cache_path, n, seed, kw):
 
 
 def latent_directions(z, share=0.99):
-    """How many directions of channel space hold `share` of a latent's variance, each channel first
-    normalised as the generator sees it: the latent's intrinsic width per token, against its C
-    channels (Sec. 3.1: a wide space whose data fill few directions leaves room to stray). (N, C, H, W)."""
+    """How many directions of channel space hold `share` of a latent's (N, C, H, W) variance, channels normalised as
+    the generator sees them: its width per token against C (Sec. 3.1: few filled directions leave room to stray)."""
     t = z[:2000].float().transpose(0, 1).flatten(1)  # (C, tokens)
     t = (t - t.mean(1, keepdim=True)) / t.std(1, keepdim=True)
     ev = torch.linalg.eigvalsh(torch.cov(t)).flip(0)  # largest first
@@ -890,9 +846,7 @@ def reuse_or_run(path, key, fn):
     saved = json.load(open(path)) if os.path.isfile(path) else {}
     if saved.get("key") == key:
         return saved["result"]
-    result = fn()
-    with open(path, "w") as f:
-        json.dump({"key": key, "result": result}, f, indent=1)
+    write_text(path, json.dumps({"key": key, "result": fn()}, indent=1))
     return json.load(open(path))["result"]  # the same types as a reused one (json keys are strings)
 
 
@@ -902,12 +856,10 @@ def trained_steps(path):
 
 
 def generation_job(job):
-    """One latent space (or head variant): the generator trained to the plan in chunks of `every`
-    steps, each chunk followed by mini-GenEval on the small suite (written to curve.json, so a
-    killed table resumes where it stopped), then the full suite (generation.json), the off-manifold
-    ratio (off-manifold.json), then the editor and mini-GEdit (edit-from<steps>/ and edit-from<steps>.json;
-    an editor budget of 0 leaves them out). The generator refuses to resume on another tokenizer file (sha1);
-    a finished part is reused only if its sizes and tokenizer are the same."""
+    """One latent space (or head variant): the generator trained in chunks of `every` steps, each followed by
+    mini-GenEval on the small suite (curve.json: a killed table resumes there), then the full suite (generation.json),
+    the off-manifold ratio (off-manifold.json), the editor and mini-GEdit (edit-from<steps>/ and .json; none at an
+    editor budget of 0). A finished part is reused only if its sizes and tokenizer (sha1) are the same."""
     import edit
     import generator
     out, sz, sha = job["out"], job["sizes"], job["tokenizer_sha1"]
@@ -919,8 +871,7 @@ def generation_job(job):
 
     def generation():
         t0, curve = time.time(), json.load(open(curve_path)) if os.path.isfile(curve_path) else {}
-        ckpt = os.path.join(gen, "generator.pt")
-        done = trained_steps(ckpt)
+        done = trained_steps(os.path.join(gen, "generator.pt"))
         for s in sorted({*range(sz["every"], sz["gen_steps"], sz["every"]), sz["gen_steps"]}):  # chunks, then the budget
             if str(s) in curve or s < done:  # measured, or passed by a run with another interval
                 continue
@@ -928,8 +879,7 @@ def generation_job(job):
                             job["head"], "--cache", job["cache"], *(["--resume"] if done else [])])
             done = s
             curve[str(s)] = cmd_geneval(ev(ckpt=gen, preset=job["preset"], prompts=sz["prompts"], images=1))
-            with open(curve_path, "w") as f:
-                json.dump(curve, f, indent=1)
+            write_text(curve_path, json.dumps(curve, indent=1))
         final = cmd_geneval(ev(ckpt=gen, preset=job["preset"]))
         return {"geneval": final, "curve": curve, "seconds": round(time.time() - t0, 1)}
 
@@ -966,11 +916,9 @@ GEN_EVAL_DEFAULTS = dict(tokenizer=None, prompts=None, images=None, steps=None, 
 
 
 def table_speed(args, steps):
-    """One precision and compilation for every training of a table, decided here once from
-    --amp / --compile and the length `steps` of the table's trainings, then passed to each as
-    explicit flags: rows of one table differ only in the latent (with `auto` judged per training,
-    a 1200-step RAE ran bf16 compiled beside a 240 + 960-step PS-VAE in fp32 eager).
-    -> (flags, the sentence the table prints)."""
+    """One precision and compilation for every training of a table, from --amp / --compile and the length `steps` of
+    its trainings, passed to each as flags so that rows differ only in the latent (with `auto` judged per training, a
+    1200-step RAE ran bf16 compiled beside a 240 + 960-step PS-VAE in fp32). -> (flags, the table's sentence)."""
     compiled, why_compile = choose_compile(args.compile, eval_device(args), steps)
     amp, why_amp = choose_amp(args.amp, eval_device(args), compiled)
     flags = ["--amp", "bf16" if amp else "off", "--compile", "on" if compiled else "off"]
@@ -1003,10 +951,9 @@ def cmd_table4_gen(args):
         measured[name] = json.load(open(os.path.join(latent, "measured.json")))
         tok = tokenizer.last_stage(latent)  # its measured (last) stage
         folder = ("gen-nohead" if head == "none" else "gen-ddt") + (f"-seed{args.seed}" if args.seed else "")
-        jobs.append(dict(out=os.path.join(latent, folder), tokenizer=tok, seed=args.seed,
-                         tokenizer_sha1=generator.file_hash(tok),
-                         head=head, preset=args.preset, cache=os.path.join(runs, "cache"), edit=head == "ddt", sizes=sz,
-                         threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
+        jobs.append(dict(out=os.path.join(latent, folder), tokenizer=tok, tokenizer_sha1=generator.file_hash(tok),
+                         seed=args.seed, head=head, preset=args.preset, cache=os.path.join(runs, "cache"), sizes=sz,
+                         edit=head == "ddt", threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
                          flags=(["--device", args.device] if args.device else []) + speed))
     print(f"table4-gen preset {args.preset}: generator {sz['gen_steps']} steps (small suite every {sz['every']}), editor "
           f"{sz['edit_steps']} steps per latent, {args.jobs} jobs at a time, runs in {runs}", flush=True)
@@ -1028,8 +975,7 @@ def cmd_table4_gen(args):
 
 
 def write_table4_gen(path, rows, results, measured, sz, seconds, command, precision):
-    """One row per latent: mini-GenEval (strict and GenEval rules, +- the standard error over
-    prompts), mini-GEdit, the off-manifold ratio, and the reconstruction columns of the same latent."""
+    """Per latent: mini-GenEval (strict, GenEval rules; +- stderr over prompts), GEdit, off-manifold ratio, recon."""
     cats = W.CAPTION_CATEGORIES
     lines = [f"# Table 4 in miniature, generation and editing: generator {sz['gen_steps']} steps, editor "
              f"{sz['edit_steps']} steps on every latent", "", f"`{command}`; precision: {precision}", "",
@@ -1050,24 +996,16 @@ def write_table4_gen(path, rows, results, measured, sz, seconds, command, precis
               f"{sz['n_off']} generated latents to the training latents over that of {sz['n_off']} held-out real "
               f"ones, +- its bootstrap standard error. Directions: how many principal directions of the per-channel "
               f"normalised latent (per token) hold 99% of its variance, of its channels. {seconds:.0f} s in all."]
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return path
+    return write_text(path, "\n".join(lines) + "\n")
 
 
 def plot_curves(path, results):
     """Figures 1 and 7 in miniature: mini-GenEval (GenEval rules) against training steps per latent."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name, r in results.items():
-        steps = sorted(r["curve"], key=int)  # (json keys: strings)
-        ax.plot([int(s) for s in steps], [r["curve"][s]["overall_geneval_rules"] for s in steps], "o-", label=name)
-    ax.set_xlabel("generator training steps"), ax.set_ylabel("mini-GenEval (GenEval rules)"), ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    with figure(path, figsize=(6, 3.6)) as (_, ax):
+        for name, r in results.items():
+            steps = sorted(r["curve"], key=int)  # (json keys: strings)
+            ax.plot([int(s) for s in steps], [r["curve"][s]["overall_geneval_rules"] for s in steps], "o-", label=name)
+        ax.set_xlabel("generator training steps"), ax.set_ylabel("mini-GenEval (GenEval rules)"), ax.legend(fontsize=7)
     return path
 
 
@@ -1087,7 +1025,6 @@ def figure4(path, rows, jobs, n=8):
 
 # ----------------------------------------------------------------------------------------------
 # Command line
-# ----------------------------------------------------------------------------------------------
 
 def cmd_report(args):
     """results/REPORT.md and its figure sheet: every claim of the paper beside the miniature's data (report.py)."""
@@ -1095,40 +1032,42 @@ def cmd_report(args):
     return report.write_report()
 
 
+def add_command(sub, name, func, what):
+    """The sub-command `name`, which runs func(args); `what` is its line in --help."""
+    p = sub.add_parser(name, help=what)
+    p.set_defaults(func=func)
+    return p
+
+
 def build_parser():
     """One sub-parser per cmd_<name>; each gets --json (and clean errors) in main()."""
     parser = argparse.ArgumentParser(description="PS-VAE, minimal: evaluation and the paper's tables in miniature")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("detector", help="scene-detector accuracy on held-out world scenes")
+    p = add_command(sub, "detector", cmd_detector, "scene-detector accuracy on held-out world scenes")
     p.add_argument("--n", type=int, default=1000, help="number of held-out scenes")
     p.add_argument("--size", type=int, default=64, help="render size in px (32..256)")
     p.add_argument("--noise", type=float, default=0.05, help="std of the Gaussian pixel noise, on the [0, 1] scale")
     p.add_argument("--split", default="val", help="world split the scenes come from")
-    p.set_defaults(func=cmd_detector)
-    p = sub.add_parser("world-bench", help="renderer speed (images/s, one process)")
+    p = add_command(sub, "world-bench", cmd_world_bench, "renderer speed (images/s, one process)")
     p.add_argument("--n", type=int, default=3000, help="images to render")
     p.add_argument("--size", type=int, default=64, help="render size in px")
-    p.set_defaults(func=cmd_world_bench)
-    p = sub.add_parser("detail-bound", help="PSNR of a scene's no-detail mean render (the no-detail bound)")
+    p = add_command(sub, "detail-bound", cmd_detail_bound,
+                    "PSNR of a scene's no-detail mean render (the no-detail bound)")
     p.add_argument("--n", type=int, default=200, help="number of held-out scenes")
     p.add_argument("--size", type=int, default=64, help="render size in px")
     p.add_argument("--k", type=int, default=16, help="renders with redrawn detail averaged per scene")
     p.add_argument("--split", default="val", help="world split the scenes come from")
-    p.set_defaults(func=cmd_detail_bound)
-    p = sub.add_parser("world-sheet", help="contact sheets world.png and edits.png")
+    p = add_command(sub, "world-sheet", cmd_world_sheet, "contact sheets world.png and edits.png")
     p.add_argument("--out", default=os.path.join("results", "world"), help="folder for the PNGs")
     p.add_argument("--size", type=int, default=96, help="render size in px")
     p.add_argument("--per-category", type=int, default=3, help="examples per category")
-    p.set_defaults(func=cmd_world_sheet)
-    p = sub.add_parser("data", help="check a real-data folder / file by reading a few items")
+    p = add_command(sub, "data", cmd_data, "check a real-data folder / file by reading a few items")
     p.add_argument("--images", default=None, help="image folder in ImageNet layout")
     p.add_argument("--captions", default=None, help="folder of images with same-named .txt")
     p.add_argument("--edits", default=None, help="JSONL of input/instruction/output triplets")
     p.add_argument("--size", type=int, default=64, help="resize + centre-crop size in px")
     p.add_argument("--read", type=int, default=8, help="how many items to read")
-    p.set_defaults(func=cmd_data)
-    p = sub.add_parser("report", help="results/REPORT.md: every claim of the paper beside the miniature's data")
-    p.set_defaults(func=cmd_report)
+    add_command(sub, "report", cmd_report, "results/REPORT.md: every claim of the paper beside the miniature's data")
     add_tokenizer_commands(sub)
     add_generation_commands(sub)
     for name, p in sub.choices.items():
@@ -1142,7 +1081,7 @@ def build_parser():
 def add_tokenizer_commands(sub):
     for name, func, what in (("recon", cmd_recon, "PSNR, SSIM, LPIPS, rFID of a tokenizer's reconstructions"),
                              ("probe", cmd_probe, "linear-probe accuracy of a tokenizer's latent on world semantics")):
-        p = sub.add_parser(name, help=what)
+        p = add_command(sub, name, func, what)
         p.add_argument("--ckpt", required=True, help="tokenizer run folder (its last stage) or a stage<N>.pt")
         p.add_argument("--data", default=None, help="recon: image folder instead of held-out world scenes")
         p.add_argument("--split", default="val", help="recon: world split of the held-out scenes")
@@ -1152,14 +1091,12 @@ def add_tokenizer_commands(sub):
         p.add_argument("--batch", type=int, default=32, help="images per forward pass")
         p.add_argument("--evaluator-steps", type=int, default=400, help="rFID network: training steps")
         p.add_argument("--evaluator-cache", default="runs/evaluator", help="rFID network: cache folder")
-        p.set_defaults(func=func)
-    p = sub.add_parser("encoder", help="a stage-0 encoder: head accuracy, linear pixel readout, twin gap")
+    p = add_command(sub, "encoder", cmd_encoder, "a stage-0 encoder: head accuracy, linear pixel readout, twin gap")
     p.add_argument("--stage0", required=True, help="a tokenizer.py --stage 0 checkpoint")
     p.add_argument("--n-train", type=int, default=512, help="world scenes the readout is fit on")
     p.add_argument("--n-test", type=int, default=256, help="held-out (val) scenes it is scored on, with their twins")
     p.add_argument("--batch", type=int, default=64, help="images per forward pass")
-    p.set_defaults(func=cmd_encoder)
-    p = sub.add_parser("table4", help="Table 4's reconstruction half: train every recipe, recon + probe")
+    p = add_command(sub, "table4", cmd_table4, "Table 4's reconstruction half: train every recipe, recon + probe")
     p.add_argument("--preset", choices=list(TABLE4_SIZES), default="cpu", help="tokenizer preset and table size")
     p.add_argument("--runs", default=None, help="run folder (default runs/table4-<preset>); finished stages are reused")
     p.add_argument("--results", default=os.path.join("results", "table4"), help="folder for the table and figure")
@@ -1180,7 +1117,6 @@ def add_tokenizer_commands(sub):
                    "tokenizer's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents' trainings (stage 0 and the rFID "
                    "network stay the same); another seed trains beside the first, in <recipe>-seed<N>/")
-    p.set_defaults(func=cmd_table4)
 
 
 def add_sampling_flags(p, guidance):
@@ -1193,7 +1129,7 @@ def add_sampling_flags(p, guidance):
 
 
 def add_generation_commands(sub):
-    p = sub.add_parser("geneval", help="mini-GenEval of a generator run (the detector judges)")
+    p = add_command(sub, "geneval", cmd_geneval, "mini-GenEval of a generator run (the detector judges)")
     p.add_argument("--ckpt", required=True, help="generator run folder or its generator.pt")
     p.add_argument("--preset", choices=list(W.GENEVAL_SIZES), default=None,
                    help="suite size: tiny (tests), cpu, world (default: the run's preset)")
@@ -1203,8 +1139,7 @@ def add_generation_commands(sub):
     p.add_argument("--batch", type=int, default=100, help="images generated at once")
     p.add_argument("--baseline", choices=("real",), default=None, help="score, instead of generated images, "
                    "the suite's own scenes reconstructed by the run's tokenizer (the ceiling on this latent)")
-    p.set_defaults(func=cmd_geneval)
-    p = sub.add_parser("gedit", help="mini-GEdit of an edit run (adherence by the detector, consistency PSNR)")
+    p = add_command(sub, "gedit", cmd_gedit, "mini-GEdit of an edit run (adherence by the detector, consistency PSNR)")
     p.add_argument("--ckpt", required=True, help="edit run folder or its edit.pt")
     p.add_argument("--preset", choices=list(W.GEDIT_SIZES), default=None,
                    help="suite size: tiny (tests), cpu, world (default: the run's preset)")
@@ -1215,8 +1150,8 @@ def add_generation_commands(sub):
     p.add_argument("--baseline", choices=("source", "target"), default=None, help="score, instead of the "
                    "edits, the source (ignoring the instruction) or the exact target (a perfect editor), each "
                    "reconstructed by the run's tokenizer")
-    p.set_defaults(func=cmd_gedit)
-    p = sub.add_parser("table4-gen", help="Table 4's right half: the same generator and editor on every latent")
+    p = add_command(sub, "table4-gen", cmd_table4_gen,
+                    "Table 4's right half: the same generator and editor on every latent")
     p.add_argument("--preset", choices=list(GEN_SIZES), default="cpu", help="generator / editor preset and sizes")
     p.add_argument("--runs", default=None, help="the table4 run folder (default runs/table4-<preset>)")
     p.add_argument("--results", default=os.path.join("results", "generation"), help="folder for the table and figures")
@@ -1235,7 +1170,6 @@ def add_generation_commands(sub):
     p.add_argument("--jobs", type=int, default=2, help="latents trained at a time")
     p.add_argument("--threads", type=int, default=None, help="threads per job (default cpu_count / jobs)")
     add_speed_args(p)  # passed to every generator and editor of the table
-    p.set_defaults(func=cmd_table4_gen)
 
 
 def main(argv=None):
@@ -1246,10 +1180,7 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as e:  # bad paths / inputs: one sentence, no traceback
         sys.exit(f"error: {e}")
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json + ".tmp", "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(args.json + ".tmp", args.json)  # atomic: a reader never sees half a file
+        write_text(args.json, json.dumps(result, indent=2))
     print(json.dumps(result))
     return result
 
