@@ -11,13 +11,15 @@ and 4.1; the DDT head is RAE's DiT^DH (Zheng et al. 2025). Read top to bottom:
   4. flow matching, kept apart from the network: flow_loss(), flow_sample(), the time shift
   5. data: (image, caption) pairs encoded once by the frozen tokenizer and cached on disk
   6. training: the flow-matching loop (edit.py trains with it too), and the T2I run around it
-  7. sampling: generate() and the `sample` sub-command
-  8. command line
+  7. the caption LM: the backbone pre-trained on the world's text (the miniature of Qwen2.5)
+  8. sampling: generate() and the `sample` sub-command
+  9. command line
 
   python generator.py --tokenizer runs/tokenizer-cpu/stage2.pt --preset cpu
   torchrun --nproc_per_node=2 generator.py --tokenizer runs/tokenizer-cpu/stage2.pt --preset cpu
   torchrun --nproc_per_node=8 generator.py --preset paper --lm Qwen2.5-0.5B/ --tokenizer RUN/stage2.pt --data CAPTIONS/
   python generator.py sample --ckpt runs/generator-cpu --prompt "two red circles" --n 8 --out grid.png
+  python generator.py lm --preset cpu        # the caption LM alone (the cpu preset trains it when missing)
 """
 import argparse
 import hashlib
@@ -41,9 +43,10 @@ import tokenizer as T
 from common import (Deadline, StepLog, add_speed_args, all_mean, barrier, choose_speed, compute_cleanup,
                     compute_init, is_rank0, print0, read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics,
                     write_config)
-from pretrained import QwenTokenizer, load_qwen2_weights, qwen2_config
+from pretrained import QwenTokenizer, load_qwen2_weights, qwen2_config, write_safetensors
 from tokenizer import TokenizerError
-from world import VOCAB, CaptionFolderDataset, WorldCaptions, to_uint8
+from world import (VOCAB, CaptionFolderDataset, WorldCaptions, caption_scene, make_edit, sample_scene, scene_seed,
+                   to_uint8)
 
 SCRIPT = "generator.py"  # written into every checkpoint, checked when one is loaded
 
@@ -92,10 +95,10 @@ PRESETS = {
     # the laptop demo on 2 CPU cores, one thread (fastest on a busy machine): measured ~56 samples/s,
     # 2000 steps in ~40 min on a shared 2-core CPU, plus ~3 min to cache the 20000 latents once
     "cpu": dict(model="cpu", text_len=20, batch_size=64, lr=1e-3, warmup=100, steps=2000, n_train=20000,
-                ema=0.995, log_every=25, ckpt_every=500, sample_steps=50, n_samples=8),
+                ema=0.995, log_every=25, ckpt_every=500, sample_steps=50, n_samples=8, lm="caption"),
     # the miniature paper on one GPU
     "world": dict(model="world", text_len=20, batch_size=256, lr=3e-4, warmup=1000, steps=60000, n_train=200000,
-                  ema=0.9999, log_every=100, ckpt_every=5000, sample_steps=50, n_samples=8),
+                  ema=0.9999, log_every=100, ckpt_every=5000, sample_steps=50, n_samples=8, lm="caption"),
     # the paper (Sec. 4.1): batch ~730, lr 1e-4, EMA 0.9999, 200k iterations, 256 px; captions from --data
     "paper": dict(model="paper", text_len=128, batch_size=730, lr=1e-4, warmup=1000, steps=200000, n_train=0,
                   ema=0.9999, log_every=100, ckpt_every=5000, sample_steps=50, n_samples=8),
@@ -205,7 +208,12 @@ class QwenText(TextBatcher):
 
 
 def text_tokenizer(cfg):
-    """The run's text tokenizer: Qwen2.5's with --lm, else the world's words."""
+    """The run's text tokenizer: the world's words, or with --lm the folder's: Qwen2.5's BPE, or
+    the word list a caption LM was pre-trained with (section 7)."""
+    words = cfg.get("lm") and os.path.join(cfg["lm"], WORLD_WORDS)
+    if words and os.path.isfile(words):
+        with open(words) as f:
+            return TextTokenizer(json.load(f))
     return QwenText(cfg["lm"]) if cfg.get("lm") else TextTokenizer()
 
 
@@ -754,6 +762,7 @@ def start_run(cfg, world, name, script=SCRIPT, keep=("resume", "steps")):
 
 def train(cfg, ddp, rank, local_rank, world, device):
     """The T2I run: cache the latents of (image, caption) pairs, then fit the generator to them."""
+    cfg["lm"] = resolve_lm(cfg, device)  # "caption": the preset's caption LM, pre-trained first if missing
     ck = start_run(cfg, world, "generator.pt", keep=("resume", "steps", "tokenizer"))
     if ck is not None:
         for k in SHAPE_KEYS:
@@ -776,7 +785,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
         raise GeneratorError(f"the training set has {len(latents)} items, fewer than one batch of {cfg['batch_size']}")
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     model = build_model(cfg, latent_shape)
-    if cfg["lm"] and ck is None:  # the paper: the backbone starts from Qwen2.5's weights
+    if cfg["lm"] and ck is None:  # the paper: the backbone starts from Qwen2.5's weights (here: the caption LM's)
         try:
             load_qwen2_weights(cfg["lm"], model.text_parts())
         except ValueError as e:
@@ -823,7 +832,135 @@ def load_run(path, what="generator checkpoint", script=SCRIPT, name="generator.p
 
 
 # ------------------------------------------------------------------------------------------
-# 7. Sampling: load the EMA weights, generate, decode; the `sample` sub-command
+# 7. The caption LM. The paper's backbone starts from Qwen2.5-0.5B, a language model that can
+#    already read; from random weights the backbone must learn the captions' language while it
+#    learns to draw. Here it is first pre-trained as a causal language model on the world's text
+#    (captions of every GenEval category, edit instructions, whole-scene descriptions), minutes
+#    on a CPU, and written as a folder that --lm reads exactly as it reads a Qwen2.5 folder:
+#    config.json, model.safetensors with Qwen2's names, the vocabulary (the world's words).
+# ------------------------------------------------------------------------------------------
+
+WORLD_WORDS = "world_words.json"  # in an --lm folder: the world's word tokenizer instead of Qwen's BPE
+LM_PRESETS = {  # pre-training of the caption LM, per generator preset (the backbone has its sizes)
+    "tiny": dict(steps=40, batch_size=16, lr=3e-3, context=24, n_texts=600),
+    "cpu": dict(steps=1500, batch_size=64, lr=2e-3, context=40, n_texts=30000),
+    "world": dict(steps=6000, batch_size=128, lr=1e-3, context=40, n_texts=120000),
+}
+
+
+def scene_text(scene):
+    """A whole scene in the world's words: each object with all its attributes, the background
+    and the tone (longer than any caption: the LM also learns to read long inputs)."""
+    objs = [f"a {o.size} {o.texture} {o.colour} {o.shape}" for o in scene.objects]
+    listed = objs[0] if len(objs) == 1 else ", ".join(objs[:-1]) + " and " + objs[-1]
+    return f"{listed} on a {scene.bg_colour} background in a {scene.tone} tone"
+
+
+def world_text(n):
+    """n texts of the world's language from the training split, a third each: captions (every
+    GenEval category, as the generator's training captions are drawn), edit instructions, scenes."""
+    kinds = (lambda s: caption_scene(s)[1], lambda s: make_edit(s).instruction, lambda s: scene_text(sample_scene(s)))
+    return [kinds[i % 3](scene_seed("train", i)) for i in range(n)]
+
+
+def lm_loss(model, ids, pad):
+    """Next-token cross-entropy of the backbone read as a causal LM through its tied embedding
+    (Generator.text_forward, the path Qwen2.5's weights are checked on): each token of [bos,
+    text...] predicts the next; padding is masked as a key and is never a target.
+    -> (the summed loss, the number of targets)."""
+    logits = model.text_forward(ids, (ids != pad).long())[2]
+    targets = ids[:, 1:].flatten()
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), targets, ignore_index=pad, reduction="sum")
+    return nll, (targets != pad).sum()
+
+
+def pretrain_caption_lm(model_name, out, lm, device, seed=0):
+    """Train the `model_name` backbone as a causal LM on world_text (settings `lm`, a LM_PRESETS
+    entry) and write it to `out` as an --lm folder. Under torchrun each process takes its share
+    of every batch and the gradients are averaged. -> the last log record."""
+    torch.manual_seed(seed)
+    text = TextTokenizer()
+    model = Generator(MODELS[model_name], (1, 1, 1), text_len=lm["context"], head="none", text=text).to(device)
+    params = list(model.text_parts().parameters())  # the image parts are not trained (nor saved)
+    opt = torch.optim.AdamW(params, lr=lm["lr"], betas=(0.9, 0.95), weight_decay=0.1)
+    ids = text.batch(world_text(lm["n_texts"]), lm["context"])[0]
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
+        if torch.distributed.is_initialized() else (0, 1)
+    os.makedirs(out, exist_ok=True)
+    log = StepLog(out, lm["steps"], 0, max(1, lm["steps"] // 20), "caption LM")
+    for step in range(lm["steps"]):
+        for g in opt.param_groups:  # warm-up over 5%, constant, linear cool-down over the last 20%
+            g["lr"] = lr_at(step, dict(lr=lm["lr"], warmup=lm["steps"] // 20, steps=lm["steps"],
+                                       cooldown=lm["steps"] // 5))
+        idx = batch_indices(len(ids), lm["batch_size"], rank, world, seed, step * lm["batch_size"] // len(ids),
+                            step % (len(ids) // lm["batch_size"]))
+        nll, n = lm_loss(model, ids[idx].to(device), text.pad)
+        loss = nll * world / (all_mean(n.float()) * world)  # x world: the average over processes below
+        opt.zero_grad(set_to_none=True)  # then makes it the mean over the global batch's targets
+        loss.backward()
+        for p in params:
+            p.grad = all_mean(p.grad)
+        opt.step()
+        log(step + 1, lm["batch_size"], {"loss": all_mean(loss.detach()).item()}, device)
+    log.close()
+    if is_rank0():
+        save_caption_lm(out, model, text, {**lm, "model": model_name, "seed": seed})
+    barrier()
+    return log.last
+
+
+def save_caption_lm(out, model, text, settings):
+    """The --lm folder: Qwen2's config.json keys, model.safetensors with Qwen2's tensor names (tied
+    embedding: no lm_head), the word list of the world's tokenizer, and how it was trained."""
+    m = model.cfg
+    config = {"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"], "hidden_size": m.width,
+              "num_hidden_layers": m.depth, "num_attention_heads": m.heads, "num_key_value_heads": m.kv_heads,
+              "intermediate_size": m.mlp, "vocab_size": len(text), "rope_theta": m.rope_theta,
+              "rms_norm_eps": m.rms_eps, "tie_word_embeddings": True, "hidden_act": "silu",
+              "max_position_embeddings": settings["context"], "pretraining": settings}
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(config, f, indent=1)
+    with open(os.path.join(out, WORLD_WORDS), "w") as f:
+        json.dump(text.words, f)
+    write_safetensors(os.path.join(out, "model.safetensors"),
+                      {"model." + k: v for k, v in model.text_parts().state_dict().items()})
+
+
+def resolve_lm(cfg, device):
+    """--lm as a path: "caption" is this preset's caption LM in runs/caption-lm-<model>, pre-trained
+    here first when it is missing (minutes on a CPU); "none" is random initial weights."""
+    if cfg["lm"] in (None, "none"):
+        return None
+    if cfg["lm"] != "caption":
+        return cfg["lm"]
+    path = os.path.join("runs", f"caption-lm-{cfg['model']}")
+    if not os.path.isfile(os.path.join(path, "model.safetensors")):
+        print0(f"the caption LM {path} does not exist yet: pre-training it ({LM_PRESETS[cfg['model']]})")
+        pretrain_caption_lm(cfg["model"], path, LM_PRESETS[cfg["model"]], device)
+    return path
+
+
+def cmd_lm(argv):
+    """`generator.py lm`: pre-train the caption LM of a preset (also under torchrun)."""
+    p = argparse.ArgumentParser(prog="generator.py lm", description=cmd_lm.__doc__)
+    p.add_argument("--preset", choices=list(LM_PRESETS), default="cpu", help="the backbone's size and the settings")
+    p.add_argument("--out", default=None, help="the --lm folder to write (default runs/caption-lm-<preset>)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: LM_PRESETS')")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
+    a = p.parse_args(argv)
+    lm = {**LM_PRESETS[a.preset], **({"steps": a.steps} if a.steps else {})}
+    ddp, rank, local_rank, world, device = compute_init(a.device)
+    try:
+        if lm["batch_size"] % world:
+            raise GeneratorError(f"the caption LM's batch of {lm['batch_size']} does not split over {world} processes")
+        return pretrain_caption_lm(a.preset, a.out or os.path.join("runs", f"caption-lm-{a.preset}"), lm, device, a.seed)
+    finally:
+        compute_cleanup()
+
+
+# ------------------------------------------------------------------------------------------
+# 8. Sampling: load the EMA weights, generate, decode; the `sample` sub-command
 # ------------------------------------------------------------------------------------------
 
 def load_generator(path, device="cpu"):
@@ -915,7 +1052,7 @@ def cmd_sample(argv):
 
 
 # ------------------------------------------------------------------------------------------
-# 8. Command line
+# 9. Command line
 # ------------------------------------------------------------------------------------------
 
 def nonneg_int(text):
@@ -970,7 +1107,9 @@ def parse_args(argv=None):
     g = p.add_argument_group("model")
     g.add_argument("--model", choices=list(MODELS), help="backbone and head sizes")
     g.add_argument("--lm", default=None, help="a Qwen2/Qwen2.5 folder (config.json, model.safetensors, vocab.json, "
-                   "merges.txt): the backbone's size, weights and text tokenizer (the paper: Qwen2.5-0.5B)")
+                   "merges.txt): the backbone's size, weights and text tokenizer (the paper: Qwen2.5-0.5B); 'caption': "
+                   "the preset's caption LM (runs/caption-lm-<model>, pre-trained first if missing; the cpu and world "
+                   "presets' default); 'none': random initial weights")
     g.add_argument("--head", choices=("ddt", "none"), default="ddt", help="wide DDT head, or none (Table 1 ablation)")
     g.add_argument("--patch", type=int, default=1, help="patch size P on the latent grid")
     g.add_argument("--text-len", type=int, help="text context in tokens, bos included")
@@ -1012,6 +1151,12 @@ def run_cli(script, argv, parse, train_fn, sample_fn):
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["lm"]:
+        try:
+            return cmd_lm(argv[1:])
+        except GeneratorError as e:
+            raise SystemExit(f"{SCRIPT}: error: {e}")
     return run_cli(SCRIPT, argv, parse_args, train, cmd_sample)
 
 
