@@ -12,7 +12,8 @@ import shlex
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ("toy_manifold", "tokenizer", "generator", "edit", "evaluate", "experiments/bench")
+SCRIPTS = ("toy_manifold", "tokenizer", "generator", "edit", "evaluate", "experiments/bench", "experiments/draws",
+           "experiments/recipe")
 DOCS = ("README.md", *(os.path.join("results", f) for f in ("README.md", "LOG.md", "REPORT.md")))
 # placeholders the README uses where a parser wants a number; strings (RUN, PATH) parse as they are
 PLACEHOLDERS = {"$s": "1", "S": "64"}

@@ -1,0 +1,147 @@
+"""experiments/recipe.py -- the generator's training recipe at a fixed budget of training FLOPs
+(results/generation/recipe.md). Not part of the method: a measurement that chooses its defaults.
+
+Each lever is one change of generator.py's flags against the cpu recipe. Every lever trains the
+same generator on the PS-VAE and on the RAE latent of a Table 4 run for the same training FLOPs
+(bench.py's counter: model FLOPs per sample x samples, so that a bigger model pays for its size),
+then scores it by mini-GenEval (GenEval rules and strict, standard error over prompts) and the
+generation FID in the world's features. A lever is judged by the MEAN over the two latents,
+never by one of them, so that the recipe favours no latent. Finished runs are reused: a killed
+study continues where it stopped.
+
+    python experiments/recipe.py --runs runs/table4-cpu --flops 1e14 --levers baseline,lm,shift3
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import evaluate as E  # noqa: E402
+import generator as G  # noqa: E402
+import tokenizer as T  # noqa: E402
+from experiments.bench import train_step_flops  # noqa: E402
+
+# lever -> generator.py flags changed from the cpu preset ({cool}: a fifth of the run's steps).
+# "baseline" is the cpu recipe as it was before the caption LM (random initial weights).
+LEVERS = {
+    "baseline": ["--lm", "none"],
+    "lm": ["--lm", "caption"],  # the caption LM of generator.py section 7
+    "shift3": ["--lm", "none", "--shift", "3"],  # training t shifted as sampling's (s = 1.22 by the rule)
+    "shift6": ["--lm", "none", "--shift", "6"],
+    "lr3e-3_cool": ["--lm", "none", "--lr", "3e-3", "--cooldown", "{cool}"],
+    "cool": ["--lm", "none", "--cooldown", "{cool}"],
+    "bs16": ["--lm", "none", "--batch-size", "16"],
+    "nohead": ["--lm", "none", "--head", "none"],
+    "lm_shift3": ["--lm", "caption", "--shift", "3"],
+    "lm_shift3_cool": ["--lm", "caption", "--shift", "3", "--cooldown", "{cool}"],
+}
+LATENTS = ("psvae", "rae")
+
+
+def flops_per_sample(flags, latent_shape, preset="cpu"):
+    """Model FLOPs of one training sample (forward + backward) of the generator these flags build."""
+    a = G.parse_args(["--preset", preset, *[f.replace("{cool}", "0") for f in flags]])
+    cfg = dict(model=a["model"], patch=a["patch"], text_len=a["text_len"], head=a["head"], lm=None)
+    model = G.build_model(cfg, latent_shape)
+    x0, eps = torch.randn(2, *latent_shape), torch.randn(2, *latent_shape)
+    ids = torch.randint(1, model.embed_tokens.num_embeddings, (2, cfg["text_len"]))
+    return train_step_flops(model, x0, ids, torch.rand(2), eps) / 2
+
+
+def recipe_job(job):
+    """Train one (lever, latent) generator to its step budget, then score it. -> the record."""
+    path = job["record"]
+    if os.path.isfile(path):
+        return json.load(open(path))
+    t0 = time.time()
+    os.makedirs(job["out"], exist_ok=True)
+    with open(os.path.join(job["out"], "recipe.log"), "a") as log, E.contextlib.redirect_stdout(log), \
+            E.contextlib.redirect_stderr(log), E.num_threads(job["threads"]):
+        if E.trained_steps(os.path.join(job["out"], "generator.pt")) < job["steps"]:
+            G.main(job["argv"] + (["--resume"] if os.path.isfile(os.path.join(job["out"], "generator.pt")) else []))
+        trained = time.time() - t0
+        ge = E.cmd_geneval(argparse.Namespace(**{**E.GEN_EVAL_DEFAULTS, "ckpt": job["out"], "preset": "cpu"}))
+    rec = {k: job[k] for k in ("lever", "latent", "flags", "steps", "batch", "flops_per_sample", "flops")}
+    rec.update(samples=job["steps"] * job["batch"], train_seconds=round(trained, 1),
+               geneval_rules=ge["overall_geneval_rules"], geneval_rules_se=ge["overall_geneval_rules_stderr"],
+               geneval_strict=ge["overall"], geneval_strict_se=ge["overall_stderr"], gfid=ge["gfid"],
+               per_category=ge["per_category_geneval_rules"], n_images=ge["n_images"])
+    with open(path, "w") as f:
+        json.dump(rec, f, indent=1)
+    return rec
+
+
+def write_table(path, records, levers, budget, command):
+    """recipe.md: one row per lever, each latent's scores and their mean (the criterion)."""
+    lines = [f"# The generator's recipe at {budget:.2g} training FLOPs per run", "", f"`{command}`", "",
+             "Mean: over the PS-VAE and RAE latents (s.e. combined from both); GenEval over the cpu suite "
+             "(300 prompts x 2 images); gFID: the suite's images against the real held-out scenes (world features).",
+             "", "| lever | flags | steps x batch | " + " | ".join(f"{la} rules / strict / gFID" for la in LATENTS) +
+             " | mean rules | mean strict | mean gFID |", "|---|---|---|" + "---|" * (len(LATENTS) + 3)]
+    for lever in levers:
+        rs = [records.get((lever, la)) for la in LATENTS]
+        if not all(rs):
+            continue
+        cells = [f"{r['geneval_rules']:.3f} +- {r['geneval_rules_se']:.3f} / {r['geneval_strict']:.3f} / {r['gfid']:.1f}"
+                 for r in rs]
+        mean = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+        se = lambda k: sum(r[k] ** 2 for r in rs) ** 0.5 / len(rs)  # noqa: E731
+        lines.append(f"| {lever} | `{' '.join(rs[0]['flags'])}` | {rs[0]['steps']} x {rs[0]['batch']} | " +
+                     " | ".join(cells) + f" | {mean('geneval_rules'):.3f} +- {se('geneval_rules_se'):.3f} | "
+                     f"{mean('geneval_strict'):.3f} +- {se('geneval_strict_se'):.3f} | {mean('gfid'):.1f} |")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default=os.path.join("runs", "table4-cpu"), help="a Table 4 run holding psvae/ and rae/")
+    p.add_argument("--flops", type=float, default=1e14, help="training FLOPs of every run")
+    p.add_argument("--levers", default="baseline,lm,shift3", help=f"comma-separated subset of {','.join(LEVERS)}")
+    p.add_argument("--out", default=os.path.join("runs", "recipe"), help="folder of the generators")
+    p.add_argument("--results", default=os.path.join("results", "generation", "recipe"), help="records and table")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args(argv)
+    levers = a.levers.split(",")
+    os.makedirs(a.results, exist_ok=True)
+    jobs = []
+    for lever in levers:
+        for latent in LATENTS:  # alternating latents: the first two jobs cache the two latents side by side
+            tok = T.last_stage(os.path.join(a.runs, latent))
+            shape = tuple(G.open_tokenizer(tok)[1])
+            flags = LEVERS[lever]
+            fps = flops_per_sample(flags, shape)
+            batch = G.parse_args(["--preset", "cpu", *[f.replace("{cool}", "0") for f in flags]])["batch_size"]
+            steps = round(a.flops / (fps * batch))
+            flags_run = [f.replace("{cool}", str(steps // 5)) for f in flags]
+            speed, _ = E.table_speed(argparse.Namespace(amp="auto", compile="auto", device="cpu"), steps)
+            out = os.path.join(a.out, f"{lever}_{latent}_f{a.flops:.0e}_seed{a.seed}")
+            jobs.append(dict(lever=lever, latent=latent, flags=flags_run, steps=steps, batch=batch, flops_per_sample=fps,
+                             flops=fps * batch * steps, out=out, threads=1, record=os.path.join(
+                                 a.results, f"{lever}_{latent}_f{a.flops:.0e}_seed{a.seed}.json"),
+                             argv=["--preset", "cpu", "--tokenizer", tok, "--out", out, "--steps", str(steps),
+                                   "--seed", str(a.seed), "--n-samples", "0", *speed, *flags_run]))
+    print(f"{len(jobs)} runs of {a.flops:.2g} FLOPs, {a.jobs} at a time", flush=True)
+    t0 = time.time()
+    records = {(r["lever"], r["latent"]): r for r in E.run_jobs(jobs, a.jobs, recipe_job)}
+    known = {}  # every record of this budget and seed written so far, also by earlier calls
+    for lever in LEVERS:
+        for latent in LATENTS:
+            f = os.path.join(a.results, f"{lever}_{latent}_f{a.flops:.0e}_seed{a.seed}.json")
+            if os.path.isfile(f):
+                known[(lever, latent)] = json.load(open(f))
+    command = "python experiments/recipe.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    table = write_table(os.path.join(a.results, f"recipe_f{a.flops:.0e}_seed{a.seed}.md"), {**known, **records},
+                        list(LEVERS), a.flops, command)
+    print(f"{table} ({time.time() - t0:.0f} s)", flush=True)
+    return records
+
+
+if __name__ == "__main__":
+    main()
