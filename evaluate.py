@@ -941,6 +941,8 @@ def cmd_table4_gen(args):
     # the generator trains in chunks of `every` steps, one process call each: the choice judges the
     # chunk, not the budget, so that short chunks do not each pay a compilation
     speed, precision = table_speed(args, min(sz["every"], sz["gen_steps"]))
+    pre = generator.PRESETS[args.preset]  # the caption LM the generators start from, made once before they run
+    generator.resolve_lm({"lm": pre.get("lm"), "model": pre["model"]}, eval_device(args))
     n = args.tokenizer_seed  # the latents of `table4 --seed N`, in <recipe>-seed<N>/
     dir_sfx, seed_flag = (f"-seed{n}", f" --seed {n}") if n else ("", "")
     for name, recipe, head in rows:

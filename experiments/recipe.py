@@ -110,6 +110,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     levers = a.levers.split(",")
     os.makedirs(a.results, exist_ok=True)
+    if any("caption" in LEVERS[lv] for lv in levers):  # the caption LM, made once before the jobs share it
+        G.resolve_lm({"lm": "caption", "model": "cpu"}, torch.device("cpu"))
     jobs = []
     for lever in levers:
         for latent in LATENTS:  # alternating latents: the first two jobs cache the two latents side by side
