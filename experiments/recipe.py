@@ -75,27 +75,46 @@ def recipe_job(job):
     return rec
 
 
-def write_table(path, records, levers, budget, command):
-    """recipe.md: one row per lever, each latent's scores and their mean (the criterion)."""
-    lines = [f"# The generator's recipe at {budget:.2g} training FLOPs per run", "", f"`{command}`", "",
-             "Mean: over the PS-VAE and RAE latents (s.e. combined from both); GenEval over the cpu suite "
-             "(300 prompts x 2 images); gFID: the suite's images against the real held-out scenes (world features).",
-             "", "| lever | flags | steps x batch | " + " | ".join(f"{la} rules / strict / gFID" for la in LATENTS) +
-             " | mean rules | mean strict | mean gFID |", "|---|---|---|" + "---|" * (len(LATENTS) + 3)]
-    for lever in levers:
-        rs = [records.get((lever, la)) for la in LATENTS]
-        if not all(rs):
-            continue
-        cells = [f"{r['geneval_rules']:.3f} +- {r['geneval_rules_se']:.3f} / {r['geneval_strict']:.3f} / {r['gfid']:.1f}"
-                 for r in rs]
-        mean = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
-        se = lambda k: sum(r[k] ** 2 for r in rs) ** 0.5 / len(rs)  # noqa: E731
-        lines.append(f"| {lever} | `{' '.join(rs[0]['flags'])}` | {rs[0]['steps']} x {rs[0]['batch']} | " +
-                     " | ".join(cells) + f" | {mean('geneval_rules'):.3f} +- {se('geneval_rules_se'):.3f} | "
-                     f"{mean('geneval_strict'):.3f} +- {se('geneval_strict_se'):.3f} | {mean('gfid'):.1f} |")
+def write_table(path, records, command):
+    """recipe.md: per budget, one row per lever with each latent's scores and their mean (the
+    criterion), from every record written so far."""
+    lines = ["# The generator's recipe at equal training FLOPs", "",
+             "Made by `experiments/recipe.py` from the records in [recipe/](recipe/) (the last call: "
+             f"`{command}`). Each lever changes the cpu recipe's flags as shown and trains the same generator on the "
+             "PS-VAE and on the RAE latent of one Table 4 run for the same model FLOPs (bench.py's counter). GenEval: "
+             "the cpu suite, 300 prompts x 2 images, GenEval's rules and strict, +- s.e. over prompts; gFID: the "
+             "suite's images against the real held-out scenes its captions describe (world features, lower is "
+             "better). Mean: over the two latents (its s.e. from both), the criterion.", ""]
+    for budget in sorted({r["budget"] for r in records.values()}):
+        lines += [f"## {budget:.2g} training FLOPs per run", "",
+                  "| lever | flags | steps x batch | " + " | ".join(f"{la}: rules / strict / gFID" for la in LATENTS) +
+                  " | mean rules | mean strict | mean gFID |", "|---|---|---|" + "---|" * (len(LATENTS) + 3)]
+        for lever in LEVERS:
+            rs = [records.get((lever, la, budget)) for la in LATENTS]
+            if not all(rs):
+                continue
+            cells = [f"{r['geneval_rules']:.3f} +- {r['geneval_rules_se']:.3f} / {r['geneval_strict']:.3f} +- "
+                     f"{r['geneval_strict_se']:.3f} / {r['gfid']:.0f}" for r in rs]
+            mean = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
+            se = lambda k: sum(r[k] ** 2 for r in rs) ** 0.5 / len(rs)  # noqa: E731
+            lines.append(f"| {lever} | `{' '.join(rs[0]['flags'])}` | {rs[0]['steps']} x {rs[0]['batch']} | " +
+                         " | ".join(cells) + f" | {mean('geneval_rules'):.3f} +- {se('geneval_rules_se'):.3f} | "
+                         f"{mean('geneval_strict'):.3f} +- {se('geneval_strict_se'):.3f} | {mean('gfid'):.0f} |")
+        lines.append("")
     with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
+        f.write("\n".join(lines))
     return path
+
+
+def read_records(folder, seed):
+    """{(lever, latent, budget): record} of every finished run of this seed in `folder`."""
+    out = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(f"_seed{seed}.json"):  # (flow_where_*.json are the diagnostics, not runs)
+            r = json.load(open(os.path.join(folder, name)))
+            if "lever" in r:
+                out[(r["lever"], r["latent"], float(f"{r['flops']:.1g}"))] = {**r, "budget": float(f"{r['flops']:.1g}")}
+    return out
 
 
 def main(argv=None):
@@ -131,16 +150,10 @@ def main(argv=None):
                                    "--seed", str(a.seed), "--n-samples", "0", *speed, *flags_run]))
     print(f"{len(jobs)} runs of {a.flops:.2g} FLOPs, {a.jobs} at a time", flush=True)
     t0 = time.time()
-    records = {(r["lever"], r["latent"]): r for r in E.run_jobs(jobs, a.jobs, recipe_job)}
-    known = {}  # every record of this budget and seed written so far, also by earlier calls
-    for lever in LEVERS:
-        for latent in LATENTS:
-            f = os.path.join(a.results, f"{lever}_{latent}_f{a.flops:.0e}_seed{a.seed}.json")
-            if os.path.isfile(f):
-                known[(lever, latent)] = json.load(open(f))
+    records = E.run_jobs(jobs, a.jobs, recipe_job)
     command = "python experiments/recipe.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    table = write_table(os.path.join(a.results, f"recipe_f{a.flops:.0e}_seed{a.seed}.md"), {**known, **records},
-                        list(LEVERS), a.flops, command)
+    table = write_table(os.path.join(os.path.dirname(os.path.abspath(a.results)), "recipe.md"),
+                        read_records(a.results, a.seed), command)
     print(f"{table} ({time.time() - t0:.0f} s)", flush=True)
     return records
 
