@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+import report
 import tokenizer
 import world as W
 from common import add_speed_args, choose_amp, choose_compile
@@ -1029,9 +1030,9 @@ def figure4(path, rows, jobs, n=8):
 # Command line
 
 def cmd_report(args):
-    """results/REPORT.md and its figure sheet: every claim of the paper beside the miniature's data (report.py)."""
-    import report
-    return report.write_report()
+    """results/REPORT.md and its figure sheet: every claim of the paper beside the miniature's data (report.py);
+    with --run, first the runs it lacks, in dependency order (report.steps)."""
+    return report.command(args)
 
 
 def add_command(sub, name, func, what):
@@ -1069,7 +1070,8 @@ def build_parser():
     p.add_argument("--edits", default=None, help="JSONL of input/instruction/output triplets")
     p.add_argument("--size", type=int, default=64, help="resize + centre-crop size in px")
     p.add_argument("--read", type=int, default=8, help="how many items to read")
-    add_command(sub, "report", cmd_report, "results/REPORT.md: every claim of the paper beside the miniature's data")
+    report.add_flags(add_command(sub, "report", cmd_report, "results/REPORT.md: every claim of the paper beside the "
+                                 "miniature's data; --run first makes what it lacks"))
     add_tokenizer_commands(sub)
     add_generation_commands(sub)
     for name, p in sub.choices.items():

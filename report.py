@@ -1,17 +1,25 @@
 """report.py -- every claim of the paper beside the miniature's measurement, in one page.
 
     python evaluate.py report      # rebuilds results/REPORT.md and its figure sheet results/report.png
+    python evaluate.py report --run --budget-hours 8   # first runs what the page still lacks (section 6)
 
 Read top to bottom: the paper's numbers (the only numbers typed in this file), the verdict rule
-(one function), small readers of the JSON the runs wrote under results/, one function per section
-of the paper returning its rows, the renderer, the figure sheet. Every number of the miniature in
+(one function), small readers of the JSON the runs wrote under a results root (results/ unless told
+otherwise), one function per section of the paper returning its rows, the renderer, the figure sheet,
+and the list of runs that make the data, in dependency order (`--run`). Every number of the miniature in
 REPORT.md is computed here from those files; tests/test_report.py rebuilds the page and checks
 that it equals the committed one, so the page cannot drift from the data.
 """
+import collections
+import contextlib
 import glob
+import importlib
 import json
 import math
 import os
+import re
+import shutil
+import time
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 
@@ -63,9 +71,14 @@ def verdict(gaps):
 # 3. Reading the data: a measurement is {seed: value}
 # ----------------------------------------------------------------------------------------------
 
-def load(rel):
-    with open(os.path.join(RESULTS, rel)) as f:
+def load(root, rel):
+    with open(os.path.join(root, rel)) as f:
         return json.load(f)
+
+
+def have(root, *rels):
+    """Whether every one of the files (relative to the results root) exists."""
+    return all(os.path.isfile(os.path.join(root, r)) for r in rels)
 
 
 def mean_se(values):
@@ -109,15 +122,18 @@ TABLE4_LATENTS = {"PS-VAE": "psvae", "S-VAE": "svae", "RAE": "rae", "P-VAE": "pv
                   "pixel VAE (MAR-VAE role)": "vae", "RPiAE": "rpiae"}
 
 
-def table4(recipe, key):
-    """{seed: value} of one metric of one latent over every seed of the default table
-    (seed 0: <recipe>_b1200_xeon_measured.json, seed N: <recipe>_b1200_seedN_xeon_measured.json)."""
-    out = {}
-    for path in sorted(glob.glob(os.path.join(RESULTS, TABLE4_METRICS, f"{recipe}_b1200*_xeon_measured.json"))):
-        tag = os.path.basename(path)[len(recipe) + len("_b1200"):-len("_xeon_measured.json")]
-        if tag == "" or (tag.startswith("_seed") and tag[5:].isdigit()):
-            out[int(tag[5:]) if tag else 0] = load(os.path.relpath(path, RESULTS))[key[0]][key[1]]
-    return out
+def table4_files(root, recipe):
+    """{seed: path} of one latent's measured.json files in the default table's folder, which holds only the current
+    table: <recipe>_b<budget>[_seed<N>]_<tag>_measured.json, tag the machine (runs copied by hand: xeon) or the
+    preset (runs made by `report --run`)."""
+    name = re.compile(re.escape(recipe) + r"_b\d+(?:_seed(\d+))?_[a-z0-9]+_measured\.json")
+    return {int(m.group(1) or 0): p for p in sorted(glob.glob(os.path.join(root, TABLE4_METRICS, "*_measured.json")))
+            if (m := name.fullmatch(os.path.basename(p)))}
+
+
+def table4(root, recipe, key):
+    """{seed: value} of one metric of one latent over every seed of the default table."""
+    return {s: load(root, p)[key[0]][key[1]] for s, p in table4_files(root, recipe).items()}
 
 
 PSNR, RFID, PROBE = ("recon", "psnr"), ("recon", "rfid"), ("probe", "probe_balanced")
@@ -130,12 +146,12 @@ GEN_FIG7 = "generation/figure7_cpu_b2500_e0_psvae_svae_rae_pvae_vae_tok1200.png"
 GEN_FIG4 = "generation/figure4_cpu_b2500_e0_psvae_svae_rae_pvae_vae_tok1200.png"  # their editors were trained
 
 
-def generation(name, what):
+def generation(root, name, what):
     """(value, s.e. over prompts) of one latent's row of the generation table's JSON, or None.
     what: 'geneval' (GenEval rules), 'edit' (instruction hit), 'offman' (off-manifold ratio)."""
-    if not os.path.isfile(os.path.join(RESULTS, GEN_JSON)):
+    if not have(root, GEN_JSON):
         return None
-    r = load(GEN_JSON)["rows"].get(name)
+    r = load(root, GEN_JSON)["rows"].get(name)
     if r is None or (what == "edit" and "gedit" not in r):
         return None
     if what == "geneval":
@@ -146,9 +162,9 @@ def generation(name, what):
     return r["off_manifold_ratio"], r["off_manifold_stderr"]
 
 
-def gen_gaps(pairs, what):
+def gen_gaps(root, pairs, what):
     """Gaps (a - b, both errors added) of generation-table values; None when the data is missing."""
-    vals = {n: generation(n, what) for p in pairs for n in p}
+    vals = {n: generation(root, n, what) for p in pairs for n in p}
     if any(v is None for v in vals.values()):
         return None
     return [(vals[a][0] - vals[b][0], math.hypot(vals[a][1], vals[b][1])) for a, b in pairs], vals
@@ -171,86 +187,108 @@ def row(claim, paper, mini, gaps, command, links, status=None):
     return dict(claim=claim, paper=paper, mini=mini, verdict=status or verdict(gaps), command=command, links=links)
 
 
-def section_eq1():
+def unmeasured(claim, paper, command, links):
+    """The row of a claim whose data no run has made yet (`report --run` makes it)."""
+    return row(claim, paper, "not measured yet", None, command, links, "not measured yet")
+
+
+def section_eq1(root):
     rows = []
     for rel in ("figure3/figure3.json", "figure3/dims.json"):
-        e = load(rel)["eq1"]
+        claim, cmd = "v_x = Q v_z(Q^T x) + (1/t)(I - QQ^T) x for the optimal field", \
+            CMD_TOY if rel.endswith("figure3.json") else CMD_DIMS
+        if not have(root, rel):
+            rows.append(unmeasured(claim, "exact (a proof)", cmd, [rel]))
+            continue
+        e = load(root, rel)["eq1"]
         ok = e["dtype"] == "float64" and e["max_rel_dev"] < 1e-10
-        rows.append(row(f"v_x = Q v_z(Q^T x) + (1/t)(I - QQ^T) x for the optimal field, h = {e['h']}",
-                        "exact (a proof)",
-                        f"max relative deviation {e['max_rel_dev']:.1e} ({e['dtype']})", None,
-                        CMD_TOY if rel.endswith("figure3.json") else CMD_DIMS,
+        rows.append(row(f"{claim}, h = {e['h']}", "exact (a proof)",
+                        f"max relative deviation {e['max_rel_dev']:.1e} ({e['dtype']})", None, cmd,
                         [rel, "figure3/eq1_check.txt"], "reproduced" if ok else "missed (contradicted)"))
     return rows
 
 
-def section_figure3():
-    f3, dims = load("figure3/figure3.json"), load("figure3/dims.json")
+def section_figure3(root):
     per_seed = lambda d, h: dict(enumerate(d["final_per_seed"][h]))  # noqa: E731
-    g = gap(per_seed(f3, "8"), per_seed(f3, "2"))
+    claim = "the 8D model's samples stray further off the \"PS\" than the 2D model's (top-5% NN distance)"
+    links = ["figure3/figure3.json", "figure3/figure3.png"]
+    if have(root, links[0]):
+        f3 = load(root, links[0])
+        g = gap(per_seed(f3, "8"), per_seed(f3, "2"))
+        rows = [row(claim, "8D above 2D (Figure 3)",
+                    f"2D {fmt_value(per_seed(f3, '2'), 3)}, 8D {fmt_value(per_seed(f3, '8'), 3)}; 8D - 2D "
+                    f"{fmt(*g, d=3, sign=True)}, ratio {f3['ratio_to_2d']['8']:.2f}", [g], CMD_TOY, links)]
+    else:
+        rows = [unmeasured(claim, "8D above 2D (Figure 3)", CMD_TOY, links)]
+    claim = "the tail grows with the ambient dimension (the miniature's extension of Figure 3)"
+    links = ["figure3/dims.json", "figure3/dims.png"]
+    if not have(root, links[0]):
+        return rows + [unmeasured(claim, "2D against 8D only", CMD_DIMS, links)]
+    dims = load(root, links[0])
     hs = sorted(dims["final_per_seed"], key=int)
     chain = [gap(per_seed(dims, b), per_seed(dims, a)) for a, b in zip(hs, hs[1:])]
-    return [
-        row("the 8D model's samples stray further off the \"PS\" than the 2D model's (top-5% NN distance)",
-            "8D above 2D (Figure 3)",
-            f"2D {fmt_value(per_seed(f3, '2'), 3)}, 8D {fmt_value(per_seed(f3, '8'), 3)}; 8D - 2D "
-            f"{fmt(*g, d=3, sign=True)}, ratio {f3['ratio_to_2d']['8']:.2f}", [g], CMD_TOY,
-            ["figure3/figure3.json", "figure3/figure3.png"]),
-        row("the tail grows with the ambient dimension (the miniature's extension of Figure 3)",
-            "2D against 8D only",
+    return rows + [
+        row(claim, "2D against 8D only",
             "; ".join(f"{h}D {fmt_value(per_seed(dims, h), 3)}" for h in hs) + "; steps: " +
-            fmt_gaps([f"{b}-{a}" for a, b in zip(hs, hs[1:])], chain, 3), chain, CMD_DIMS,
-            ["figure3/dims.json", "figure3/dims.png"]),
+            fmt_gaps([f"{b}-{a}" for a, b in zip(hs, hs[1:])], chain, 3), chain, CMD_DIMS, links),
     ]
 
 
-def order_row(claim, paper, names, key, d=2, scale=1.0, unit="", lower_is_better=False):
+def order_row(root, claim, paper, names, key, d=2, scale=1.0, unit="", lower_is_better=False):
     """An order A > B > C ... of one Table-4 metric over the default table's seeds."""
-    vals = {n: {s: v * scale for s, v in table4(TABLE4_LATENTS[n], key).items()} for n in names}
+    vals = {n: {s: v * scale for s, v in table4(root, TABLE4_LATENTS[n], key).items()} for n in names}
+    links = [TABLE4_TABLE, TABLE4_METRICS.replace(os.sep, "/") + "/"]
+    if not all(vals.values()):
+        return unmeasured(claim, paper, CMD_TABLE4, links)
     pairs = list(zip(names, names[1:]))
     gaps = [gap(vals[b], vals[a]) if lower_is_better else gap(vals[a], vals[b]) for a, b in pairs]
     mini = ", ".join(f"{n} {fmt_value(vals[n], d)}" for n in names) + "; gaps: " + \
         fmt_gaps([f"{a} - {b}" if not lower_is_better else f"{b} - {a}" for a, b in pairs], gaps, d, unit)
-    return row(claim, paper, mini, gaps, CMD_TABLE4, [TABLE4_TABLE, TABLE4_METRICS.replace(os.sep, "/") + "/"])
+    return row(claim, paper, mini, gaps, CMD_TABLE4, links)
 
 
-def section_table4_recon():
+def section_table4_recon(root):
     return [
-        order_row("PSNR: P-VAE > PS-VAE > RAE > S-VAE", f"P-VAE > PS-VAE {PAPER_PSNR['PS-VAE']:.2f} > RAE "
+        order_row(root, "PSNR: P-VAE > PS-VAE > RAE > S-VAE", f"P-VAE > PS-VAE {PAPER_PSNR['PS-VAE']:.2f} > RAE "
                   f"{PAPER_PSNR['RAE']:.2f} > S-VAE", ["P-VAE", "PS-VAE", "RAE", "S-VAE"], PSNR, unit=" dB"),
-        order_row("PS-VAE above RAE in PSNR (the size is not judged)",
+        order_row(root, "PS-VAE above RAE in PSNR (the size is not judged)",
                   f"+{PAPER_PSNR['PS-VAE'] - PAPER_PSNR['RAE']:.2f} dB",
                   ["PS-VAE", "RAE"], PSNR, unit=" dB"),
-        order_row("PSNR: the MAR-VAE (here a pixel VAE) between PS-VAE and RAE", "PS-VAE > MAR-VAE > RAE",
+        order_row(root, "PSNR: the MAR-VAE (here a pixel VAE) between PS-VAE and RAE", "PS-VAE > MAR-VAE > RAE",
                   ["PS-VAE", "pixel VAE (MAR-VAE role)", "RAE"], PSNR, unit=" dB"),
-        order_row("rFID: PS-VAE below RAE (lower is better; here a small world-feature network)",
+        order_row(root, "rFID: PS-VAE below RAE (lower is better; here a small world-feature network)",
                   f"PS-VAE {PAPER_RFID['PS-VAE']} < RAE {PAPER_RFID['RAE']}", ["PS-VAE", "RAE"], RFID, d=0,
                   lower_is_better=True),
     ]
 
 
-def section_probes():
+def section_probes(root):
     return [
-        order_row("linear probe: RAE > S-VAE > PS-VAE (balanced accuracy, points)", "RAE > S-VAE > PS-VAE",
+        order_row(root, "linear probe: RAE > S-VAE > PS-VAE (balanced accuracy, points)", "RAE > S-VAE > PS-VAE",
                   ["RAE", "S-VAE", "PS-VAE"], PROBE, d=1, scale=100),
-        order_row("P-VAE's probe below PS-VAE's (points; the size is not judged)",
+        order_row(root, "P-VAE's probe below PS-VAE's (points; the size is not judged)",
                   f"far below: about {PAPER_PROBE_GAP_PVAE} points",
                   ["PS-VAE", "P-VAE"], PROBE, d=1, scale=100),
     ]
 
 
-def section_figure11():
-    sweep = {c: table4(f"psvae-c{c}", PSNR) for c in (8, 48)}
-    sweep[24] = {s: v for s, v in table4("psvae", PSNR).items() if s in sweep[8]}  # the seeds the sweep has
+def section_figure11(root):
+    sweep = {c: table4(root, f"psvae-c{c}", PSNR) for c in (8, 48)}
+    sweep[24] = {s: v for s, v in table4(root, "psvae", PSNR).items() if s in sweep[8]}  # the seeds the sweep has
+    claim, paper = "PSNR rises with the latent channels C (PS-VAE, C = 8 < 24 < 48)", "rises with C (Figure 11, left)"
+    links = ["table4/twins/channels_cpu_b1200_xeon.png", "table4/twins/channels_cpu_b1200_seed1_xeon.png"]
+    if not all(sweep.values()):
+        return [unmeasured(claim, paper, CMD_TABLE4, links)]
     gaps = [gap(sweep[b], sweep[a]) for a, b in ((8, 24), (24, 48))]
-    return [row("PSNR rises with the latent channels C (PS-VAE, C = 8 < 24 < 48)", "rises with C (Figure 11, left)",
+    return [row(claim, paper,
                 ", ".join(f"C = {c}: {fmt_value(sweep[c])}" for c in (8, 24, 48)) + "; gaps (paired by seed): " +
-                fmt_gaps(["24 - 8", "48 - 24"], gaps, unit=" dB"), gaps, CMD_TABLE4,
-                ["table4/twins/channels_cpu_b1200_xeon.png", "table4/twins/channels_cpu_b1200_seed1_xeon.png"])]
+                fmt_gaps(["24 - 8", "48 - 24"], gaps, unit=" dB"), gaps, CMD_TABLE4, links)]
 
 
-def gen_row(claim, paper, pairs, what, links, d=3):
-    got = gen_gaps(pairs, what)
+def gen_row(root, claim, paper, pairs, what, links, d=3):
+    got = gen_gaps(root, pairs, what)
+    if got is None and not have(root, GEN_TABLE):
+        return unmeasured(claim, paper, CMD_GEN, links)
     if got is None:
         return row(claim, paper, f"not available as data: the run printed [its table]({GEN_TABLE}) but wrote no JSON",
                    None, CMD_GEN, links, "not available as data")
@@ -260,46 +298,46 @@ def gen_row(claim, paper, pairs, what, links, d=3):
     return row(claim, paper, mini, gaps, CMD_GEN, links)
 
 
-def section_table4_generation():
+def section_table4_generation(root):
     chain = [("PS-VAE", "S-VAE"), ("S-VAE", "RAE")]
     return [
-        gen_row("GenEval: PS-VAE > S-VAE > RAE (mini-GenEval, GenEval's rules)",
+        gen_row(root, "GenEval: PS-VAE > S-VAE > RAE (mini-GenEval, GenEval's rules)",
                 " > ".join(f"{n} {v}" for n, v in PAPER_GENEVAL.items()), chain, "geneval", [GEN_TABLE, GEN_FIG4]),
-        gen_row("editing: PS-VAE > S-VAE > RAE (mini-GEdit instruction hit)",
+        gen_row(root, "editing: PS-VAE > S-VAE > RAE (mini-GEdit instruction hit)",
                 " > ".join(f"{n} {v}" for n, v in PAPER_EDIT.items()), chain, "edit", [GEN_TABLE]),
     ]
 
 
-def section_figure7():
+def section_figure7(root):
     return [row("the generator on PS-VAE converges faster than on the other latents (GenEval against steps)",
                 "PS-VAE's curve above the others (Figure 7)",
                 "not available as data: the curves live in the run folders (curve.json); only the figure was kept",
                 None, CMD_GEN, [GEN_FIG7], "not available as data")]
 
 
-def section_off_manifold():
-    return [gen_row("RAE's samples stray furthest off the latent data (off-manifold ratio)",
+def section_off_manifold(root):
+    return [gen_row(root, "RAE's samples stray furthest off the latent data (off-manifold ratio)",
                     "RAE most off-manifold (Sec. 3.1)", [("RAE", "S-VAE"), ("RAE", "PS-VAE")], "offman",
                     [GEN_TABLE], d=2)]
 
 
-def section_table1():
+def section_table1(root):
     rows = [row(f"fusion design: {name}", f"GenEval {g}, {p} M parameters", "not measured yet", None,
                 "no command yet (the miniature has only the deep-fusion generator)", [], "not measured yet")
             for name, (g, p) in PAPER_TABLE1.items() if name != "Transfusion + DDT head"]
     (g0, _), (g1, _) = PAPER_TABLE1["Transfusion"], PAPER_TABLE1["Transfusion + DDT head"]
-    rows += [gen_row(f"the wide DDT head helps ({name})", f"GenEval {g0} -> {g1} with the head",
+    rows += [gen_row(root, f"the wide DDT head helps ({name})", f"GenEval {g0} -> {g1} with the head",
                      [(name, f"{name}, no DDT head")], "geneval", [GEN_TABLE]) for name in ("PS-VAE", "RAE")]
     return rows
 
 
-def section_figure10():
+def section_figure10(root):
     return [row(f"a larger generator on the {c} latent", f"GenEval {a} -> {b}, editing {e} -> {f}",
                 "not measured yet", None, "no command yet (a larger generator per latent needs a GPU)", [],
                 "not measured yet") for c, ((a, b), (e, f)) in PAPER_FIGURE10.items()]
 
 
-def section_table3():
+def section_table3(root):
     a, b = PAPER_TABLE3_MME
     return [row("PS-VAE training on SigLIP2 keeps its understanding (a small drop)", f"MME-P {a} -> {b}",
                 "not measured yet", None, "no command yet (MME-P needs a multimodal LLM)", [],
@@ -351,14 +389,24 @@ def render(sections):
     return "\n".join(lines)
 
 
-def figure_sheet(path):
+SHEET_RECIPES = list(TABLE4_LATENTS.values()) + ["psvae-c8", "psvae-c48"]
+
+
+def sheet_ready(root):
+    """Whether the figure sheet's data is all there: Figure 3, both seeds of Figure 11's sweep, every latent."""
+    return have(root, "figure3/figure3.json", "figure3/dims.json") and \
+        all({0, 1} <= set(table4_files(root, r)) for r in ("psvae-c8", "psvae-c48")) and \
+        all(table4_files(root, r) for r in SHEET_RECIPES)
+
+
+def figure_sheet(root, path):
     """One PNG from the same data: Figure 3's curves and tails, Table 4's PSNR / probe / rFID per seed,
     Figure 11's sweep."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(2, 3, figsize=(13, 7.2))
-    f3, dims = load("figure3/figure3.json"), load("figure3/dims.json")
+    f3, dims = load(root, "figure3/figure3.json"), load(root, "figure3/dims.json")
     for h in ("2", "8"):
         c = f3["curves"][h]
         ax[0, 0].errorbar([p["step"] for p in c], [p["top5_mean"] for p in c], [p["top5_std"] for p in c],
@@ -379,13 +427,13 @@ def figure_sheet(path):
                                                                     (PROBE, "Table 4: balanced probe", False),
                                                                     (RFID, "Table 4: rFID, world features", True))):
         for i, n in enumerate(names):
-            v = table4(TABLE4_LATENTS[n], key)
+            v = table4(root, TABLE4_LATENTS[n], key)
             a.plot([i] * len(v), list(v.values()), "o", color=f"C{i}", alpha=0.6)
             a.plot([i - 0.3, i + 0.3], [mean_se(v.values())[0]] * 2, "-", color=f"C{i}", lw=2)
         a.set_xticks(range(len(names)), short, rotation=30, fontsize=8)
         a.set(title=title + " (dots: seeds; bar: mean)", yscale="log" if log else "linear")
     for seed in (0, 1):
-        ys = [table4(r, PSNR).get(seed) for r in ("psvae-c8", "psvae", "psvae-c48")]
+        ys = [table4(root, r, PSNR).get(seed) for r in ("psvae-c8", "psvae", "psvae-c48")]
         ax[1, 2].plot([8, 24, 48], ys, "o-", label=f"seed {seed}")
     ax[1, 2].set(title="Figure 11: PS-VAE's PSNR against C", xlabel="latent channels C", ylabel="PSNR (dB)")
     ax[1, 2].legend()
@@ -397,18 +445,179 @@ def figure_sheet(path):
     return path
 
 
-def build():
-    """The page's text, every number read from the files under RESULTS."""
-    return render([(title, fn()) for title, fn in SECTIONS])
+def build(root=RESULTS):
+    """The page's text, every number read from the files under the results root."""
+    return render([(title, fn(root)) for title, fn in SECTIONS])
 
 
-def write_report(out=None, sheet=True):
-    """Write REPORT.md (and its figure sheet report.png) into `out` (default: RESULTS)."""
-    out = out or RESULTS
+def write_report(out=None, sheet=True, root=RESULTS):
+    """Write REPORT.md (and, when its data is all there, its figure sheet report.png) into `out` (default: the
+    results root it reads)."""
+    out = out or root
     os.makedirs(out, exist_ok=True)
     with open(os.path.join(out, "REPORT.md"), "w") as f:
-        f.write(build())
+        f.write(build(root))
     result = {"report": os.path.join(out, "REPORT.md")}
-    if sheet:
-        result["sheet"] = figure_sheet(os.path.join(out, "report.png"))
+    if sheet and sheet_ready(root):
+        result["sheet"] = figure_sheet(root, os.path.join(out, "report.png"))
     return result
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Making the data: the runs the page reads, in dependency order
+#    python evaluate.py report --run --budget-hours H [--preset cpu|world|tiny]
+# ----------------------------------------------------------------------------------------------
+
+# Per preset: the toy's flags, the latent seeds (with the recipes of each: None is the whole table, Figure 11's
+# sweep included), table4's budget and other flags, the latents of the generation table (None: all), table4-gen's
+# other flags and its editors' flags. cpu: the commands that made the committed results (CMD_* above); world:
+# the presets' own sizes, for one GPU; tiny: the tests (one seed of the three latents the generation rows
+# compare, 3 steps each, before the GAN starts; their generation table without Table 1's no-head rows, in one
+# chunk of 2 steps).
+RUN_SIZES = {
+    "tiny": dict(toy=["--preset", "tiny", "--procs", "1"], seeds=[(0, "psvae,svae,rae")], budget=3,
+                 table4=["--jobs", "1"], gen_recipes="psvae,svae,rae",
+                 gen=["--budget", "2", "--every", "2", "--no-head-ablation", "--jobs", "1"], edit=[]),
+    "cpu": dict(toy=["--preset", "cpu"], seeds=[(0, None), (1, None), (2, "psvae,rae")], budget=1200, table4=[],
+                gen_recipes=None, gen=["--budget", "2500", "--every", "250"], edit=["--edit-budget", "1000"]),
+    "world": dict(toy=["--preset", "world"], seeds=[(0, None), (1, None), (2, "psvae,rae")], budget=60000, table4=[],
+                  gen_recipes=None, gen=[], edit=[]),
+}
+Step = collections.namedtuple("Step", "name argv done publish")  # argv: [script, its main()'s arguments...]
+
+
+def steps(preset, root, runs, device=None):
+    """The runs behind the page, in the order they depend on each other: Figure 3 and Eq. 1 (standing alone), stage 0,
+    the latents on it (Table 4 and Figure 11), the generators on the latents (with mini-GenEval and the off-manifold
+    ratio), the editors from the generators (with mini-GEdit). done(): its data exists (a step whose run folder a
+    later, missing step reads counts as done only once that folder holds it); publish(): copy what it made to where
+    this page reads it."""
+    import evaluate
+    import tokenizer
+    z, dev = RUN_SIZES[preset], (["--device", device] if device else [])
+    t4, s0 = os.path.join(runs, "table4"), os.path.join(runs, "table4", "stage0")
+    gen_recipes = z["gen_recipes"] or ",".join(TABLE4_LATENTS.values())
+    batch0 = evaluate.TABLE4_SIZES[preset].get("batch", tokenizer.PRESETS[preset]["batch_size"])  # as table4 does
+    latents = [Step(f"the latents, seed {seed}" + (f" ({recipes})" if recipes else ""),
+                    ["evaluate.py", "table4", "--preset", preset, "--runs", t4, "--results",
+                     os.path.join(root, "table4", "twins"), "--budget", str(z["budget"]), *z["table4"], *dev,
+                     *(["--seed", str(seed)] if seed else []), *(["--recipes", recipes] if recipes else [])],
+                    lambda seed=seed, recipes=recipes: latents_done(root, t4, seed, recipes, gen_recipes),
+                    lambda: publish_latents(root, t4, z["budget"], preset))
+               for seed, recipes in z["seeds"]]
+    gen = ["evaluate.py", "table4-gen", "--preset", preset, "--runs", t4, *z["gen"], *dev,
+           *(["--recipes", z["gen_recipes"]] if z["gen_recipes"] else [])]
+    return [
+        Step("Figure 3: 2D against 8D", ["toy_manifold.py", *z["toy"], "--out", os.path.join(runs, "figure3")],
+             *copies(root, {os.path.join(runs, "figure3", f): "figure3/" + f for f in ("figure3.json",
+                                                                                        "figure3.png")})),
+        Step("Figure 3: the tail against the dimension",
+             ["toy_manifold.py", *z["toy"], "--dims", "2", "8", "32", "128", "--out", os.path.join(runs, "dims")],
+             *copies(root, {os.path.join(runs, "dims", "figure3" + e): "figure3/dims" + e for e in (".json", ".png")})),
+        Step("Eq. 1 at every dimension, float32 and float64",
+             ["toy_manifold.py", "--check-eq1", "--dims", "2", "8", "32", "128"],
+             *copies(root, {log_path(runs, "Eq. 1 at every dimension, float32 and float64"): "figure3/eq1_check.txt"})),
+        Step("stage 0: the world encoder",
+             ["tokenizer.py", "--preset", preset, "--stage", "0", "--out", s0, "--batch-size", str(batch0), *dev],
+             lambda: os.path.isfile(os.path.join(s0, "stage0.pt")) or all(s.done() for s in latents), None),
+        *latents,
+        Step("the generators, mini-GenEval, the off-manifold ratio",
+             [*gen, "--edit-budget", "0", "--results", os.path.join(runs, "generators")],
+             lambda: have(root, GEN_JSON) or all(os.path.isfile(os.path.join(t4, r, "gen-ddt", "off-manifold.json"))
+                                                 for r in gen_recipes.split(",")), None),
+        Step("the editors, mini-GEdit, the generation table's JSON",
+             [*gen, *z["edit"], "--json", os.path.join(root, GEN_JSON), "--results", os.path.join(root, "generation")],
+             lambda: have(root, GEN_JSON), None),
+    ]
+
+
+def copies(root, pairs):
+    """done() and publish() of a step whose data is files copied into the results root: {run file: path in root}."""
+    def publish():
+        for src, rel in pairs.items():
+            os.makedirs(os.path.dirname(os.path.join(root, rel)), exist_ok=True)
+            shutil.copyfile(src, os.path.join(root, rel))
+    return (lambda: have(root, *pairs.values())), publish
+
+
+def latents_done(root, t4, seed, recipes, gen_recipes):
+    """The table has this seed of these latents (None: every row of the page's Table 4); seed 0 also in the run
+    folder while the generation table, which trains on them, is still to be made."""
+    wanted = recipes.split(",") if recipes else TABLE4_LATENTS.values()
+    return all(seed in table4_files(root, r) for r in wanted) and (seed != 0 or have(root, GEN_JSON) or all(
+        os.path.isfile(os.path.join(t4, r, "measured.json")) for r in gen_recipes.split(",")))
+
+
+def publish_latents(root, t4, budget, preset):
+    """Copy each measured latent of the table4 run folder (<recipe>[-seed<N>]/measured.json) into the page's table
+    folder as <recipe>_b<budget>[_seed<N>]_<preset>_measured.json, unless the table has that latent and seed."""
+    for path in sorted(glob.glob(os.path.join(t4, "*", "measured.json"))):
+        recipe, seed = re.fullmatch(r"(.+?)(?:-seed(\d+))?", os.path.basename(os.path.dirname(path))).groups()
+        seed = int(seed or 0)
+        if seed not in table4_files(root, recipe):
+            dst = os.path.join(root, TABLE4_METRICS, f"{recipe}_b{budget}{f'_seed{seed}' if seed else ''}_{preset}"
+                                                     "_measured.json")
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            shutil.copyfile(path, dst)
+
+
+def log_path(runs, name):
+    return os.path.join(runs, "logs", re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") + ".log")
+
+
+def run(preset, root=None, runs=None, budget_hours=None, device=None, sheet=True):
+    """Run the steps whose data is missing, in order, each to its end (every one resumes a killed run of itself);
+    no step starts after the budget's deadline. Then rebuild the page from whatever exists. -> what ran and is left."""
+    root, runs = root or default_root(preset), runs or os.path.join("runs", f"report-{preset}")
+    deadline = time.time() + 3600 * (math.inf if budget_hours is None else budget_hours)
+    plan, ran = steps(preset, root, runs, device), []
+    for i, step in enumerate(plan):
+        head = f"report --run {i + 1}/{len(plan)} {step.name}:"
+        if step.done():
+            print(f"{head} its data exists, reused", flush=True)
+            continue
+        if time.time() >= deadline:
+            left = [s.name for s in plan[i:] if not s.done()]
+            print(f"report --run: the budget of {budget_hours} h is spent with {len(left)} step(s) left; the same "
+                  f"command continues them (each resumes), then rebuilds the page", flush=True)
+            break
+        log, t0 = log_path(runs, step.name), time.time()
+        print(f"{head} python {' '.join(step.argv)}  (log: {log})", flush=True)
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        with open(log, "w") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+            importlib.import_module(step.argv[0][:-len(".py")]).main(step.argv[1:])
+        if step.publish:
+            step.publish()
+        if not step.done():
+            raise RuntimeError(f"step {step.name!r} ran but its data is still missing; see {log}")
+        ran.append(step.name)
+        print(f"{head} done in {time.time() - t0:.0f} s", flush=True)
+    return {**write_report(root, sheet=sheet, root=root), "ran": ran,
+            "left": [s.name for s in plan if not s.done()]}
+
+
+def default_root(preset):
+    """cpu: results/, the committed pages' data; another preset: a results root of its own beside its runs (copy a
+    run's data under results/ by hand when it becomes a result)."""
+    return RESULTS if preset == "cpu" else os.path.join("runs", f"report-{preset}", "results")
+
+
+def add_flags(p):
+    """The flags of `python evaluate.py report`."""
+    p.add_argument("--run", action="store_true", help="first run what the page lacks, in dependency order "
+                   "(report.steps), reusing what exists; then rebuild the page")
+    p.add_argument("--preset", choices=list(RUN_SIZES), default="cpu", help="sizes of those runs: cpu (the committed "
+                   "results, a laptop), world (one GPU), tiny (the tests)")
+    p.add_argument("--budget-hours", type=float, default=None, help="--run: no step starts after this many hours "
+                   "(the same command continues); the page is rebuilt from what exists")
+    p.add_argument("--results", default=None, help="the results root the page reads and --run writes (default "
+                   "results/ for cpu, runs/report-<preset>/results for another preset)")
+    p.add_argument("--runs", default=None, help="--run: run folder (default runs/report-<preset>)")
+
+
+def command(args):
+    """`python evaluate.py report [--run ...]` (evaluate.cmd_report)."""
+    if args.run:
+        return run(args.preset, args.results, args.runs, args.budget_hours, args.device)
+    root = args.results or RESULTS
+    return write_report(root=root)

@@ -48,17 +48,20 @@ def test_gaps_pair_seeds_when_both_sides_have_them():
     assert report.gap({0: 1.0}, {0: 0.0}) == (1.0, None)  # one seed: no standard error
 
 
-def test_generation_rows_read_the_table_json_once_a_run_writes_it(tmp_path, monkeypatch):
-    """Without the JSON the rows say so; with it (what `table4-gen --json` writes) they are judged."""
-    monkeypatch.setattr(report, "RESULTS", str(tmp_path))
-    assert {r["verdict"] for r in report.section_table4_generation()} == {"not available as data"}
+def test_generation_rows_read_the_table_json_once_a_run_writes_it(tmp_path):
+    """Without any data the rows are not measured; with only the printed table they say the JSON is missing;
+    with the JSON (what `table4-gen --json` writes) they are judged."""
+    root = str(tmp_path)
+    assert {r["verdict"] for r in report.section_table4_generation(root)} == {"not measured yet"}
+    os.makedirs(tmp_path / "generation")
+    (tmp_path / report.GEN_TABLE).write_text("| a table printed, no JSON |\n")
+    assert {r["verdict"] for r in report.section_table4_generation(root)} == {"not available as data"}
     geneval = lambda v: {"overall_geneval_rules": v, "overall_geneval_rules_stderr": 0.01}  # noqa: E731
     rows = {"PS-VAE": {"geneval": geneval(0.30), "gedit": {"instruction_hit": 0.5, "n_edits": 240}},
             "S-VAE": {"geneval": geneval(0.20), "gedit": {"instruction_hit": 0.5, "n_edits": 240}},
             "RAE": {"geneval": geneval(0.10), "gedit": {"instruction_hit": 0.6, "n_edits": 240}}}
-    os.makedirs(tmp_path / "generation")
     (tmp_path / report.GEN_JSON).write_text(json.dumps({"rows": rows}))
-    gen, edit = report.section_table4_generation()
+    gen, edit = report.section_table4_generation(root)
     assert gen["verdict"] == "reproduced" and "PS-VAE 0.300 ± 0.010" in gen["mini"]
     assert edit["verdict"] == "missed (contradicted)"  # RAE above S-VAE by 2.2 binomial standard errors
 
@@ -88,3 +91,62 @@ def test_the_headline_links_the_report_and_quotes_only_its_numbers():
     assert numbers, "the headline quotes no measured number at all"
     missing = [n for n in numbers if n not in shown]
     assert not missing, f"the README's headline quotes numbers the report does not show: {missing}"
+
+
+def not_yet(page):
+    """How many rows of a page say that no run has made their data."""
+    return sum(f"**{v}**" in line for line in page.splitlines() for v in ("not measured yet", "not available as data"))
+
+
+def mtimes(folder):
+    return {str(p): p.stat().st_mtime_ns for p in folder.rglob("*") if p.is_file()}
+
+
+def test_report_run_makes_what_the_page_lacks_in_order_and_reuses_it(tmp_path, monkeypatch):
+    """`report --run` on an empty results root: the steps Figure 3 and Eq. 1 (the tiny toy, seconds) run, their files
+    land where the page reads them, and the page has fewer unmeasured rows; a second call reruns nothing; a spent
+    budget starts no step and says so. The whole list, latents and generation table included: the slow test below."""
+    import evaluate
+    res, runs = tmp_path / "results", tmp_path / "runs"
+    empty = not_yet(report.build(str(res)))
+    every_step = report.steps
+    monkeypatch.setattr(report, "steps", lambda *a, **k: every_step(*a, **k)[:3])  # the toy's steps only
+    argv = ["report", "--run", "--preset", "tiny", "--results", str(res), "--runs", str(runs)]
+    out = evaluate.main(argv)
+    assert len(out["ran"]) == 3 and not out["left"]
+    assert {p.name for p in (res / "figure3").iterdir()} == {"figure3.json", "figure3.png", "dims.json", "dims.png",
+                                                             "eq1_check.txt"}
+    assert not_yet(open(out["report"]).read()) == empty - 4  # Eq. 1 twice, Figure 3 twice
+    before = mtimes(tmp_path)
+    assert evaluate.main(argv)["ran"] == []
+    assert {k: v for k, v in mtimes(tmp_path).items() if not k.endswith("REPORT.md")} == \
+        {k: v for k, v in before.items() if not k.endswith("REPORT.md")}
+    (res / "figure3" / "dims.json").unlink()
+    spent = evaluate.main([*argv, "--budget-hours", "0"])
+    assert spent["ran"] == [] and spent["left"] == ["Figure 3: the tail against the dimension"]
+
+
+
+@pytest.mark.slow
+def test_report_run_tiny_end_to_end(tmp_path):
+    """Every step of the tiny preset on an empty results root, in order: Figure 3 and Eq. 1, stage 0, the latents
+    (copied into the table folder the page reads), the generators, the editors and the generation table's JSON;
+    the page then judges the Table 4 and generation rows, and a second call reruns nothing."""
+    import evaluate
+    res, runs = tmp_path / "results", tmp_path / "runs"
+    empty = not_yet(report.build(str(res)))
+    argv = ["report", "--run", "--preset", "tiny", "--results", str(res), "--runs", str(runs)]
+    out = evaluate.main(argv)
+    assert out["ran"] == [s.name for s in report.steps("tiny", str(res), str(runs))] and not out["left"]
+    assert sorted(os.listdir(res / report.TABLE4_METRICS)) == [f"{r}_b3_tiny_measured.json" for r in ("psvae", "rae",
+                                                                                                    "svae")]
+    assert set(json.load(open(res / report.GEN_JSON))["rows"]) == {"PS-VAE", "S-VAE", "RAE"}
+    page = open(out["report"]).read()
+    assert not_yet(page) < empty
+    for claim in ("PS-VAE above RAE in PSNR", "GenEval: PS-VAE > S-VAE > RAE", "editing: PS-VAE > S-VAE > RAE"):
+        assert "**not" not in next(line for line in page.splitlines() if line.startswith(f"| {claim}"))
+    before = mtimes(tmp_path)
+    again = evaluate.main(argv)
+    assert again["ran"] == [] and not again["left"]
+    assert {k: v for k, v in mtimes(tmp_path).items() if not k.endswith("REPORT.md")} == \
+        {k: v for k, v in before.items() if not k.endswith("REPORT.md")}
