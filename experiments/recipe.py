@@ -91,15 +91,17 @@ def write_table(path, records, command):
                   " | mean rules | mean strict | mean gFID |", "|---|---|---|" + "---|" * (len(LATENTS) + 3)]
         for lever in LEVERS:
             rs = [records.get((lever, la, budget)) for la in LATENTS]
-            if not all(rs):
+            if not any(rs):
                 continue
             cells = [f"{r['geneval_rules']:.3f} +- {r['geneval_rules_se']:.3f} / {r['geneval_strict']:.3f} +- "
-                     f"{r['geneval_strict_se']:.3f} / {r['gfid']:.0f}" for r in rs]
+                     f"{r['geneval_strict_se']:.3f} / {r['gfid']:.0f}" if r else "no record" for r in rs]
             mean = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
             se = lambda k: sum(r[k] ** 2 for r in rs) ** 0.5 / len(rs)  # noqa: E731
-            lines.append(f"| {lever} | `{' '.join(rs[0]['flags'])}` | {rs[0]['steps']} x {rs[0]['batch']} | " +
-                         " | ".join(cells) + f" | {mean('geneval_rules'):.3f} +- {se('geneval_rules_se'):.3f} | "
-                         f"{mean('geneval_strict'):.3f} +- {se('geneval_strict_se'):.3f} | {mean('gfid'):.0f} |")
+            first = next(r for r in rs if r)
+            means = (f"{mean('geneval_rules'):.3f} +- {se('geneval_rules_se'):.3f} | {mean('geneval_strict'):.3f} +- "
+                     f"{se('geneval_strict_se'):.3f} | {mean('gfid'):.0f}") if all(rs) else "- | - | -"  # no mean of one
+            lines.append(f"| {lever} | `{' '.join(first['flags'])}` | {first['steps']} x {first['batch']} | " +
+                         " | ".join(cells) + f" | {means} |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
