@@ -774,9 +774,9 @@ def lr_at(step, cfg):
     """The learning rate of 0-based `step` in a stage: constant, and with --cooldown F > 0 a linear
     decay to zero over the last fraction F of the stage's steps (the decay of warmup-stable-decay).
     With a constant lr the weights a stage ends on are one noisy draw among the recent ones (at the
-    cpu budget the validation PSNR of one run moved by up to 1.1 dB between evaluations 60 steps
-    apart); the decay averages that noise away, so the result no longer depends on the step at
-    which the stage stops. A function of the step alone: a resume is exact."""
+    cpu budget the validation PSNR of one run went up and down by up to 0.6 dB between evaluations
+    150 steps apart, results/LOG.md); the decay averages that noise away, so the result no longer
+    depends on the step at which the stage stops. A function of the step alone: a resume is exact."""
     n_cool = round(cfg["steps"] * (cfg.get("cooldown") or 0))
     return cfg["lr"] * min(1.0, (cfg["steps"] - step) / n_cool) if n_cool else cfg["lr"]
 
