@@ -874,15 +874,30 @@ def lm_loss(model, ids, pad):
     return nll, (targets != pad).sum()
 
 
+class CaptionLM(nn.Module):
+    """The generator's text backbone as one module, so that DDP can wrap it: its parameters are
+    the Generator's own (embed_tokens, layers, norm; the image parts stay out), its forward is
+    lm_loss on the Generator's text path."""
+
+    def __init__(self, generator, pad):
+        super().__init__()
+        self.parts, self.pad, self.generator = generator.text_parts(), pad, [generator]  # (a list: no submodule)
+
+    def forward(self, ids):
+        return lm_loss(self.generator[0], ids, self.pad)
+
+
 def pretrain_caption_lm(model_name, out, lm, device, seed=0):
     """Train the `model_name` backbone as a causal LM on world_text (settings `lm`, a LM_PRESETS
     entry) and write it to `out` as an --lm folder. Under torchrun each process takes its share
-    of every batch and the gradients are averaged. -> the last log record."""
+    of every batch and DDP averages the gradients. -> the last log record."""
     torch.manual_seed(seed)
     text = TextTokenizer()
     model = Generator(MODELS[model_name], (1, 1, 1), text_len=lm["context"], head="none", text=text).to(device)
-    params = list(model.text_parts().parameters())  # the image parts are not trained (nor saved)
-    opt = torch.optim.AdamW(params, lr=lm["lr"], betas=(0.9, 0.95), weight_decay=0.1)
+    lm_model = CaptionLM(model, text.pad)
+    fwd = DDP(lm_model, device_ids=[device.index] if device.type == "cuda" else None) \
+        if torch.distributed.is_initialized() else lm_model
+    opt = torch.optim.AdamW(lm_model.parameters(), lr=lm["lr"], betas=(0.9, 0.95), weight_decay=0.1)
     ids = text.batch(world_text(lm["n_texts"]), lm["context"])[0]
     rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
         if torch.distributed.is_initialized() else (0, 1)
@@ -894,12 +909,10 @@ def pretrain_caption_lm(model_name, out, lm, device, seed=0):
                                        cooldown=lm["steps"] // 5))
         idx = batch_indices(len(ids), lm["batch_size"], rank, world, seed, step * lm["batch_size"] // len(ids),
                             step % (len(ids) // lm["batch_size"]))
-        nll, n = lm_loss(model, ids[idx].to(device), text.pad)
-        loss = nll * world / (all_mean(n.float()) * world)  # x world: the average over processes below
-        opt.zero_grad(set_to_none=True)  # then makes it the mean over the global batch's targets
+        nll, n = fwd(ids[idx].to(device))
+        loss = nll * world / (all_mean(n.float()) * world)  # x world: DDP's average over processes then
+        opt.zero_grad(set_to_none=True)  # makes it the mean over the global batch's targets
         loss.backward()
-        for p in params:
-            p.grad = all_mean(p.grad)
         opt.step()
         log(step + 1, lm["batch_size"], {"loss": all_mean(loss.detach()).item()}, device)
     log.close()
