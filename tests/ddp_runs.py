@@ -19,4 +19,12 @@ if __name__ == "__main__":
     dist.init_process_group("gloo")
     for module, argv in json.load(open(sys.argv[1])):
         importlib.import_module(module).main(argv)
+    # Leaving: measured on an AMD EPYC (torch 2.14.1), about 1 launch in 30 of any script (tokenizer,
+    # generator, caption LM) ended with "terminate called without an active exception" in one rank
+    # AFTER all its work and the group's teardown, in the interpreter's exit (a C++ thread still
+    # joinable when its owner is destroyed), and torchrun then failed the launch. Both ranks meet at a
+    # barrier, tear the group down, flush and leave without the C++ teardown: 0 failures in 40.
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush(), sys.stderr.flush()
+    os._exit(0)
