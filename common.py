@@ -135,6 +135,14 @@ def add_speed_args(g):
                    help=f"torch.compile: auto = for runs of >= {COMPILE_MIN_STEPS} steps, where a C compiler is found")
 
 
+def wsd_lr(step, lr, steps, warmup=0, cooldown=0):
+    """The learning rate of 0-based `step` of `steps` (warmup-stable-decay): linear warm-up over
+    `warmup` steps, constant, and a linear decay to zero over the last `cooldown` steps. A function
+    of the step alone, so a resume is exact. The trainers' lr_at read their configs into it."""
+    warm = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return lr * warm * (min(1.0, (steps - step) / cooldown) if cooldown else 1.0)
+
+
 def seeded_randn(keys, shape, *salt):
     """Standard-normal noise (len(keys), *shape): row k from a generator seeded by hash((*salt,
     key)). Keyed by the data index, a sample draws the same numbers in 1 process or on rank 1 of

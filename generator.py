@@ -42,7 +42,7 @@ from tqdm import tqdm
 import tokenizer as T
 from common import (Deadline, StepLog, add_speed_args, all_mean, barrier, choose_speed, compute_cleanup,
                     compute_init, is_rank0, print0, read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics,
-                    write_config)
+                    write_config, wsd_lr)
 from pretrained import QwenTokenizer, load_qwen2_weights, qwen2_config, write_safetensors
 from tokenizer import TokenizerError
 from world import (VOCAB, CaptionFolderDataset, WorldCaptions, caption_scene, make_edit, sample_scene, scene_seed,
@@ -647,10 +647,7 @@ def lr_at(step, cfg):
     (the paper's schedule), and with `cooldown` > 0 a linear decay to zero over the last
     `cooldown` of `steps` (warmup-stable-decay: a run trained at a constant lr can be resumed with
     a larger --steps and a --cooldown to finish it). A function of the step alone, so resume is exact."""
-    warm = min(1.0, (step + 1) / cfg["warmup"]) if cfg["warmup"] else 1.0
-    cool = cfg.get("cooldown") or 0
-    decay = min(1.0, (cfg["steps"] - step) / cool) if cool else 1.0
-    return cfg["lr"] * warm * decay
+    return wsd_lr(step, cfg["lr"], cfg["steps"], cfg["warmup"], cfg.get("cooldown") or 0)
 
 
 @torch.no_grad()
@@ -905,13 +902,12 @@ def pretrain_caption_lm(model_name, out, lm, device, seed=0):
     log = StepLog(out, lm["steps"], 0, max(1, lm["steps"] // 20), "caption LM")
     for step in range(lm["steps"]):
         for g in opt.param_groups:  # warm-up over 5%, constant, linear cool-down over the last 20%
-            g["lr"] = lr_at(step, dict(lr=lm["lr"], warmup=lm["steps"] // 20, steps=lm["steps"],
-                                       cooldown=lm["steps"] // 5))
+            g["lr"] = wsd_lr(step, lm["lr"], lm["steps"], lm["steps"] // 20, lm["steps"] // 5)
         idx = batch_indices(len(ids), lm["batch_size"], rank, world, seed, step * lm["batch_size"] // len(ids),
                             step % (len(ids) // lm["batch_size"]))
         nll, n = fwd(ids[idx].to(device))
-        loss = nll * world / (all_mean(n.float()) * world)  # x world: DDP's average over processes then
-        opt.zero_grad(set_to_none=True)  # makes it the mean over the global batch's targets
+        loss = nll / all_mean(n.float())  # DDP's average over processes makes it the mean over all targets
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         log(step + 1, lm["batch_size"], {"loss": all_mean(loss.detach()).item()}, device)

@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Subset
 
 from common import (Deadline, StepLog, add_speed_args, all_mean, append_metrics, barrier, batches, choose_speed,
                     compute_cleanup, compute_init, is_rank0, print0, read_checkpoint, save_checkpoint,
-                    seeded_randn, truncate_metrics, write_config)
+                    seeded_randn, truncate_metrics, write_config, wsd_lr)
 from pretrained import (DINOV2_URLS, DinoVisionTransformer, SiglipConfig, SiglipVisionTower, ViTConfig,
                         load_dinov2_state_dict, load_siglip_state_dict)
 from world import (TARGET_CLASSES, ImageFolderDataset, WorldImages, render, resample_detail, sample_scene, scene_seed,
@@ -771,14 +771,9 @@ def discriminator_step(disc, opt_d, x, x_hat):
 
 
 def lr_at(step, cfg):
-    """The learning rate of 0-based `step` in a stage: constant, and with --cooldown F > 0 a linear
-    decay to zero over the last fraction F of the stage's steps (the decay of warmup-stable-decay).
-    With a constant lr the weights a stage ends on are one noisy draw among the recent ones (at the
-    cpu budget the validation PSNR of one run went up and down by up to 0.6 dB between evaluations
-    150 steps apart, results/LOG.md); the decay averages that noise away, so the result no longer
-    depends on the step at which the stage stops. A function of the step alone: a resume is exact."""
-    n_cool = round(cfg["steps"] * (cfg.get("cooldown") or 0))
-    return cfg["lr"] * min(1.0, (cfg["steps"] - step) / n_cool) if n_cool else cfg["lr"]
+    """The lr of `step`: constant, then a linear decay to 0 over the stage's last fraction --cooldown, so
+    it ends at the top of its curve, not on a noisy point of it (results/LOG.md, table4/, 2026-12-06)."""
+    return wsd_lr(step, cfg["lr"], cfg["steps"], cooldown=round(cfg["steps"] * (cfg.get("cooldown") or 0)))
 
 
 def train(cfg, ddp, rank, local_rank, world, device):
@@ -810,15 +805,16 @@ def train(cfg, ddp, rank, local_rank, world, device):
     while step < steps:
         (epoch, pos), (idx, x, targets) = next(data)
         x = x.to(device, non_blocking=True)
+        lr = lr_at(step, cfg)
         for g in [*opt.param_groups, *(opt_d.param_groups if opt_d is not None else [])]:
-            g["lr"] = lr_at(step, cfg)
+            g["lr"] = lr
         gan = disc if stage and step >= cfg["disc_start"] and "pixel_decoder" in model.plan(stage)[0] else None
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             if stage == 0:
                 loss, terms = stage0_loss(fwd, model, x, targets, cfg["s0_invariance"])
             else:
                 loss, terms, x_hat = tokenizer_loss(fwd, model, x, idx, stage, step, cfg, lpips, gan)
-        terms["loss"], terms["lr"] = loss, torch.tensor(lr_at(step, cfg))
+        terms["loss"], terms["lr"] = loss, torch.tensor(lr)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg["grad_clip"] > 0:
@@ -1159,8 +1155,7 @@ def parse_args(argv=None):
                    "checkpoints and stops (--resume continues); 0 = none")
     g.add_argument("--batch-size", type=int, help="global batch size, split over processes (paper 96)")
     g.add_argument("--lr", type=float, help="learning rate (paper 1e-4)")
-    g.add_argument("--cooldown", type=float, default=0.2, help="the lr decays linearly to 0 over this last "
-                   "fraction of the stage's steps (0 = constant to the end; the paper gives no schedule)")
+    g.add_argument("--cooldown", type=float, default=0.2, help="lr decays linearly to 0 over this last part of a stage")
     g.add_argument("--beta1", type=float, default=0.5, help="AdamW beta1 (LDM autoencoders: 0.5)")
     g.add_argument("--beta2", type=float, default=0.9, help="AdamW beta2 (LDM autoencoders: 0.9)")
     g.add_argument("--grad-clip", type=float, default=0.0, help="gradient-norm clip, 0 = off")

@@ -88,7 +88,7 @@ def main(argv=None):
                                      E.TABLE4_SIZES[a.preset]["budget"])
     command = "python experiments/draws.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sz = E.TABLE4_SIZES[a.preset]
-    rows, encoders = {}, {}
+    rows, encoders, names = {}, {}, {n: rec for n, rec, _ in E.TABLE4_ROWS}
     # every encoder once before any encoder twice: a study stopped early has seen the most encoders
     for s in map(int, a.seeds.split(",")):
         for s0 in map(int, a.stage0_seeds.split(",")):
@@ -98,7 +98,6 @@ def main(argv=None):
             r = E.main(["table4", "--preset", a.preset, "--recipes", a.recipes, "--stage0", ckpt, "--runs", folder,
                         "--results", os.path.join(folder, "tables"), "--seed", str(s), "--jobs", str(a.jobs),
                         "--threads", "1", "--amp", speed[1], "--compile", speed[3]])
-            names = {n: rec for n, rec, _ in E.TABLE4_ROWS}
             rows[(s0, s)] = {names[n]: v["psnr"] for n, v in r["rows"].items()}
             header = [f"`{command}`; {time.time() - t0:.0f} s here. Precision: {precision}. Each draw: the table's "
                       f"budget ({sz['budget']} steps of batch {sz.get('batch', T.PRESETS[a.preset]['batch_size'])}), "
