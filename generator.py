@@ -647,7 +647,7 @@ def lr_at(step, cfg):
     (the paper's schedule), and with `cooldown` > 0 a linear decay to zero over the last
     `cooldown` of `steps` (warmup-stable-decay: a run trained at a constant lr can be resumed with
     a larger --steps and a --cooldown to finish it). A function of the step alone, so resume is exact."""
-    return wsd_lr(step, cfg["lr"], cfg["steps"], cfg["warmup"], cfg.get("cooldown") or 0)
+    return wsd_lr(step, cfg["lr"], cfg.get("steps"), cfg["warmup"], cfg.get("cooldown") or 0)  # steps: for a cooldown
 
 
 @torch.no_grad()
