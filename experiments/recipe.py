@@ -35,9 +35,20 @@ LEVERS = {
     "lr3e-3_cool": ["--lm", "none", "--lr", "3e-3", "--cooldown", "{cool}"],
     "cool": ["--lm", "none", "--cooldown", "{cool}"],
     "bs16": ["--lm", "none", "--batch-size", "16"],
+    "bs16_lr2e-3": ["--lm", "none", "--batch-size", "16", "--lr", "2e-3"],
+    "patch2": ["--lm", "none", "--patch", "2"],  # 2x2 latent cells per image token: a quarter of the tokens
     "nohead": ["--lm", "none", "--head", "none"],
     "lm_shift3": ["--lm", "caption", "--shift", "3"],
     "lm_shift3_cool": ["--lm", "caption", "--shift", "3", "--cooldown", "{cool}"],
+}
+# Levers of the sampler, not of training: they score the generators a training lever made (named
+# first; run it before) with other sampling settings, so they cost no training FLOPs.
+EVAL_LEVERS = {
+    "guidance1": ("baseline", dict(guidance=1.0)),  # no guidance: the conditional velocity alone
+    "guidance3": ("baseline", dict(guidance=3.0)),
+    "guidance10": ("baseline", dict(guidance=10.0)),
+    "steps25": ("baseline", dict(steps=25)),
+    "steps100": ("baseline", dict(steps=100)),
 }
 LATENTS = ("psvae", "rae")
 
@@ -61,11 +72,15 @@ def recipe_job(job):
     os.makedirs(job["out"], exist_ok=True)
     with open(os.path.join(job["out"], "recipe.log"), "a") as log, E.contextlib.redirect_stdout(log), \
             E.contextlib.redirect_stderr(log), E.num_threads(job["threads"]):
-        if E.trained_steps(os.path.join(job["out"], "generator.pt")) < job["steps"]:
+        if job["sampling"]:  # a sampler lever scores its training lever's generator: train nothing
+            if E.trained_steps(os.path.join(job["out"], "generator.pt")) < job["steps"]:
+                raise SystemExit(f"{job['lever']} scores {job['out']}: train its lever first")
+        elif E.trained_steps(os.path.join(job["out"], "generator.pt")) < job["steps"]:
             G.main(job["argv"] + (["--resume"] if os.path.isfile(os.path.join(job["out"], "generator.pt")) else []))
         trained = time.time() - t0
-        ge = E.cmd_geneval(argparse.Namespace(**{**E.GEN_EVAL_DEFAULTS, "ckpt": job["out"], "preset": "cpu"}))
-    rec = {k: job[k] for k in ("lever", "latent", "flags", "steps", "batch", "flops_per_sample", "flops")}
+        ge = E.cmd_geneval(argparse.Namespace(**{**E.GEN_EVAL_DEFAULTS, "ckpt": job["out"], "preset": "cpu",
+                                                 **job["sampling"]}))
+    rec = {k: job[k] for k in ("lever", "latent", "flags", "steps", "batch", "flops_per_sample", "flops", "sampling")}
     rec.update(samples=job["steps"] * job["batch"], train_seconds=round(trained, 1),
                geneval_rules=ge["overall_geneval_rules"], geneval_rules_se=ge["overall_geneval_rules_stderr"],
                geneval_strict=ge["overall"], geneval_strict_se=ge["overall_stderr"], gfid=ge["gfid"],
@@ -89,7 +104,7 @@ def write_table(path, records, command):
         lines += [f"## {budget:.2g} training FLOPs per run", "",
                   "| lever | flags | steps x batch | " + " | ".join(f"{la}: rules / strict / gFID" for la in LATENTS) +
                   " | mean rules | mean strict | mean gFID |", "|---|---|---|" + "---|" * (len(LATENTS) + 3)]
-        for lever in LEVERS:
+        for lever in [*LEVERS, *EVAL_LEVERS]:
             rs = [records.get((lever, la, budget)) for la in LATENTS]
             if not any(rs):
                 continue
@@ -100,7 +115,9 @@ def write_table(path, records, command):
             first = next(r for r in rs if r)
             means = (f"{mean('geneval_rules'):.3f} +- {se('geneval_rules_se'):.3f} | {mean('geneval_strict'):.3f} +- "
                      f"{se('geneval_strict_se'):.3f} | {mean('gfid'):.0f}") if all(rs) else "- | - | -"  # no mean of one
-            lines.append(f"| {lever} | `{' '.join(first['flags'])}` | {first['steps']} x {first['batch']} | " +
+            sampled = "".join(f"; sampled with {k} {v}" for k, v in first.get("sampling", {}).items())
+            flags = " ".join(first["flags"]) + sampled
+            lines.append(f"| {lever} | `{flags}` | {first['steps']} x {first['batch']} | " +
                          " | ".join(cells) + f" | {means} |")
         lines.append("")
     with open(path, "w") as f:
@@ -123,7 +140,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default=os.path.join("runs", "table4-cpu"), help="a Table 4 run holding psvae/ and rae/")
     p.add_argument("--flops", type=float, default=1e14, help="training FLOPs of every run")
-    p.add_argument("--levers", default="baseline,lm,shift3", help=f"comma-separated subset of {','.join(LEVERS)}")
+    p.add_argument("--levers", default="baseline,lm,shift3",
+                   help=f"comma-separated subset of {','.join([*LEVERS, *EVAL_LEVERS])}")
     p.add_argument("--out", default=os.path.join("runs", "recipe"), help="folder of the generators")
     p.add_argument("--results", default=os.path.join("results", "generation", "recipe"), help="records and table")
     p.add_argument("--jobs", type=int, default=2)
@@ -135,17 +153,19 @@ def main(argv=None):
         G.resolve_lm({"lm": "caption", "model": "cpu"}, torch.device("cpu"))
     jobs = []
     for lever in levers:
+        trained, sampling = EVAL_LEVERS.get(lever, (lever, {}))
         for latent in LATENTS:  # alternating latents: the first two jobs cache the two latents side by side
             tok = T.last_stage(os.path.join(a.runs, latent))
             shape = tuple(G.open_tokenizer(tok)[1])
-            flags = LEVERS[lever]
+            flags = LEVERS[trained]
             fps = flops_per_sample(flags, shape)
             batch = G.parse_args(["--preset", "cpu", *[f.replace("{cool}", "0") for f in flags]])["batch_size"]
             steps = round(a.flops / (fps * batch))
             flags_run = [f.replace("{cool}", str(steps // 5)) for f in flags]
             speed, _ = E.table_speed(argparse.Namespace(amp="auto", compile="auto", device="cpu"), steps)
-            out = os.path.join(a.out, f"{lever}_{latent}_f{a.flops:.0e}_seed{a.seed}")
-            jobs.append(dict(lever=lever, latent=latent, flags=flags_run, steps=steps, batch=batch, flops_per_sample=fps,
+            out = os.path.join(a.out, f"{trained}_{latent}_f{a.flops:.0e}_seed{a.seed}")
+            jobs.append(dict(lever=lever, latent=latent, flags=flags_run, sampling=sampling, steps=steps, batch=batch,
+                             flops_per_sample=fps,
                              flops=fps * batch * steps, out=out, threads=1, record=os.path.join(
                                  a.results, f"{lever}_{latent}_f{a.flops:.0e}_seed{a.seed}.json"),
                              argv=["--preset", "cpu", "--tokenizer", tok, "--out", out, "--steps", str(steps),

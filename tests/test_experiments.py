@@ -1,10 +1,14 @@
-"""experiments/draws.py: Table 4's headline over stage-0 and tokenizer draws, at the tiny preset."""
+"""experiments/: draws.py (Table 4's headline over stage-0 and tokenizer draws, at the tiny preset)
+and recipe.py's table and sampler levers."""
 import json
 import os
 import sys
 
+import pytest
+
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 import draws  # noqa: E402
+import recipe  # noqa: E402
 
 
 def test_draws_trains_an_encoder_per_seed_and_tabulates_every_draw(tmp_path):
@@ -20,3 +24,33 @@ def test_draws_trains_an_encoder_per_seed_and_tabulates_every_draw(tmp_path):
     gaps = [r["psvae"] - r["rae"] for r in res["rows"]]
     assert f"**{sum(gaps) / 4:+.2f} +- " in text and "| all | 4 |" in text  # the mean over all draws
     assert os.path.isfile(tmp_path / "runs" / "stage0-seed1" / "rae-seed1" / "stage1.pt")
+
+
+def record(lever, latent, rules, sampling=None):
+    """A recipe record as recipe_job writes it, with made-up scores."""
+    return dict(lever=lever, latent=latent, flags=["--lm", "none"], steps=10, batch=4, flops_per_sample=1e9,
+                flops=4e10, sampling=sampling or {}, samples=40, train_seconds=1.0, geneval_rules=rules,
+                geneval_rules_se=0.03, geneval_strict=rules / 2, geneval_strict_se=0.04, gfid=100.0 * rules,
+                per_category={}, n_images=12)
+
+
+def test_recipe_table_shows_sampler_levers_and_means_over_latents(tmp_path):
+    folder = tmp_path / "recipe"
+    folder.mkdir()
+    recs = [record("baseline", "psvae", 0.1), record("baseline", "rae", 0.3),
+            record("guidance3", "psvae", 0.2, {"guidance": 3.0}), record("guidance3", "rae", 0.6, {"guidance": 3.0})]
+    for r in recs:
+        (folder / f"{r['lever']}_{r['latent']}_f4e+10_seed0.json").write_text(json.dumps(r))
+    table = recipe.write_table(str(tmp_path / "recipe.md"), recipe.read_records(str(folder), 0), "cmd")
+    rows = {line.split(" | ")[0].strip("| "): line for line in open(table) if line.startswith("| ")}
+    assert "sampled with guidance 3.0" in rows["guidance3"] and "sampled with" not in rows["baseline"]
+    mean_rules = rows["guidance3"].split(" | ")[-3]
+    assert mean_rules.startswith(f"{(0.2 + 0.6) / 2:.3f} +- {(2 * 0.03 ** 2) ** 0.5 / 2:.3f}")
+
+
+def test_a_sampler_lever_refuses_to_train(tmp_path):
+    job = dict(record=str(tmp_path / "r.json"), out=str(tmp_path / "gen"), threads=1, sampling={"guidance": 3.0},
+               steps=10, lever="guidance3", argv=[])
+    with pytest.raises(SystemExit, match="train its lever first"):
+        recipe.recipe_job(job)
+    assert not os.path.exists(tmp_path / "gen" / "generator.pt")
