@@ -201,6 +201,12 @@ def fid_of_features(a, b):
     return frechet_distance(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
 
 
+def fid_and_stderr(a, b, resamples=20, seed=0):
+    """The FID of two paired feature sets and its s.e.: its spread over the pairs resampled with replacement."""
+    rows = torch.randint(len(a), (resamples, len(a)), generator=torch.Generator().manual_seed(seed))
+    return fid_of_features(a, b), float(np.std([fid_of_features(a[r], b[r]) for r in rows], ddof=1))
+
+
 class WorldEvaluator(torch.nn.Module):
     """rFID's feature network: 4 convolutions (64 px -> 8x8 map) trained on world scenes to predict the semantic
     targets; features: the last map's channel means and stds, (B, 8 * width). Width 16 trains once in ~1 CPU-minute."""
@@ -730,11 +736,12 @@ def cmd_geneval(args):
     # every category has per_cat prompts, so the overall score (the mean over categories) is the mean
     # over prompts, and its standard error that of the prompts' scores
     scores = {name: v.view(len(cats), per_cat) / per_prompt for name, v in (("", strict), ("_geneval_rules", rules))}
+    # generation FID: the suite's images against the real held-out scenes its captions describe
+    # (WorldEvaluator features, as rFID); it moves before shapes appear, GenEval does not
+    gfid, gfid_se = fid_and_stderr(*(torch.cat(feats[k]) for k in ("generated", "real")))
     out = {"suite": W.GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
            "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs),
-           # generation FID: the suite's images against the real held-out scenes its captions describe
-           # (WorldEvaluator features, as rFID); it moves before shapes appear, GenEval does not
-           "gfid": fid_of_features(*(torch.cat(feats[k]) for k in ("generated", "real")))}
+           "gfid": gfid, "gfid_stderr": gfid_se}
     for name, v in scores.items():
         out.update({f"per_category{name}": dict(zip(cats, v.mean(1).tolist())), f"overall{name}": v.mean().item(),
                     f"overall{name}_stderr": (v.std() / len(v.flatten()) ** 0.5).item() if v.numel() > 1 else 0.0})

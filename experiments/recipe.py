@@ -84,10 +84,16 @@ def recipe_job(job):
     rec.update(samples=job["steps"] * job["batch"], train_seconds=round(trained, 1),
                geneval_rules=ge["overall_geneval_rules"], geneval_rules_se=ge["overall_geneval_rules_stderr"],
                geneval_strict=ge["overall"], geneval_strict_se=ge["overall_stderr"], gfid=ge["gfid"],
+               gfid_se=ge["gfid_stderr"],
                per_category=ge["per_category_geneval_rules"], n_images=ge["n_images"])
     with open(path, "w") as f:
         json.dump(rec, f, indent=1)
     return rec
+
+
+def gfid(r):
+    """A record's gFID, with its s.e. where it has one (records made before the s.e. was measured do not)."""
+    return f"{r['gfid']:.0f}" + (f" +- {r['gfid_se']:.0f}" if "gfid_se" in r else "")
 
 
 def write_table(path, records, command):
@@ -99,7 +105,8 @@ def write_table(path, records, command):
              "PS-VAE and on the RAE latent of one Table 4 run for the same model FLOPs (bench.py's counter). GenEval: "
              "the cpu suite, 300 prompts x 2 images, GenEval's rules and strict, +- s.e. over prompts; gFID: the "
              "suite's images against the real held-out scenes its captions describe (world features, lower is "
-             "better). Mean: over the two latents (its s.e. from both), the criterion.", ""]
+             "better; +- its bootstrap s.e. over images where measured). Mean: over the two latents (its s.e. from "
+             "both), the criterion.", ""]
     for budget in sorted({r["budget"] for r in records.values()}):
         lines += [f"## {budget:.2g} training FLOPs per run", "",
                   "| lever | flags | steps x batch | " + " | ".join(f"{la}: rules / strict / gFID" for la in LATENTS) +
@@ -109,7 +116,7 @@ def write_table(path, records, command):
             if not any(rs):
                 continue
             cells = [f"{r['geneval_rules']:.3f} +- {r['geneval_rules_se']:.3f} / {r['geneval_strict']:.3f} +- "
-                     f"{r['geneval_strict_se']:.3f} / {r['gfid']:.0f}" if r else "no record" for r in rs]
+                     f"{r['geneval_strict_se']:.3f} / {gfid(r)}" if r else "no record" for r in rs]
             mean = lambda k: sum(r[k] for r in rs) / len(rs)  # noqa: E731
             se = lambda k: sum(r[k] ** 2 for r in rs) ** 0.5 / len(rs)  # noqa: E731
             first = next(r for r in rs if r)

@@ -99,6 +99,17 @@ def test_rfid_is_zero_for_identical_sets_and_grows_with_noise(evaluator):
     assert 10 * abs(same) < d[0] < d[1] < d[2], (same, d)
 
 
+def test_the_fid_stderr_matches_the_spread_of_fresh_draws():
+    """The bootstrap s.e. of gFID against the FID's actual spread over independently drawn sets."""
+    g = torch.Generator().manual_seed(0)
+    draw = lambda n: (torch.randn(n, 8, generator=g), 0.3 + torch.randn(n, 8, generator=g))  # noqa: E731
+    for n in (100, 400):
+        fresh = [E.fid_of_features(*draw(n)) for _ in range(30)]
+        boot = [E.fid_and_stderr(*draw(n), seed=k)[1] for k in range(10)]
+        spread, se = float(np.std(fresh, ddof=1)), float(np.mean(boot))
+        assert 0.5 * spread < se < 2 * spread, (n, spread, se)
+
+
 def test_linear_probe_separable_and_random_labels():
     g = torch.Generator().manual_seed(0)
     y = torch.randint(0, 4, (400,), generator=g)
