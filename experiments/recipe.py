@@ -53,6 +53,11 @@ EVAL_LEVERS = {
 LATENTS = ("psvae", "rae")
 
 
+def trained_lever(lever):
+    """The training lever whose generators a lever scores: itself, or a sampler lever's base."""
+    return EVAL_LEVERS.get(lever, (lever, {}))[0]
+
+
 def flops_per_sample(flags, latent_shape, preset="cpu"):
     """Model FLOPs of one training sample (forward + backward) of the generator these flags build."""
     a = G.parse_args(["--preset", preset, *[f.replace("{cool}", "0") for f in flags]])
@@ -156,11 +161,11 @@ def main(argv=None):
     a = p.parse_args(argv)
     levers = a.levers.split(",")
     os.makedirs(a.results, exist_ok=True)
-    if any("caption" in LEVERS[lv] for lv in levers):  # the caption LM, made once before the jobs share it
+    if any("caption" in LEVERS[trained_lever(lv)] for lv in levers):  # the caption LM, made once before the jobs share it
         G.resolve_lm({"lm": "caption", "model": "cpu"}, torch.device("cpu"))
     jobs = []
     for lever in levers:
-        trained, sampling = EVAL_LEVERS.get(lever, (lever, {}))
+        trained, sampling = trained_lever(lever), EVAL_LEVERS.get(lever, (lever, {}))[1]
         for latent in LATENTS:  # alternating latents: the first two jobs cache the two latents side by side
             tok = T.last_stage(os.path.join(a.runs, latent))
             shape = tuple(G.open_tokenizer(tok)[1])

@@ -54,3 +54,9 @@ def test_a_sampler_lever_refuses_to_train(tmp_path):
     with pytest.raises(SystemExit, match="train its lever first"):
         recipe.recipe_job(job)
     assert not os.path.exists(tmp_path / "gen" / "generator.pt")
+
+
+def test_every_sampler_lever_scores_a_training_lever():
+    for lever in recipe.EVAL_LEVERS:
+        assert recipe.trained_lever(lever) in recipe.LEVERS and recipe.EVAL_LEVERS[lever][1]
+    assert all(recipe.trained_lever(lv) == lv for lv in recipe.LEVERS)
