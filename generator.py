@@ -6,8 +6,8 @@ and 4.1; the DDT head is RAE's DiT^DH (Zheng et al. 2025). Read top to bottom:
 
   1. presets and model sizes (tiny / cpu / world / paper; `paper` = Qwen2.5-0.5B's shape)
   2. the text tokenizers: the world's words (bytes for anything else), or Qwen2.5's (--lm)
-  3. the network: Qwen2-like layers shared by text and image tokens (deep fusion), the wide
-     DDT head, and the Generator that joins them
+  3. the network: Qwen2-like layers over text and image tokens (deep fusion; Table 1's designs),
+     the wide DDT head, and the Generator that joins them
   4. flow matching, kept apart from the network: flow_loss(), flow_sample(), the time shift
   5. data: (image, caption) pairs encoded once by the frozen tokenizer and cached on disk
   6. training: the flow-matching loop (edit.py trains with it too), and the T2I run around it
@@ -22,6 +22,7 @@ and 4.1; the DDT head is RAE's DiT^DH (Zheng et al. 2025). Read top to bottom:
   python generator.py lm --preset cpu        # the caption LM alone (the cpu preset trains it when missing)
 """
 import argparse
+import copy
 import hashlib
 import json
 import math
@@ -30,7 +31,7 @@ import re
 import sys
 import textwrap
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn as nn
@@ -62,7 +63,7 @@ class GeneratorError(ValueError):
 @dataclass
 class ModelConfig:
     width: int          # backbone hidden size D
-    depth: int          # backbone layers, shared by text and image tokens
+    depth: int          # backbone layers (of each branch: see fused_layer)
     heads: int          # query heads
     kv_heads: int       # key/value heads (grouped-query attention, as Qwen2)
     mlp: int            # SwiGLU hidden size
@@ -104,7 +105,8 @@ PRESETS = {
                   ema=0.9999, log_every=100, ckpt_every=5000, sample_steps=50, n_samples=8),
 }
 # config keys that fix tensor shapes: resuming with other values cannot work
-SHAPE_KEYS = ("model", "patch", "text_len", "head", "lm")
+SHAPE_KEYS = ("model", "patch", "text_len", "head", "lm", "fusion")
+FUSIONS = ("transfusion", "bagel", "llamafusion")  # Table 1's deep-fusion designs (Sec. 3.4, Figure 6; fused_layer)
 
 
 def model_config(cfg):
@@ -117,16 +119,13 @@ def model_config(cfg):
         q = qwen2_config(cfg["lm"])
     except ValueError as e:
         raise GeneratorError(str(e))
-    return ModelConfig(width=q["hidden_size"], depth=q["num_hidden_layers"], heads=q["num_attention_heads"],
-                       kv_heads=q["num_key_value_heads"], mlp=q["intermediate_size"], head_width=m.head_width,
-                       head_depth=m.head_depth, head_heads=m.head_heads, vocab_size=q["vocab_size"],
-                       rope_theta=q["rope_theta"], rms_eps=q["rms_norm_eps"])
+    return replace(m, width=q["hidden_size"], depth=q["num_hidden_layers"], heads=q["num_attention_heads"],
+                   kv_heads=q["num_key_value_heads"], mlp=q["intermediate_size"], vocab_size=q["vocab_size"],
+                   rope_theta=q["rope_theta"], rms_eps=q["rms_norm_eps"])
 
 
 # ------------------------------------------------------------------------------------------
-# 2. The text tokenizer. The paper uses Qwen's; offline we have the world's word list. A word in
-#    it (compared lower-cased) is one token; anything else is spelled as UTF-8 bytes, so any
-#    text has an encoding. ids: 0 pad, 1 bos, 2..257 the bytes, 258.. the words.
+# 2. The text tokenizer: the paper uses Qwen's; offline we have the world's word list
 # ------------------------------------------------------------------------------------------
 
 PAD, BOS, N_SPECIAL = 0, 1, 2
@@ -263,10 +262,9 @@ def apply_rope(x, cos, sin):  # x (B, H, L, hd)
 
 
 class Qwen2Attention(nn.Module):
-    """Grouped-query self-attention (Qwen2: biases on q, k, v, none on o) with an optional boolean
-    mask (True = may attend) and rotary tables; F.scaled_dot_product_attention does the work.
-    Query head h reads key/value head h // (heads / kv_heads): each k/v head is repeated in place
-    (repeat_interleave), not the set tiled."""
+    """Grouped-query self-attention (Qwen2: biases on q, k, v, none on o), an optional boolean mask
+    (True = may attend), rotary tables, F.scaled_dot_product_attention. Query head h reads k/v head
+    h // (heads / kv_heads): each k/v head repeated in place (repeat_interleave), not the set tiled."""
 
     def __init__(self, dim, heads, kv_heads):
         super().__init__()
@@ -276,17 +274,22 @@ class Qwen2Attention(nn.Module):
         self.v_proj = nn.Linear(dim, kv_heads * self.hd)
         self.o_proj = nn.Linear(heads * self.hd, dim, bias=False)
 
-    def forward(self, x, mask=None, rope=None):
+    def qkv(self, x):  # (B, L, D) -> q (B, H, L, hd), k and v (B, KV, L, hd)
         B, L, _ = x.shape
-        q = self.q_proj(x).view(B, L, self.heads, self.hd).transpose(1, 2)  # (B, H, L, hd)
-        k = self.k_proj(x).view(B, L, self.kv_heads, self.hd).transpose(1, 2)  # (B, KV, L, hd)
-        v = self.v_proj(x).view(B, L, self.kv_heads, self.hd).transpose(1, 2)
+        return (self.q_proj(x).view(B, L, self.heads, self.hd).transpose(1, 2),
+                self.k_proj(x).view(B, L, self.kv_heads, self.hd).transpose(1, 2),
+                self.v_proj(x).view(B, L, self.kv_heads, self.hd).transpose(1, 2))
+
+    def attend(self, q, k, v, mask=None, rope=None):  # the attention before o_proj: -> (B, L, H hd)
         if rope is not None:  # (bf16 under autocast: the tables follow q's dtype)
             cos, sin = rope[0].to(q.dtype), rope[1].to(q.dtype)
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         k, v = self.repeat_kv(k), self.repeat_kv(v)  # (B, H, L, hd)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        return self.o_proj(y.transpose(1, 2).reshape(B, L, -1))
+        return y.transpose(1, 2).flatten(2)
+
+    def forward(self, x, mask=None, rope=None):
+        return self.o_proj(self.attend(*self.qkv(x), mask, rope))
 
     def repeat_kv(self, x):  # (B, KV, L, hd) -> (B, H, L, hd)
         return x.repeat_interleave(self.heads // self.kv_heads, dim=1)
@@ -302,9 +305,28 @@ class Qwen2Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(dim, eps)
         self.mlp = SwiGLU(dim, mlp)
 
-    def forward(self, x, mask, rope):
-        x = x + self.self_attn(self.input_layernorm(x), mask, rope)
+    def qkv(self, x):  # what comes before the attention: the norm, q, k, v
+        return self.self_attn.qkv(self.input_layernorm(x))
+
+    def rest(self, x, y):  # and after it (y: its output): o_proj, residual, norm, SwiGLU, residual
+        x = x + self.self_attn.o_proj(y)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward(self, x, mask, rope):
+        return self.rest(x, self.self_attn.attend(*self.qkv(x), mask, rope))
+
+
+def fused_layer(text, image, h, T, mask, rope):
+    """One layer of deep fusion over h = [text (T) | image (N)] (Figure 6): where each token meets its
+    weights. Transfusion: `image` is `text`, one Qwen2 layer for all. LlamaFusion, Bagel (a mixture of
+    transformers): each part is normed and projected to q, k, v by its own branch, the parts join for
+    ONE attention (text causal, image full), then split for their branch's o_proj, norm and FFN."""
+    if image is text:
+        return text(h, mask, rope)
+    h_text, h_img = h[:, :T], h[:, T:]
+    (q_t, k_t, v_t), (q_i, k_i, v_i) = text.qkv(h_text), image.qkv(h_img)  # (B, heads, T or N, hd)
+    y = text.self_attn.attend(torch.cat([q_t, q_i], 2), torch.cat([k_t, k_i], 2), torch.cat([v_t, v_i], 2), mask, rope)
+    return torch.cat([text.rest(h_text, y[:, :T]), image.rest(h_img, y[:, T:])], 1)
 
 
 def sincos_1d(dim, pos):
@@ -397,19 +419,21 @@ class DDTHead(nn.Module):
 
 
 class Generator(nn.Module):
-    """Deep fusion (Sec. 3.4, Transfusion-style): one stack of Qwen2 layers over the sequence
-    [bos, text..., pad... | image tokens]. Text tokens: rotary positions, causal mask. Image tokens:
-    the patchified noisy latent projected to D, plus a 2D sin-cos code, plus the timestep
-    embedding (added to their initial hidden states); they attend to all text and all image
-    tokens. Text never attends to the image. Output: the velocity v (B, C, H, W). `text` is the
-    text tokenizer (the world's words by default), kept as model.text for sampling."""
+    """Deep fusion (Sec. 3.4): Qwen2 layers over the sequence [bos, text..., pad... | image tokens].
+    Text tokens: rotary positions, causal mask. Image tokens: the patchified noisy latent projected
+    to D, plus a 2D sin-cos code, plus the timestep embedding (added to their initial hidden
+    states); they attend to all text and all image tokens. Text never attends to the image.
+    Output: the velocity v (B, C, H, W). `fusion` is Table 1's design (see fused_layer). `text` is
+    the text tokenizer (the world's words by default), kept as model.text for sampling."""
 
-    def __init__(self, cfg: ModelConfig, latent_shape, patch=1, text_len=16, head="ddt", text=None):
+    def __init__(self, cfg: ModelConfig, latent_shape, patch=1, text_len=16, head="ddt", text=None,
+                 fusion="transfusion"):
         super().__init__()
         C, H, W = latent_shape
         if H % patch or W % patch:
             raise GeneratorError(f"--patch {patch} does not divide the {H}x{W} latent grid; pick a divisor")
         self.cfg, self.latent_shape, self.P, self.T, self.head_kind = cfg, tuple(latent_shape), patch, text_len, head
+        self.fusion = fusion
         D, grid = cfg.width, (H // patch, W // patch)
         self.N = grid[0] * grid[1]
         in_dim = C * patch * patch
@@ -429,8 +453,7 @@ class Generator(nn.Module):
         self.register_buffer("latent_std", torch.ones(C, 1, 1))
         # the attention mask, built once: True = may attend. Rows are queries, columns keys.
         L = text_len + self.N
-        mask = torch.zeros(L, L, dtype=torch.bool)
-        mask[:text_len, :text_len] = torch.ones(text_len, text_len).tril().bool()  # text: causal
+        mask = torch.ones(L, L, dtype=torch.bool).tril()  # text: causal (so never an image token)
         # image: every text token and every image token, the caption's padding included (the pads
         # follow the caption causally, the same in training and sampling; the paper is silent on it)
         mask[text_len:, :] = True
@@ -444,6 +467,10 @@ class Generator(nn.Module):
             self.head.zero_init()
         else:  # DiT's zero-initialised final layer
             nn.init.zeros_(self.head.weight), nn.init.zeros_(self.head.bias)
+        if fusion != "transfusion":  # the image branch: the same layers and final norm, a copy of the LM's
+            self.image_layers, self.image_norm = copy.deepcopy(self.layers), copy.deepcopy(self.norm)
+        # LlamaFusion freezes the whole LM, text embedding and final norm included: the text's states stay the LM's
+        self.text_parts().requires_grad_(fusion != "llamafusion")
 
     @staticmethod
     def _init(m):
@@ -459,13 +486,24 @@ class Generator(nn.Module):
     def backbone(self, x_t, t, text):
         """Hidden states after the last layer and the final norm: (B, T + N, D)."""
         h = torch.cat([self.embed_tokens(text), self.image_tokens(x_t, t).to(self.embed_tokens.weight.dtype)], 1)
-        for layer in self.layers:
-            h = layer(h, self.mask, (self.rope_cos, self.rope_sin))
-        return self.norm(h)
+        image_layers = self.layers if self.fusion == "transfusion" else self.image_layers
+        for text_layer, image_layer in zip(self.layers, image_layers):
+            h = fused_layer(text_layer, image_layer, h, self.T, self.mask, (self.rope_cos, self.rope_sin))
+        if self.fusion == "transfusion":
+            return self.norm(h)
+        return torch.cat([self.norm(h[:, :self.T]), self.image_norm(h[:, self.T:])], 1)  # each branch its own
 
     def text_parts(self):
-        """The text backbone as a module whose state_dict has Qwen2's names without "model."."""
+        """The text backbone (the language branch) as a module with Qwen2's names, less "model."."""
         return nn.ModuleDict({"embed_tokens": self.embed_tokens, "layers": self.layers, "norm": self.norm})
+
+    def load_lm(self, folder):
+        """The backbone from a pre-trained LM (the paper: Qwen2.5's weights; here also the caption LM's);
+        the image branch of bagel / llamafusion starts as a copy of it (LlamaFusion, MoT)."""
+        load_qwen2_weights(folder, self.text_parts())
+        if self.fusion != "transfusion":
+            self.image_layers.load_state_dict(self.layers.state_dict())
+            self.image_norm.load_state_dict(self.norm.state_dict())
 
     def text_forward(self, ids, attention_mask=None):
         """The backbone on text alone, as Qwen2: ids (B, L), mask 1 = token / 0 = right padding ->
@@ -495,7 +533,8 @@ class Generator(nn.Module):
 
 def build_model(cfg, latent_shape):
     """The Generator of a config, with its text tokenizer."""
-    return Generator(model_config(cfg), latent_shape, cfg["patch"], cfg["text_len"], cfg["head"], text_tokenizer(cfg))
+    return Generator(model_config(cfg), latent_shape, cfg["patch"], cfg["text_len"], cfg["head"], text_tokenizer(cfg),
+                     cfg.get("fusion") or "transfusion")  # (older checkpoints have no "fusion": Transfusion)
 
 
 # ------------------------------------------------------------------------------------------
@@ -527,8 +566,7 @@ def flow_sample(model, noise, cond, steps=50, shift=3.0, guidance=6.5, null=None
     """Euler from t = 1 (noise) to t = 0 on the shifted grid. With guidance != 1 and a null
     caption batch `null`, v = v(null) + guidance (v(cond) - v(null)) (classifier-free guidance)."""
     ts = shift_t(torch.linspace(1, 0, steps + 1), shift).tolist()
-    x = noise
-    guided = null is not None and guidance != 1.0
+    x, guided = noise, null is not None and guidance != 1.0
     for t0, t1 in zip(ts[:-1], ts[1:]):
         t = torch.full((len(x),), t0, device=x.device)
         if guided:  # one forward for both halves
@@ -541,8 +579,7 @@ def flow_sample(model, noise, cond, steps=50, shift=3.0, guidance=6.5, null=None
 
 
 def flow_draws(idx, shape, seed, step, s):
-    """The noise eps and the time t of a batch, per sample (see common.seeded_randn): t is
-    logit-normal, then shifted by s."""
+    """The noise eps and the time t of a batch, per sample (common.seeded_randn): t logit-normal, shifted by s."""
     eps = seeded_randn(idx, shape, seed, step, 0)
     return eps, shift_t(torch.sigmoid(seeded_randn(idx, (), seed, step, 1)), s)
 
@@ -566,9 +603,8 @@ def file_hash(path):
 
 
 def open_tokenizer(path, device="cpu", expect_sha1=None):
-    """The frozen tokenizer and its shapes: (model, latent (C, H, W), image size in px). With
-    expect_sha1 (a generator's record of its tokenizer), a changed file is an error: its latents
-    would not be the ones the generator learnt."""
+    """(the frozen tokenizer, its latent shape (C, H, W), image size in px). With expect_sha1 (a
+    generator's record of its tokenizer), a changed file is an error: not the latents it learnt."""
     if not path:
         raise GeneratorError("no --tokenizer given; pass a stage-1/2 checkpoint of tokenizer.py, "
                              "e.g. runs/tokenizer-cpu/stage2.pt")
@@ -586,9 +622,8 @@ def open_tokenizer(path, device="cpu", expect_sha1=None):
 
 def latent_cache(cfg, kind, dataset, tok_path, size, encode_batch):
     """The dataset encoded once by the frozen tokenizer: {name: tensor or list}, read from
-    <cache>/<kind>-<key>.pt or made by rank 0 (the others wait). encode_batch(batch) gives the
-    dict of one batch. The key hashes the tokenizer file's bytes and the dataset's description,
-    so a retrained tokenizer or another dataset gets a new cache. -> (cache, path)."""
+    <cache>/<kind>-<key>.pt or made by rank 0 (the others wait); encode_batch(batch) gives one
+    batch's dict. The key hashes the tokenizer file and the dataset's description. -> (cache, path)."""
     ds, spec = dataset
     key = hashlib.sha1(json.dumps({"tokenizer": file_hash(tok_path), "size": size, **spec},
                                   sort_keys=True).encode()).hexdigest()[:16]
@@ -630,8 +665,7 @@ def batch_indices(n, global_bs, rank, world, seed, epoch, pos):
 
 
 def text_ids(text, texts, length, what):
-    """(B, length) ids of training texts. A text longer than the context is cut, not a stop: the
-    count is printed and kept in config.json."""
+    """(B, length) ids of training texts; one longer than the context is cut (printed, kept in config.json)."""
     ids, cut = text.batch(texts, length)
     if cut:
         print0(f"warning: {cut} of {len(texts)} {what} were longer than the {length}-token text context and cut")
@@ -643,10 +677,9 @@ def text_ids(text, texts, length, what):
 # ------------------------------------------------------------------------------------------
 
 def lr_at(step, cfg):
-    """The learning rate of 0-based `step`: linear warm-up over `warmup` steps, then constant
-    (the paper's schedule), and with `cooldown` > 0 a linear decay to zero over the last
-    `cooldown` of `steps` (warmup-stable-decay: a run trained at a constant lr can be resumed with
-    a larger --steps and a --cooldown to finish it). A function of the step alone, so resume is exact."""
+    """The learning rate of 0-based `step`: linear warm-up over `warmup` steps, then constant (the
+    paper's), and with `cooldown` > 0 a linear decay to zero over the last `cooldown` of `steps` (a
+    constant-lr run can be resumed with a larger --steps and a --cooldown). Resume is exact."""
     return wsd_lr(step, cfg["lr"], cfg.get("steps"), cfg["warmup"], cfg.get("cooldown") or 0)  # steps: for a cooldown
 
 
@@ -657,9 +690,8 @@ def ema_update(ema, model, decay):
 
 
 def optimiser_step(model, ema, opt, loss, cfg, step, out):
-    """Everything after the forward pass: the loss averaged over processes (a NaN stops the run;
-    the last checkpoint in `out` is kept), the lr of `lr_at`, backward, gradient clip, AdamW,
-    EMA. Returns the values to log."""
+    """Everything after the forward pass: the loss averaged over processes (a NaN stops the run, the
+    last checkpoint in `out` kept), lr_at's lr, backward, gradient clip, AdamW, EMA. -> the values to log."""
     logged = all_mean(loss.detach().float())
     if not torch.isfinite(logged):
         raise GeneratorError(f"the loss became {logged.item()} at step {step + 1}; the last checkpoint in {out} "
@@ -711,9 +743,9 @@ def fit(cfg, run, make_batch, n, shift, device):
 
 
 class Run:
-    """What fit() trains: the model, its EMA (DiT: a copy, no gradients, eval mode) and AdamW,
-    from `state` (a resumed checkpoint) or fresh; fwd is the model wrapped for DDP / compile.
-    save() writes the checkpoint: everything needed to continue, plus `record`."""
+    """What fit() trains: the model, its EMA (DiT: a copy, no gradients, eval mode) and AdamW, from
+    `ck` (a checkpoint to resume) or fresh; fwd is the model wrapped for DDP / compile. save()
+    writes the checkpoint: everything needed to continue, plus `record`."""
 
     def __init__(self, cfg, model, ema, ck, ddp, rank, local_rank, world, device, record, name):
         self.cfg, self.rank, self.world, self.record, self.name = cfg, rank, world, record, name
@@ -723,8 +755,7 @@ class Run:
             model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"])
             self.step, self.data = ck["step"], ck["data"]
         self.model, self.ema = model.to(device), ema.to(device).eval()  # before the optimiser: its state follows
-        self.opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], betas=(0.9, 0.95),
-                                     weight_decay=cfg["weight_decay"])
+        self.opt = torch.optim.AdamW(model.parameters(), cfg["lr"], betas=(0.9, 0.95), weight_decay=cfg["weight_decay"])
         if ck is not None:
             self.opt.load_state_dict(ck["opt"])
         self.fwd = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
@@ -732,9 +763,8 @@ class Run:
         self.fwd = torch.compile(self.fwd) if compiled else self.fwd
 
     def save(self, step, data):
-        ckpt = dict(step=step, config=self.cfg, model=self.model.state_dict(),
-                    ema=self.ema.state_dict(), opt=self.opt.state_dict(), data=data, world_size=self.world,
-                    **self.record)
+        ckpt = dict(step=step, config=self.cfg, model=self.model.state_dict(), ema=self.ema.state_dict(),
+                    opt=self.opt.state_dict(), data=data, world_size=self.world, **self.record)
         save_checkpoint(os.path.join(self.cfg["out"], self.name), ckpt)  # rank 0, atomic, then a barrier
 
 
@@ -763,9 +793,10 @@ def train(cfg, ddp, rank, local_rank, world, device):
     ck = start_run(cfg, world, "generator.pt", keep=("resume", "steps", "tokenizer"))
     if ck is not None:
         for k in SHAPE_KEYS:
-            if ck["config"].get(k) != cfg[k]:
-                raise GeneratorError(f"the checkpoint has {k}={ck['config'].get(k)!r} but this run asks for {cfg[k]!r}; "
-                                     f"pass --{k.replace('_', '-')} {ck['config'].get(k)} or use a new --out")
+            had = ck["config"].get(k, "transfusion" if k == "fusion" else None)  # (a key older checkpoints lack)
+            if had != cfg[k]:
+                raise GeneratorError(f"the checkpoint has {k}={had!r} but this run asks for {cfg[k]!r}; "
+                                     f"pass --{k.replace('_', '-')} {had} or use a new --out")
         cfg["tokenizer"] = cfg["tokenizer"] or ck["tokenizer"]  # --resume alone: the run's own tokenizer
     tok_path = T.last_stage(cfg["tokenizer"]) if cfg["tokenizer"] else cfg["tokenizer"]
     # a resumed run must see the very tokenizer it started on (a retrained stage2.pt has other latents)
@@ -784,7 +815,7 @@ def train(cfg, ddp, rank, local_rank, world, device):
     model = build_model(cfg, latent_shape)
     if cfg["lm"] and ck is None:  # the paper: the backbone starts from Qwen2.5's weights (here: the caption LM's)
         try:
-            load_qwen2_weights(cfg["lm"], model.text_parts())
+            model.load_lm(cfg["lm"])
         except ValueError as e:
             raise GeneratorError(str(e))
         print0(f"text backbone initialised from {cfg['lm']}")
@@ -794,11 +825,12 @@ def train(cfg, ddp, rank, local_rank, world, device):
     null = model.text([""], cfg["text_len"])  # the null caption, for classifier-free guidance
     record = dict(script=SCRIPT, latent_shape=latent_shape, tokenizer=os.path.abspath(tok_path),
                   tokenizer_sha1=file_hash(tok_path), shift=s)
-    run = Run(cfg, model, build_model(cfg, latent_shape), ck, ddp, rank, local_rank, world, device, record,
-              "generator.pt")
+    run = Run(cfg, model, build_model(cfg, latent_shape), ck, ddp, rank, local_rank, world, device, record, "generator.pt")
     n_params, n_head = (sum(p.numel() for p in m.parameters()) for m in (model, model.head))
-    print0(f"{world} process(es) on {device} | generator {cfg['model']}: {n_params / 1e6:.2f}M parameters "
-           f"({n_head / 1e6:.2f}M in the {cfg['head']} head) | {len(latents)} cached latents")
+    n_trained = sum(p.numel() for p in model.parameters() if p.requires_grad)  # (llamafusion: the LM is frozen)
+    print0(f"{world} process(es) on {device} | generator {cfg['model']}, {cfg['fusion']}: {n_params / 1e6:.2f}M "
+           f"parameters ({n_trained / 1e6:.2f}M trained, {n_head / 1e6:.2f}M in the {cfg['head']} head) | "
+           f"{len(latents)} cached latents")
     write_config(cfg["out"], {**cfg, "latent_shape": latent_shape, "shift_used": s, "cache_file": cache_path,
                               "captions_cut": cut})
     mean, std = model.latent_mean.cpu(), model.latent_std.cpu()
@@ -829,12 +861,9 @@ def load_run(path, what="generator checkpoint", script=SCRIPT, name="generator.p
 
 
 # ------------------------------------------------------------------------------------------
-# 7. The caption LM. The paper's backbone starts from Qwen2.5-0.5B, a language model that can
-#    already read; from random weights the backbone must learn the captions' language while it
-#    learns to draw. Here it is first pre-trained as a causal language model on the world's text
-#    (captions of every GenEval category, edit instructions, whole-scene descriptions), minutes
-#    on a CPU, and written as a folder that --lm reads exactly as it reads a Qwen2.5 folder:
-#    config.json, model.safetensors with Qwen2's names, the vocabulary (the world's words).
+# 7. The caption LM. The paper's backbone starts from Qwen2.5-0.5B, an LM that can already read;
+#    here it is pre-trained on the world's text (captions, instructions, scenes), minutes on a CPU,
+#    and written as a folder --lm reads as a Qwen2.5 one (config.json, Qwen2-named safetensors).
 # ------------------------------------------------------------------------------------------
 
 WORLD_WORDS = "world_words.json"  # in an --lm folder: the world's word tokenizer instead of Qwen's BPE
@@ -861,9 +890,8 @@ def world_text(n):
 
 
 def lm_loss(model, ids, pad):
-    """Next-token cross-entropy of the backbone read as a causal LM through its tied embedding
-    (Generator.text_forward, the path Qwen2.5's weights are checked on): each token of [bos,
-    text...] predicts the next; padding is masked as a key and is never a target.
+    """Next-token cross-entropy of the backbone as a causal LM through its tied embedding (text_forward,
+    the path Qwen2.5's weights are checked on); padding is masked as a key and is never a target.
     -> (the summed loss, the number of targets)."""
     logits = model.text_forward(ids, (ids != pad).long())[2]
     targets = ids[:, 1:].flatten()
@@ -872,9 +900,8 @@ def lm_loss(model, ids, pad):
 
 
 class CaptionLM(nn.Module):
-    """The generator's text backbone as one module, so that DDP can wrap it: its parameters are
-    the Generator's own (embed_tokens, layers, norm; the image parts stay out), its forward is
-    lm_loss on the Generator's text path."""
+    """The generator's text backbone (text_parts) as one module, so that DDP can wrap it; its
+    forward is lm_loss on the Generator's text path."""
 
     def __init__(self, generator, pad):
         super().__init__()
@@ -892,12 +919,11 @@ def pretrain_caption_lm(model_name, out, lm, device, seed=0):
     text = TextTokenizer()
     model = Generator(MODELS[model_name], (1, 1, 1), text_len=lm["context"], head="none", text=text).to(device)
     lm_model = CaptionLM(model, text.pad)
-    fwd = DDP(lm_model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if torch.distributed.is_initialized() else lm_model
+    ddp = torch.distributed.is_initialized()
+    fwd = DDP(lm_model, device_ids=[device.index] if device.type == "cuda" else None) if ddp else lm_model
     opt = torch.optim.AdamW(lm_model.parameters(), lr=lm["lr"], betas=(0.9, 0.95), weight_decay=0.1)
     ids = text.batch(world_text(lm["n_texts"]), lm["context"])[0]
-    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) \
-        if torch.distributed.is_initialized() else (0, 1)
+    rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if ddp else (0, 1)
     os.makedirs(out, exist_ok=True)
     log = StepLog(out, lm["steps"], 0, max(1, lm["steps"] // 20), "caption LM")
     for step in range(lm["steps"]):
@@ -927,8 +953,7 @@ def save_caption_lm(out, model, text, settings):
               "intermediate_size": m.mlp, "vocab_size": len(text), "rope_theta": m.rope_theta,
               "rms_norm_eps": m.rms_eps, "tie_word_embeddings": True, "hidden_act": "silu",
               "max_position_embeddings": settings["context"], "pretraining": settings}
-    with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump(config, f, indent=1)
+    write_config(out, config)
     with open(os.path.join(out, WORLD_WORDS), "w") as f:
         json.dump(text.words, f)
     write_safetensors(os.path.join(out, "model.safetensors"),
@@ -997,8 +1022,7 @@ def generate_latents(model, prompts, steps=50, shift=3.0, guidance=6.5, seed=0, 
             raise GeneratorError("the prompt is empty; give a caption such as 'two red circles'")
     text = model.text
     ids = text.batch(prompts, model.T)[0] if cut else text(prompts, model.T)  # text(): the "too long" sentence
-    dev = model.latent_mean.device
-    out = []
+    dev, out = model.latent_mean.device, []
     for b in range(0, len(prompts), batch):
         cond = ids[b:b + batch].to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
@@ -1117,9 +1141,11 @@ def parse_args(argv=None):
     g.add_argument("--model", choices=list(MODELS), help="backbone and head sizes")
     g.add_argument("--lm", default=None, help="a Qwen2/Qwen2.5 folder (config.json, model.safetensors, vocab.json, "
                    "merges.txt): the backbone's size, weights and text tokenizer (the paper: Qwen2.5-0.5B); 'caption': "
-                   "the preset's caption LM (runs/caption-lm-<model>, pre-trained first if missing; the cpu and world "
-                   "presets' default); 'none': random initial weights")
+                   "the preset's caption LM (runs/caption-lm-<model>, made if missing; the cpu and world presets' "
+                   "default); 'none': random initial weights")
     g.add_argument("--head", choices=("ddt", "none"), default="ddt", help="wide DDT head, or none (Table 1 ablation)")
+    g.add_argument("--fusion", choices=FUSIONS, default="transfusion", help="Table 1: one set of layers for all "
+                   "tokens (transfusion), or an image branch beside the LM, trained (bagel) or frozen (llamafusion)")
     g.add_argument("--patch", type=int, default=1, help="patch size P on the latent grid")
     g.add_argument("--text-len", type=int, help="text context in tokens, bos included")
     add_training_args(p, "folder of images with same-named .txt captions instead of the world", 256)
