@@ -66,6 +66,37 @@ def test_generation_rows_read_the_table_json_once_a_run_writes_it(tmp_path):
     assert edit["verdict"] == "missed (contradicted)"  # RAE above S-VAE by 2.2 binomial standard errors
 
 
+def draws_row(root):
+    """The Table 4 row that reads the encoder x tokenizer draws (the one that links their table)."""
+    return next(r for r in report.section_table4_recon(root) if report.DRAWS_TABLE in r["links"])
+
+
+def test_the_margin_over_rae_reads_the_draws(tmp_path):
+    """PS-VAE's PSNR margin over RAE comes from draws.json: each draw's margin and their mean ± s.e. are printed, a
+    made-up file moves them, and a margin of the wrong sign contradicts the paper."""
+    root = str(tmp_path)
+    assert draws_row(root)["verdict"] == "not measured yet"
+    os.makedirs(tmp_path / "table4")
+    made_up = [(0, 0, 20.0, 18.5), (0, 1, 19.0, 17.0), (1, 0, 21.0, 18.0)]  # stage-0 seed, seed, PS-VAE, RAE
+    margins = [p - r for _, _, p, r in made_up]
+    m = sum(margins) / len(margins)
+    se = (sum((x - m) ** 2 for x in margins) / (len(margins) - 1) / len(margins)) ** 0.5
+
+    def write(rows):
+        (tmp_path / report.DRAWS_JSON).write_text(json.dumps({"command": "python experiments/draws.py --seeds 0,1",
+                                                              "rows": [{"stage0_seed": e, "seed": s, "psvae": p,
+                                                                        "rae": r} for e, s, p, r in rows]}))
+        return draws_row(root)
+
+    got = write(made_up)
+    assert all(f"{x:+.2f}" in got["mini"] for x in margins)
+    assert f"{m:+.2f} dB ± {se:.2f}" in got["mini"] and f"{len(made_up)} draws" in got["mini"]
+    assert got["verdict"] == "reproduced" and "--seeds 0,1" in got["command"]
+    flipped = write([(e, s, r, p) for e, s, p, r in made_up])
+    assert f"{-m:+.2f} dB ± {se:.2f}" in flipped["mini"] and flipped["verdict"] == "missed (contradicted)"
+    assert report.DRAWS_TABLE in report.build(root)
+
+
 def relative_links(page):
     text = open(os.path.join(ROOT, page)).read()
     text = re.sub(r"```.*?```", "", text, flags=re.S)
@@ -143,7 +174,8 @@ def test_report_run_tiny_end_to_end(tmp_path):
     assert set(json.load(open(res / report.GEN_JSON))["rows"]) == {"PS-VAE", "S-VAE", "RAE"}
     page = open(out["report"]).read()
     assert not_yet(page) < empty
-    for claim in ("PS-VAE above RAE in PSNR", "GenEval: PS-VAE > S-VAE > RAE", "editing: PS-VAE > S-VAE > RAE"):
+    for claim in ("linear probe: RAE > S-VAE > PS-VAE", "GenEval: PS-VAE > S-VAE > RAE",
+                  "editing: PS-VAE > S-VAE > RAE"):
         assert "**not" not in next(line for line in page.splitlines() if line.startswith(f"| {claim}"))
     before = mtimes(tmp_path)
     again = evaluate.main(argv)
