@@ -3,19 +3,29 @@ common.py -- what the three training scripts (tokenizer.py, generator.py, edit.p
 paper does not describe: one code path for a laptop CPU, one GPU, or torchrun on many (gloo on
 CPU, NCCL on GPU), seeded per-sample noise, atomic checkpoints, the resumable data order, and
 the logs. Nothing in training draws from torch's global random state (the noise is seeded per
-sample, the data order per epoch), so a resumed run continues exactly without saving it.
+sample, the data order per epoch), so a resumed run continues exactly without saving it. At the
+end, what tokenizer.py uses and does not define the method: image measures and pictures (PSNR,
+LPIPS, a reconstruction grid; evaluate.py reads them as tokenizer.psnr, tokenizer.make_lpips) and
+LDM's convolutional layers.
 """
+import contextlib
 import datetime
+import io
 import json
+import math
 import os
 import resource
 import shutil
 import sys
 import sysconfig
 import time
+import warnings
 
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tqdm import tqdm
 
@@ -73,6 +83,12 @@ def all_mean(t):
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         t /= dist.get_world_size()
     return t
+
+
+def gather_ranks(t):
+    """The rows of every rank's t, in rank order (world * b, ...), gradients flowing back to each rank's own rows
+    (torch.distributed.nn's all_gather; a no-op in one process)."""
+    return torch.cat(dist_nn.all_gather(t)) if dist.is_initialized() else t
 
 
 def cpu_has_bf16():
@@ -195,6 +211,14 @@ def read_checkpoint(path, script, what="checkpoint", error=ValueError):
     return ck
 
 
+def last_stage(path):
+    """A tokenizer run folder's last checkpoint (stage3.pt, else stage2.pt, else stage1.pt); a file as it is."""
+    if not os.path.isdir(path):
+        return path
+    found = [os.path.join(path, f"stage{s}.pt") for s in (3, 2, 1) if os.path.isfile(os.path.join(path, f"stage{s}.pt"))]
+    return found[0] if found else os.path.join(path, "stage2.pt")
+
+
 def batches(ds, local_bs, rank, world, seed, epoch, pos, workers):
     """Endless batches (data index, images, targets or None). Each epoch is a DistributedSampler
     permutation, rank r taking every world-th index, so the ranks' batches at a step make the same
@@ -279,3 +303,95 @@ class StepLog:
 
     def close(self):
         self.pbar.close()
+
+
+# ------------------------------------------------------------------------------------------
+# Image measures and pictures of a tokenizer run, not the method (evaluate.py reads them via tokenizer.py)
+# ------------------------------------------------------------------------------------------
+
+def psnr(x, y):
+    """Per-image PSNR in dB of images in [-1, 1] (peak = 1 after mapping to [0, 1]). -> (B,)"""
+    mse = ((x.clamp(-1, 1) - y.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
+
+
+_LPIPS_WARNED = []
+
+
+def make_lpips(device):
+    """The lpips package's AlexNet LPIPS, or None (with one warning) when its backbone weights
+    cannot be loaded (torchvision downloads them; offline machines have no copy)."""
+    try:
+        import lpips
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            net = lpips.LPIPS(net="alex", verbose=False)
+        return net.to(device).eval().requires_grad_(False)
+    except Exception as e:
+        if not _LPIPS_WARNED and is_rank0():
+            warnings.warn(f"LPIPS skipped: its AlexNet weights could not be loaded ({type(e).__name__}); "
+                          f"L_p uses L1 + GAN only", stacklevel=2)
+        _LPIPS_WARNED.append(1)
+        return None
+
+
+def save_recon_grid(path, x, x_hat, title):
+    """Top row: inputs; bottom row: reconstructions. PNG via matplotlib (no display needed)."""
+    from matplotlib.figure import Figure
+    n, S = x.shape[0], x_hat.shape[-1]
+    x = F.interpolate(x, size=x_hat.shape[-2:], mode="nearest") if x.shape[-1] != S else x
+    imgs = torch.stack([x, x_hat]).clamp(-1, 1).add(1).div(2)  # (2, n, 3, S, S)
+    fig = Figure(figsize=(1.3 * n, 3.0))
+    ax = fig.add_subplot()
+    ax.imshow(imgs.permute(0, 3, 1, 4, 2).reshape(2 * S, n * S, 3).numpy(), interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+# ------------------------------------------------------------------------------------------
+# LDM's convolutional layers (Rombach et al. 2022; its keys), from which tokenizer.py builds the
+# pixel decoder, the pixel VAE's encoder and the PatchGAN: LDM's, not the paper's method
+# ------------------------------------------------------------------------------------------
+
+def Norm(c):
+    return nn.GroupNorm(math.gcd(32, c), c, eps=1e-6)  # 32 groups as LDM where c allows
+
+
+class ResnetBlock(nn.Module):
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.norm1, self.conv1 = Norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
+        self.norm2, self.conv2 = Norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
+
+    def forward(self, x):
+        y = self.conv1(F.silu(self.norm1(x)))
+        y = self.conv2(F.silu(self.norm2(y)))
+        return self.nin_shortcut(x) + y
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over the H*W positions (LDM), residual."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.norm = Norm(c)
+        self.qkv = nn.Conv2d(c, 3 * c, 1)
+        self.proj_out = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3).unbind(1)  # (B, HW, C)
+        y = F.scaled_dot_product_attention(q, k, v)
+        return x + self.proj_out(y.transpose(1, 2).reshape(B, C, H, W))
+
+
+class Upsample(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -24,6 +24,7 @@ to bottom:
   3. the tokenizers: PSVAE (Figure 5), SVAE, PVAE, PixelVAE, RAE, RPiAE
   4. losses: L_s, L_kl, L_p (L1 + LPIPS + adaptive PatchGAN)
   5. stage 0: pre-training this world's encoder on semantics only, in DINOv2's role
+  5b. stage 0 in SigLIP2's role (Table 3; --stage0-objective siglip): the sigmoid loss, zero-shot matching
   6. training: one step, the loop, validation
   7. command line
 
@@ -32,12 +33,9 @@ to bottom:
   torchrun --nproc_per_node=2 tokenizer.py --stage 1 --preset tiny
 """
 import argparse
-import contextlib
 import copy
-import io
 import math
 import os
-import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -47,13 +45,15 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Subset
 
-from common import (Deadline, StepLog, add_speed_args, all_mean, append_metrics, barrier, batches, choose_speed,
-                    compute_cleanup, compute_init, is_rank0, print0, read_checkpoint, save_checkpoint,
-                    seeded_randn, truncate_metrics, write_config, wsd_lr)
-from pretrained import (DINOV2_URLS, DinoVisionTransformer, SiglipConfig, SiglipVisionTower, ViTConfig,
-                        load_dinov2_state_dict, load_siglip_state_dict)
-from world import (TARGET_CLASSES, ImageFolderDataset, WorldImages, render, resample_detail, sample_scene, scene_seed,
-                   semantic_targets, to_tensor)
+from common import (AttnBlock, Deadline, Norm, ResnetBlock, StepLog, Upsample, add_speed_args, all_mean, append_metrics,
+                    barrier, batches, choose_speed, compute_cleanup, compute_init, gather_ranks, is_rank0, make_lpips,
+                    print0, psnr, read_checkpoint, save_checkpoint, save_recon_grid, seeded_randn, truncate_metrics,
+                    write_config, wsd_lr)
+from common import last_stage  # noqa: F401 (generator.py, evaluate.py, experiments/ read it as tokenizer.last_stage)
+from pretrained import (DINOV2_URLS, DinoVisionTransformer, SiglipConfig, SiglipEncoderLayer, SiglipPoolingHead,
+                        SiglipVisionTower, ViTConfig, load_dinov2_state_dict, load_siglip_state_dict)
+from world import (TARGET_CLASSES, ImageFolderDataset, WorldCaptions, WorldImages, render, resample_detail, sample_scene,
+                   scene_seed, semantic_targets, to_tensor)
 
 SCRIPT = "tokenizer.py"  # written into every checkpoint, checked when one is loaded
 
@@ -79,10 +79,10 @@ ENCODERS = {
     "siglip2_so400m_patch14_224": SiglipConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
                                                num_attention_heads=16, image_size=224, patch_size=14),
 }
-# (w_s, w_p): Sec 4.4's semantic:pixel ratio, 0.1:1 for DINOv2 (and this world's encoders), 0.05:1
-# for SigLIP2 ("its reconstruction saturates earlier"). Sec 4.1's L_s + 0.1 L_p is --semantic-weight 1
-# --pixel-weight 0.1 (see tokenizer_loss and the README's deviations for why Sec 4.4 is the default)
-LOSS_WEIGHTS = {"siglip2_so400m_patch14_224": (0.05, 1.0)}
+# (w_s, w_p) by --encoder, or by a world encoder's --stage0-objective: Sec 4.4's semantic:pixel ratio, 0.1:1 for
+# DINOv2 (and the world's twins encoder), 0.05:1 for SigLIP2 and the world's siglip one (5b; "its reconstruction
+# saturates earlier"). Sec 4.1's L_s + 0.1 L_p is --semantic-weight 1 --pixel-weight 0.1 (README: why 4.4 is default)
+LOSS_WEIGHTS = {"siglip2_so400m_patch14_224": (0.05, 1.0), "siglip": (0.05, 1.0)}
 DEFAULT_LOSS_WEIGHTS = (0.1, 1.0)
 
 
@@ -135,15 +135,15 @@ PRESETS = {
                   latent_channels=96, batch_size=96, lr=1e-4, steps=(0, 200000, 100000), n_train=0,
                   n_val=256, log_every=100, ckpt_every=5000, disc_start=50000),
 }
-# config keys that fix tensor shapes: a checkpoint must agree on them
+# config keys that fix tensor shapes or the encoder's role (its loss weights): a checkpoint must agree on them
 SHAPE_KEYS = ("encoder", "encoder_size", "image_size", "latent_channels", "decoder", "recipe", "svae_arch",
-              "pixel_from_ds")
+              "pixel_from_ds", "stage0_objective")
 
 
 # ------------------------------------------------------------------------------------------
 # 2. Figure 5's modules (Sec 3.3): the semantic encoder E_s and decoder D_s, "symmetric, three
 #    transformer blocks inherited from the representation encoder plus an MLP projection";
-#    the LDM pixel decoder; and, for the pixel VAE only, its convolutional encoder.
+#    the LDM pixel decoder; and, for the pixel VAE only, its convolutional encoder (LDM's layers: common.py).
 # ------------------------------------------------------------------------------------------
 
 class SemanticEncoder(nn.Module):
@@ -182,48 +182,6 @@ class SemanticDecoder(nn.Module):
         for blk in self.blocks:
             f = blk(f)
         return self.norm(f)
-
-
-def Norm(c):
-    return nn.GroupNorm(math.gcd(32, c), c, eps=1e-6)  # 32 groups as LDM where c allows
-
-
-class ResnetBlock(nn.Module):
-    def __init__(self, cin, cout):
-        super().__init__()
-        self.norm1, self.conv1 = Norm(cin), nn.Conv2d(cin, cout, 3, padding=1)
-        self.norm2, self.conv2 = Norm(cout), nn.Conv2d(cout, cout, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
-
-    def forward(self, x):
-        y = self.conv1(F.silu(self.norm1(x)))
-        y = self.conv2(F.silu(self.norm2(y)))
-        return self.nin_shortcut(x) + y
-
-
-class AttnBlock(nn.Module):
-    """Single-head self-attention over the H*W positions (LDM), residual."""
-
-    def __init__(self, c):
-        super().__init__()
-        self.norm = Norm(c)
-        self.qkv = nn.Conv2d(c, 3 * c, 1)
-        self.proj_out = nn.Conv2d(c, c, 1)
-
-    def forward(self, x):
-        B, C, H, W = x.shape
-        q, k, v = self.qkv(self.norm(x)).reshape(B, 3, C, H * W).transpose(2, 3).unbind(1)  # (B, HW, C)
-        y = F.scaled_dot_product_attention(q, k, v)
-        return x + self.proj_out(y.transpose(1, 2).reshape(B, C, H, W))
-
-
-class Upsample(nn.Module):
-    def __init__(self, c):
-        super().__init__()
-        self.conv = nn.Conv2d(c, c, 3, padding=1)
-
-    def forward(self, x):
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class PixelDecoder(nn.Module):
@@ -440,8 +398,7 @@ class PVAE(Tokenizer):
         z = mean + torch.exp(0.5 * logvar) * eps
         return dict(mean=mean, logvar=logvar, x_hat=self.pixel_decoder(z))
 
-    def posterior(self, x):
-        return self.E_s(self.features(x), self.grid)
+    posterior = PSVAE.posterior  # E_s on the encoder's features
 
 
 class PixelVAE(Tokenizer):
@@ -454,10 +411,7 @@ class PixelVAE(Tokenizer):
         super().__init__(None, image_size, C, dcfg, C)
         self.conv_encoder = ConvEncoder(C, dcfg)
 
-    def forward(self, x, eps, stage):
-        mean, logvar = self.conv_encoder(x)
-        z = mean + torch.exp(0.5 * logvar) * eps
-        return dict(mean=mean, logvar=logvar, x_hat=self.pixel_decoder(z))
+    forward = PVAE.forward  # on its own posterior
 
     def posterior(self, x):
         return self.conv_encoder(x)
@@ -620,33 +574,6 @@ def adaptive_weight(rec_loss, g_loss, last_layer, max_weight=1e4):
     return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, max_weight).detach()
 
 
-_LPIPS_WARNED = []
-
-
-def make_lpips(device):
-    """The lpips package's AlexNet LPIPS, or None (with one warning) when its backbone weights
-    cannot be loaded (torchvision downloads them; offline machines have no copy)."""
-    try:
-        import lpips
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            net = lpips.LPIPS(net="alex", verbose=False)
-        return net.to(device).eval().requires_grad_(False)
-    except Exception as e:
-        if not _LPIPS_WARNED and is_rank0():
-            warnings.warn(f"LPIPS skipped: its AlexNet weights could not be loaded ({type(e).__name__}); "
-                          f"L_p uses L1 + GAN only", stacklevel=2)
-        _LPIPS_WARNED.append(1)
-        return None
-
-
-def psnr(x, y):
-    """Per-image PSNR in dB of images in [-1, 1] (peak = 1 after mapping to [0, 1]). -> (B,)"""
-    mse = ((x.clamp(-1, 1) - y.clamp(-1, 1)) / 2).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(1.0 / mse.clamp_min(1e-10))
-
-
 # ------------------------------------------------------------------------------------------
 # 5. Stage 0: this world's representation encoder, pre-trained on semantics only (never on
 #    pixels), to play DINOv2's role. Labels alone do not ask an encoder to drop anything, and it
@@ -716,11 +643,95 @@ class StageZero(nn.Module):
 
     def hits(self, logits, targets):
         """Per head: (right answers, questions)."""
-        out = {}
-        for k, lg in logits.items():
-            ok = lg.argmax(1) == targets[k].to(lg.device)
-            out[k] = (ok.sum().item(), ok.numel())
-        return out
+        right = {k: lg.argmax(1) == targets[k].to(lg.device) for k, lg in logits.items()}
+        return {k: (ok.sum().item(), ok.numel()) for k, ok in right.items()}
+
+
+# ------------------------------------------------------------------------------------------
+# 5b. Stage 0 in SigLIP2's role (Table 3, Sec 4.4): the same encoder, steps and batch, trained on the
+#     world's (image, caption) pairs with SigLIP's sigmoid loss beside a small text tower. Stages 1-2
+#     load only the encoder ("encoder" in the checkpoint, as before); the text tower stays in "model".
+# ------------------------------------------------------------------------------------------
+
+class TextTower(nn.Module):
+    """SigLIP's text tower, small: word and position embeddings, pretrained.py's SigLIP layers (no mask), a final norm,
+    the last position pooled (it sees the whole caption, padded to `length`), a linear head. ids (B, L) -> (B, D)."""
+
+    length = 16  # caption tokens: the world's longest caption has 14 words, + bos
+
+    def __init__(self, vocab, D, depth, heads):
+        super().__init__()
+        self.token_embedding, self.position_embedding = nn.Embedding(vocab, D), nn.Embedding(self.length, D)
+        self.layers = nn.ModuleList([SiglipEncoderLayer(D, heads, 4 * D, 1e-6) for _ in range(depth)])
+        self.final_layer_norm, self.head = nn.LayerNorm(D, eps=1e-6), nn.Linear(D, D)
+
+    def forward(self, ids):
+        h = self.token_embedding(ids) + self.position_embedding.weight  # (B, L, D)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(self.final_layer_norm(h)[:, -1])
+
+
+class SigLIPStageZero(nn.Module):
+    """Image tower: the encoder, SigLIP's attention-pooling (MAP) head over its patch tokens f_h. Text tower: a third of
+    its depth (2 at least) over generator.py's word ids. t' (log temperature), b (bias): from log 10, -10 (SigLIP)."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        from generator import TextTokenizer  # generator.py imports this file: imported here, not at the top
+        D, heads, self.words = encoder.embed_dim, encoder.num_heads, TextTokenizer()
+        self.encoder, self.image_head = encoder, SiglipPoolingHead(D, heads, 4 * D, 1e-6)
+        self.text = TextTower(len(self.words), D, max(2, len(encoder.blocks) // 3), heads)
+        self.t_prime, self.b = nn.Parameter(torch.tensor(math.log(10.0))), nn.Parameter(torch.tensor(-10.0))
+
+    def embed_images(self, x, encoder=None, size=None):
+        """images (B, 3, S, S) -> (B, D) unit vectors; `encoder` (default the stage-0 one) sees them at `size` px."""
+        encoder = encoder or self.encoder
+        f_h = encoder.forward_features(encoder_input(x, size or x.shape[-1], encoder))["x_norm_patchtokens"]
+        return F.normalize(self.image_head(f_h), dim=-1)
+
+    def caption_ids(self, captions):
+        return self.words.batch(list(captions), self.text.length)[0].to(self.b.device)  # (B, L), padded
+
+    def embed_texts(self, ids):
+        return F.normalize(self.text(ids), dim=-1)  # (B, D)
+
+    def forward(self, x, ids):
+        return self.embed_images(x), self.embed_texts(ids)
+
+
+def sigmoid_loss(img, txt, t_prime, b):
+    """SigLIP's loss (Zhai et al. 2023, Algorithm 1): logits_ij = exp(t') <img_i, txt_j> + b, z_ij = 1 if i = j else -1,
+    L = -1/|B| sum_i sum_j log sigmoid(z_ij logits_ij): summed over the texts j, averaged over the images i, as the
+    paper (|B| times the mean over all pairs). img, txt (B, d) unit vectors; in fp32, as exp(t') reaches ~100."""
+    with torch.autocast(img.device.type, enabled=False):
+        logits = img.float() @ txt.float().T * t_prime.float().exp() + b.float()  # (B, B)
+        z = 2 * torch.eye(len(img), device=img.device) - 1
+        return -F.logsigmoid(z * logits).sum(1).mean()
+
+
+def siglip_loss(fwd, model, x, captions):
+    """The global batch's sigmoid loss. Under DDP every rank gathers all ranks' embeddings (gradients flow back) and
+    computes the whole loss, not SigLIP's chunked form: loss and step are one process's, the rows in another order."""
+    img, txt = fwd(x, model.caption_ids(captions))
+    loss = sigmoid_loss(gather_ranks(img.float()), gather_ranks(txt.float()), model.t_prime, model.b)
+    return loss, {"t": model.t_prime.detach().exp(), "b": model.b.detach()}
+
+
+def caption_matching(img, txt, captions):
+    """The share of images whose most similar caption, of the N (caption i is image i's), is theirs or says the same
+    words. img, txt: (N, d) unit vectors (exp(t') > 0: the largest logit is the largest <img_i, txt_j>)."""
+    pick = (img @ txt.T).argmax(1).tolist()
+    return sum(captions[j] == captions[i] for i, j in enumerate(pick)) / len(captions)
+
+
+@torch.no_grad()
+def zero_shot_matching(model, images, captions, encoder=None, size=None, batch=256):
+    """Table 3's understanding half: caption_matching of images (N, 3, S, S) and their N captions by a SigLIPStageZero's
+    heads on the patch tokens of `encoder` (its own, or a later one: a PS-VAE's after stage 2, at its --encoder-size)."""
+    img = torch.cat([model.embed_images(x, encoder, size) for x in images.split(batch)])
+    txt = torch.cat([model.embed_texts(ids) for ids in model.caption_ids(captions).split(batch)])
+    return caption_matching(img.float(), txt.float(), list(captions))
 
 
 # ------------------------------------------------------------------------------------------
@@ -810,7 +821,9 @@ def train(cfg, ddp, rank, local_rank, world, device):
             g["lr"] = lr
         gan = disc if stage and step >= cfg["disc_start"] and "pixel_decoder" in model.plan(stage)[0] else None
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-            if stage == 0:
+            if stage == 0 and cfg["stage0_objective"] == "siglip":
+                loss, terms = siglip_loss(fwd, model, x, targets)
+            elif stage == 0:
                 loss, terms = stage0_loss(fwd, model, x, targets, cfg["s0_invariance"])
             else:
                 loss, terms, x_hat = tokenizer_loss(fwd, model, x, idx, stage, step, cfg, lpips, gan)
@@ -881,9 +894,9 @@ def check_config(cfg, world):
     for key, (flag, recipes, off) in VARIANTS.items():
         if cfg[key] != off and r not in recipes:
             raise TokenizerError(f"{flag} is a variant of --recipe {' / '.join(recipes)}, not of --recipe {r}")
-    if stage == 0 and not cfg["encoder"].startswith("world"):
-        raise TokenizerError(f"stage 0 pre-trains a world encoder; {cfg['encoder']} is already pre-trained, "
-                             f"go to --stage 1")
+    if (stage == 0 or cfg["stage0_objective"] != "twins") and not cfg["encoder"].startswith("world"):
+        raise TokenizerError(f"{cfg['encoder']} is already pre-trained and stage 0 pre-trains a world encoder: go to "
+                             f"--stage 1, without --stage0-objective")
     if cfg["batch_size"] % world:
         raise TokenizerError(f"--batch-size {cfg['batch_size']} (global) does not split over {world} processes")
     if not 0 <= cfg["cooldown"] <= 1:
@@ -907,7 +920,8 @@ def build_stage(cfg, ck):
     stage = cfg["stage"]
     torch.manual_seed(cfg["seed"])  # the same initial weights on every rank
     if stage == 0:
-        model = StageZero(build_encoder(cfg["encoder"]), TARGET_CLASSES)
+        enc = build_encoder(cfg["encoder"])
+        model = SigLIPStageZero(enc) if cfg["stage0_objective"] == "siglip" else StageZero(enc, TARGET_CLASSES)
         if ck is not None:
             model.load_state_dict(ck["model"])
         return model, None
@@ -983,7 +997,7 @@ def world_encoder_weights(cfg):
     ck = load_checkpoint(path, "stage-0 checkpoint")
     if ck["stage"] != 0:
         raise TokenizerError(f"{path} is a stage-{ck['stage']} checkpoint; --encoder-ckpt needs a stage-0 one")
-    check_shapes(ck, cfg, path, keys=("encoder",))
+    check_shapes(ck, cfg, path, keys=("encoder", "stage0_objective"))
     return ck["encoder"]
 
 
@@ -999,6 +1013,8 @@ def make_datasets(cfg, stage, world):
             raise TokenizerError(f"cannot use --data {cfg['data']}: {e}")
         # real data has no held-out split here: the first n_val images double as a preview set
         val = Subset(train, range(min(cfg["n_val"], len(train))))
+    elif stage == 0 and cfg["stage0_objective"] == "siglip":  # (image, caption) pairs at the encoder's input size
+        train, val = (WorldCaptions(s, cfg[f"n_{s}"], cfg["encoder_size"]) for s in ("train", "val"))
     elif stage == 0:  # twin views at the encoder's own input size, with their labels
         grid = cfg["encoder_size"] // ENCODERS[cfg["encoder"]].patch_size
         train = TwinScenes("train", cfg["n_train"], cfg["encoder_size"], grid)
@@ -1015,7 +1031,10 @@ def validate(model, val, stage, device, bs):
     """Stage 0: the heads' accuracy per attribute. Later stages: the PSNR of reconstructions and,
     where there is a D_s, the cosine of D_s(z) to the reference features (semantic preservation:
     the original frozen encoder for S-VAE / PS-VAE; RPiAE's own stage-I encoder). Also returns
-    the first 8 inputs and reconstructions."""
+    the first 8 inputs and reconstructions. SigLIP's stage 0: zero-shot matching among all held-out captions."""
+    if isinstance(model, SigLIPStageZero):
+        images, texts = next(iter(DataLoader(val, batch_size=len(val))))
+        return {"val_zero_shot": zero_shot_matching(model, images.to(device), texts)}, None
     model.eval()
     sums, first = {}, None
     for item in DataLoader(val, batch_size=bs):
@@ -1062,28 +1081,6 @@ def validate_and_save(model, disc, opt, opt_d, val, cfg, step, data_pos, world, 
     return ev
 
 
-def save_recon_grid(path, x, x_hat, title):
-    """Top row: inputs; bottom row: reconstructions. PNG via matplotlib (no display needed)."""
-    from matplotlib.figure import Figure
-    n, S = x.shape[0], x_hat.shape[-1]
-    x = F.interpolate(x, size=x_hat.shape[-2:], mode="nearest") if x.shape[-1] != S else x
-    imgs = torch.stack([x, x_hat]).clamp(-1, 1).add(1).div(2)  # (2, n, 3, S, S)
-    fig = Figure(figsize=(1.3 * n, 3.0))
-    ax = fig.add_subplot()
-    ax.imshow(imgs.permute(0, 3, 1, 4, 2).reshape(2 * S, n * S, 3).numpy(), interpolation="nearest")
-    ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-
-
-def last_stage(path):
-    """A tokenizer run folder's last checkpoint (stage3.pt, else stage2.pt, else stage1.pt); a file as it is."""
-    if not os.path.isdir(path):
-        return path
-    found = [os.path.join(path, f"stage{s}.pt") for s in (3, 2, 1) if os.path.isfile(os.path.join(path, f"stage{s}.pt"))]
-    return found[0] if found else os.path.join(path, "stage2.pt")
-
-
 def load_checkpoint(path, what="checkpoint"):
     """A tokenizer.py checkpoint, or a TokenizerError naming why it cannot be used."""
     return read_checkpoint(path, SCRIPT, what, TokenizerError)
@@ -1101,7 +1098,7 @@ def load_tokenizer(path, device="cpu"):
 
 
 def check_shapes(ck, cfg, path, keys=SHAPE_KEYS):
-    defaults = {k: v[2] for k, v in VARIANTS.items()}
+    defaults = {**{k: v[2] for k, v in VARIANTS.items()}, "stage0_objective": "twins"}  # keys older checkpoints lack
     for k in keys:
         if ck["config"].get(k, defaults.get(k)) != cfg[k]:
             raise TokenizerError(f"{path} has {k}={ck['config'].get(k)!r} but this run asks for {cfg[k]!r}; "
@@ -1127,6 +1124,8 @@ def parse_args(argv=None):
     g.add_argument("--seed", type=int, default=0, help="seed of the weights, the data order and the noise")
     g = p.add_argument_group("model")
     g.add_argument("--encoder", choices=list(ENCODERS), help="representation encoder")
+    g.add_argument("--stage0-objective", choices=("twins", "siglip"), default="twins", help="the world encoder's stage 0: "
+                   "twins (DINOv2's role) or siglip (SigLIP2's, Table 3: L_s : L_p 0.05 : 1); give it at every stage")
     g.add_argument("--encoder-ckpt", default=None, help="DINOv2: the official .pth (default: hub cache / download); "
                    "SigLIP: its model.safetensors; world: a stage-0 checkpoint (default <out>/stage0.pt); "
                    "'random': no weights")
@@ -1175,13 +1174,14 @@ def parse_args(argv=None):
     pre, _ = p.parse_known_args(argv)
     p.set_defaults(**PRESETS[pre.preset])
     args = p.parse_args(argv)
-    w_s, w_p = LOSS_WEIGHTS.get(args.encoder, DEFAULT_LOSS_WEIGHTS)
+    w_s, w_p = LOSS_WEIGHTS.get(args.encoder, LOSS_WEIGHTS.get(args.stage0_objective, DEFAULT_LOSS_WEIGHTS))
     args.semantic_weight = w_s if args.semantic_weight is None else args.semantic_weight
     args.pixel_weight = w_p if args.pixel_weight is None else args.pixel_weight
     if isinstance(args.steps, (tuple, list)):  # the preset's per-stage default
         args.steps = args.steps[min(args.stage, 2)]  # rpiae's stage 3 takes stage 2's budget
     if args.out is None:
-        args.out = os.path.join("runs", f"tokenizer-{args.preset}" + ("" if args.recipe == "psvae" else f"-{args.recipe}"))
+        suffix = [v for v in (args.recipe, args.stage0_objective) if v not in ("psvae", "twins")]  # e.g. -rae-siglip
+        args.out = os.path.join("runs", "-".join(["tokenizer", args.preset, *suffix]))
     return vars(args)
 
 
