@@ -84,7 +84,7 @@ def recipe_job(job):
             G.main(job["argv"] + (["--resume"] if os.path.isfile(os.path.join(job["out"], "generator.pt")) else []))
         trained = time.time() - t0
         ge = E.cmd_geneval(argparse.Namespace(**{**E.GEN_EVAL_DEFAULTS, "ckpt": job["out"], "preset": "cpu",
-                                                 **job["sampling"]}))
+                                                 "images": job.get("images"), **job["sampling"]}))
     rec = {k: job[k] for k in ("lever", "latent", "flags", "steps", "batch", "flops_per_sample", "flops", "sampling")}
     rec.update(samples=job["steps"] * job["batch"], train_seconds=round(trained, 1),
                geneval_rules=ge["overall_geneval_rules"], geneval_rules_se=ge["overall_geneval_rules_stderr"],
@@ -108,10 +108,10 @@ def write_table(path, records, command):
              "Made by `experiments/recipe.py` from the records in [recipe/](recipe/) (the last call: "
              f"`{command}`). Each lever changes the cpu recipe's flags as shown and trains the same generator on the "
              "PS-VAE and on the RAE latent of one Table 4 run for the same model FLOPs (bench.py's counter). GenEval: "
-             "the cpu suite, 300 prompts x 2 images, GenEval's rules and strict, +- s.e. over prompts; gFID: the "
-             "suite's images against the real held-out scenes its captions describe (world features, lower is "
-             "better; +- its bootstrap s.e. over images where measured). Mean: over the two latents (its s.e. from "
-             "both), the criterion.", ""]
+             "the cpu suite, 300 prompts x 2 images (unless the flags say more), GenEval's rules and strict, +- s.e. "
+             "over prompts; gFID: the suite's images against the real held-out scenes its captions describe (world "
+             "features, lower is better; +- its bootstrap s.e. over images where measured). Mean: over the two "
+             "latents (its s.e. from both), the criterion.", ""]
     for budget in sorted({r["budget"] for r in records.values()}):
         lines += [f"## {budget:.2g} training FLOPs per run", "",
                   "| lever | flags | steps x batch | " + " | ".join(f"{la}: rules / strict / gFID" for la in LATENTS) +
@@ -128,7 +128,8 @@ def write_table(path, records, command):
             means = (f"{mean('geneval_rules'):.3f} +- {se('geneval_rules_se'):.3f} | {mean('geneval_strict'):.3f} +- "
                      f"{se('geneval_strict_se'):.3f} | {mean('gfid'):.0f}") if all(rs) else "- | - | -"  # no mean of one
             sampled = "".join(f"; sampled with {k} {v}" for k, v in first.get("sampling", {}).items())
-            flags = " ".join(first["flags"]) + sampled
+            images = f"; {first['n_images']} images" if first["n_images"] != 600 else ""
+            flags = " ".join(first["flags"]) + sampled + images
             lines.append(f"| {lever} | `{flags}` | {first['steps']} x {first['batch']} | " +
                          " | ".join(cells) + f" | {means} |")
         lines.append("")
@@ -157,11 +158,12 @@ def main(argv=None):
     p.add_argument("--out", default=os.path.join("runs", "recipe"), help="folder of the generators")
     p.add_argument("--results", default=os.path.join("results", "generation", "recipe"), help="records and table")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--images", type=int, default=None, help="images per GenEval prompt (default: the cpu suite's 2)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     levers = a.levers.split(",")
     os.makedirs(a.results, exist_ok=True)
-    if any("caption" in LEVERS[trained_lever(lv)] for lv in levers):  # the caption LM, made once before the jobs share it
+    if any("caption" in LEVERS[trained_lever(lv)] for lv in levers):  # the caption LM, made once before the jobs
         G.resolve_lm({"lm": "caption", "model": "cpu"}, torch.device("cpu"))
     jobs = []
     for lever in levers:
@@ -178,7 +180,7 @@ def main(argv=None):
             out = os.path.join(a.out, f"{trained}_{latent}_f{a.flops:.0e}_seed{a.seed}")
             jobs.append(dict(lever=lever, latent=latent, flags=flags_run, sampling=sampling, steps=steps, batch=batch,
                              flops_per_sample=fps,
-                             flops=fps * batch * steps, out=out, threads=1, record=os.path.join(
+                             flops=fps * batch * steps, out=out, threads=1, images=a.images, record=os.path.join(
                                  a.results, f"{lever}_{latent}_f{a.flops:.0e}_seed{a.seed}.json"),
                              argv=["--preset", "cpu", "--tokenizer", tok, "--out", out, "--steps", str(steps),
                                    "--seed", str(a.seed), "--n-samples", "0", *speed, *flags_run]))
