@@ -14,7 +14,7 @@ Every sub-command is a function `cmd_<name>(args) -> dict`; the dict is printed 
     python evaluate.py detector --n 1000 --size 64   # detector accuracy on held-out scenes
     python evaluate.py world-sheet --out results/world # contact sheets world.png and edits.png
     python evaluate.py detail-bound --size 64          # PSNR of knowing all but the pixel detail
-    python evaluate.py encoder --stage0 runs/tokenizer-cpu/stage0.pt  # readout, twin gap, accuracy
+    python evaluate.py encoder --stage0 runs/tokenizer-cpu/stage0.pt  # readout, twin gap, accuracy or zero-shot
     python evaluate.py recon --ckpt runs/tokenizer-cpu  # PSNR, SSIM, LPIPS, rFID of a tokenizer
     python evaluate.py probe --ckpt runs/tokenizer-cpu  # linear probe of its latent
     python evaluate.py table4 --preset cpu             # every recipe: results/table4/table4_cpu.md
@@ -394,12 +394,8 @@ def encoded_split(tok, split, n, size, batch, dev):
     return torch.cat(z), {k: torch.cat([d[k] for d in t]) for k in t[0]}, torch.cat(xs)
 
 
-def cmd_probe(args):
-    """Linear-probe accuracy of the latent on world semantics (per token, mean-pooled), and its linear pixel readout."""
-    t0, dev = time.time(), eval_device(args)
-    path, cfg, tok = tokenizer_run(args.ckpt, dev)
-    ztr, ttr, xtr = encoded_split(tok, "train", args.n_train, cfg["image_size"], args.batch, dev)
-    zte, tte, xte = encoded_split(tok, "val", args.n_test, cfg["image_size"], args.batch, dev)
+def probes(ztr, ttr, zte, tte):
+    """Probes of maps (N, C, h, w), per token and pooled; balanced: the mean recall per class (87% of cells: empty)."""
     tasks = {f"token_{k}": (per_token(ztr), ttr[k].flatten(), per_token(zte), tte[k].flatten())
              for k in ("shape", "colour", "texture")}
     tasks.update({f"pooled_{k}": (ztr.mean((2, 3)), ttr[k], zte.mean((2, 3)), tte[k]) for k in ("count", "bg_colour")})
@@ -407,15 +403,20 @@ def cmd_probe(args):
     for name, (ftr, ytr, fte, yte) in tasks.items():
         pred = probe_predictions(ftr, ytr, fte, yte)
         acc[name], bal[f"balanced_{name}"] = (pred == yte).float().mean().item(), balanced_accuracy(pred, yte)
-    tokens = [v for k, v in acc.items() if k.startswith("token_")]
-    pooled = [v for k, v in acc.items() if k.startswith("pooled_")]
+    tokens, pooled = ([v for k, v in acc.items() if k.startswith(p)] for p in ("token_", "pooled_"))
+    return {**acc, "probe_token": sum(tokens) / len(tokens), "probe_pooled": sum(pooled) / len(pooled),
+            "probe": sum(tokens + pooled) / len(tokens + pooled), **bal, "probe_balanced": sum(bal.values()) / len(bal)}
+
+
+def cmd_probe(args):
+    """Linear-probe accuracy of the latent on world semantics (per token, mean-pooled), and its linear pixel readout."""
+    t0, dev = time.time(), eval_device(args)
+    path, cfg, tok = tokenizer_run(args.ckpt, dev)
+    ztr, ttr, xtr = encoded_split(tok, "train", args.n_train, cfg["image_size"], args.batch, dev)
+    zte, tte, xte = encoded_split(tok, "val", args.n_test, cfg["image_size"], args.batch, dev)
     mean_colour = lambda x: F.adaptive_avg_pool2d(x, ztr.shape[-2:])  # noqa: E731  (N, 3, h, w)
-    # balanced: per-class recall averaged over classes, so the 87% of background cells (class 0)
-    # set no floor; the closer analogue of the paper's balanced 1000-class ImageNet probe
-    return {"ckpt": path, "recipe": cfg["recipe"], "latent": list(ztr.shape[1:]),
-            "n_train": args.n_train, "n_test": args.n_test, **acc, "probe_token": sum(tokens) / len(tokens),
-            "probe_pooled": sum(pooled) / len(pooled), "probe": sum(tokens + pooled) / len(tokens + pooled),
-            **bal, "probe_balanced": sum(bal.values()) / len(bal), "readout_psnr": pixel_readout(ztr, xtr, zte, xte),
+    return {"ckpt": path, "recipe": cfg["recipe"], "latent": list(ztr.shape[1:]), "n_train": args.n_train,
+            "n_test": args.n_test, **probes(ztr, ttr, zte, tte), "readout_psnr": pixel_readout(ztr, xtr, zte, xte),
             # a yardstick on the same scenes: what each patch's mean colour alone reads out to
             "readout_psnr_mean_colour": pixel_readout(mean_colour(xtr), xtr, mean_colour(xte), xte),
             "seconds": round(time.time() - t0, 1)}
@@ -434,29 +435,34 @@ def encoder_tokens(model, scenes, size, batch, dev):
 
 
 def cmd_encoder(args):
-    """A stage-0 world encoder, in DINOv2's role: its heads' accuracy on held-out scenes, its patch tokens' linear
-    pixel readout, and the twin gap: that readout from a scene's own tokens minus that from its twin's (its detail
-    redrawn, world.resample_detail). An encoder keeping detail reads its own scene better; one dropping it cannot."""
+    """A stage-0 world encoder: its patch tokens' linear pixel readout and twin gap (that readout from a scene's own
+    tokens minus from its twin's, detail redrawn: an encoder keeping detail reads its own scene better), either
+    objective; then its label heads' accuracy (twins, DINOv2's role) or zero-shot caption matching (siglip)."""
     t0, dev = time.time(), eval_device(args)
     ck = tokenizer.load_checkpoint(args.stage0, "stage-0 checkpoint")
     if ck["stage"] != 0:
         raise ValueError(f"{args.stage0} is a stage-{ck['stage']} checkpoint; give a tokenizer.py --stage 0 one")
-    model = tokenizer.StageZero(tokenizer.build_encoder(ck["config"]["encoder"]), W.TARGET_CLASSES)
-    model.load_state_dict(ck["model"])
-    model.to(dev).eval()
+    objective, enc = ck["config"].get("stage0_objective", "twins"), tokenizer.build_encoder(ck["config"]["encoder"])
+    model = tokenizer.SigLIPStageZero(enc) if objective == "siglip" else tokenizer.StageZero(enc, W.TARGET_CLASSES)
+    model.to(dev).eval().load_state_dict(ck["model"])
+    heads = model if objective == "twins" else tokenizer.StageZero(model.encoder, {})  # siglip's: no label heads
     size = ck["config"]["encoder_size"]
     scenes = {s: [W.sample_scene(W.scene_seed(s, i)) for i in range(n)] for s, n in (("train", args.n_train),
                                                                                       ("val", args.n_test))}
     twins = [W.resample_detail(sc, np.random.default_rng([W.scene_seed("val", i), 23])) for i, sc in enumerate(scenes["val"])]
-    (ztr, _, xtr), (zte, logits, xte), (ztw, _, _) = (encoder_tokens(model, sc, size, args.batch, dev)
+    (ztr, _, xtr), (zte, logits, xte), (ztw, _, _) = (encoder_tokens(heads, sc, size, args.batch, dev)
                                                       for sc in (scenes["train"], scenes["val"], twins))
     own, twin = pixel_readout(ztr, xtr, zte, xte), pixel_readout(ztr, xtr, ztw, xte)
     t = [W.semantic_targets(sc, ztr.shape[-1]) for sc in scenes["val"]]
-    hits = model.hits(logits, {k: torch.stack([d[k] for d in t]) for k in t[0]})  # the heads on the held-out scenes
-    return {"stage0": args.stage0, "steps": ck["step"], "s0_invariance": ck["config"].get("s0_invariance", 0.0),
-            "n_train": args.n_train, "n_test": args.n_test, "readout_psnr": own, "readout_psnr_twin": twin,
-            "twin_gap_db": own - twin, **{f"acc_{k}": h / n for k, (h, n) in hits.items()},
-            "seconds": round(time.time() - t0, 1)}
+    hits = heads.hits(logits, {k: torch.stack([d[k] for d in t]) for k in t[0]})  # the heads on held-out scenes
+    scores = {f"acc_{k}": h / n for k, (h, n) in hits.items()}
+    if objective == "siglip":  # zero-shot matching of n_test held-out (image, caption) pairs; chance: picks at random
+        images, caps = zip(*[W.WorldCaptions("val", args.n_test, size)[i] for i in range(args.n_test)])
+        scores = {"zero_shot": tokenizer.zero_shot_matching(model, torch.stack(images).to(dev), list(caps)),
+                  "zero_shot_chance": sum(map(caps.count, caps)) / len(caps) ** 2, "s0_invariance": None}
+    return {"stage0": args.stage0, "objective": objective, "steps": ck["step"], "n_train": args.n_train,
+            "n_test": args.n_test, "s0_invariance": ck["config"].get("s0_invariance", 0.0), "readout_psnr": own,
+            "readout_psnr_twin": twin, "twin_gap_db": own - twin, **scores, "seconds": round(time.time() - t0, 1)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -478,8 +484,7 @@ TABLE4_SPLITS = {1: (1.0,), 2: (0.2, 0.8), 3: (0.4, 0.3, 0.3)}
 TABLE4_SIZES = {
     "tiny": dict(budget=12, n=16, n_train=32, n_test=16, evaluator_steps=20, channels=(2, 8)),
     "cpu": dict(budget=1200, batch=16, n=256, n_train=512, n_test=256, evaluator_steps=400, channels=(8, 48)),
-    "world": dict(budget=60000, n=1000, n_train=2000, n_test=1000, evaluator_steps=3000, channels=(8, 48, 96)),
-}
+    "world": dict(budget=60000, n=1000, n_train=2000, n_test=1000, evaluator_steps=3000, channels=(8, 48, 96))}
 
 
 def table4_steps(budget, stages):
@@ -645,8 +650,7 @@ def write_table4(path, rows, results, chans, command, B, batch, sz, s0, runs, se
     fmt = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
     r0 = results[rows[0][0]]["recon"]
     lines = [f"# Table 4 (reconstruction half) in miniature, budget {B}", "",
-             f"`{command}`; runs in `{runs}`; every latent trained for {B} steps of batch {batch} "
-             f"in all (2 stages: "
+             f"`{command}`; runs in `{runs}`; every latent trained for {B} steps of batch {batch} in all (2 stages: "
              f"{'+'.join(map(str, table4_steps(B, 2)))}, 3 stages: {'+'.join(map(str, table4_steps(B, 3)))}); "
              f"precision: {precision}; {sz['n']} held-out world scenes; probe: {sz['n_train']} train / {sz['n_test']} held-out scenes; rFID "
              f"features: WorldEvaluator ({sz['evaluator_steps']} steps). World encoder (stage 0): `{s0}`, "
@@ -733,15 +737,13 @@ def cmd_geneval(args):
             strict[k] += W.check_caption(desc, spec)
             rules[k] += W.check_caption_geneval_rules(desc, spec)
     cats = W.CAPTION_CATEGORIES
-    # every category has per_cat prompts, so the overall score (the mean over categories) is the mean
-    # over prompts, and its standard error that of the prompts' scores
+    # per_cat prompts in every category: the overall score (mean over categories) is the mean over prompts, s.e. theirs
     scores = {name: v.view(len(cats), per_cat) / per_prompt for name, v in (("", strict), ("_geneval_rules", rules))}
     # generation FID: the suite's images against the real held-out scenes its captions describe
     # (WorldEvaluator features, as rFID); it moves before shapes appear, GenEval does not
     gfid, gfid_se = fid_and_stderr(*(torch.cat(feats[k]) for k in ("generated", "real")))
-    out = {"suite": W.GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset,
-           "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "n_images": len(jobs),
-           "gfid": gfid, "gfid_stderr": gfid_se}
+    out = {"suite": W.GENEVAL_VERSION, "suite_sha1": sha, "ckpt": args.ckpt, "preset": preset, "n_images": len(jobs),
+           "prompts_per_category": per_cat, "images_per_prompt": per_prompt, "gfid": gfid, "gfid_stderr": gfid_se}
     for name, v in scores.items():
         out.update({f"per_category{name}": dict(zip(cats, v.mean(1).tolist())), f"overall{name}": v.mean().item(),
                     f"overall{name}_stderr": (v.std() / len(v.flatten()) ** 0.5).item() if v.numel() > 1 else 0.0})
@@ -802,8 +804,7 @@ def cmd_gedit(args):
 GEN_SIZES = {  # generator and editor steps, evaluation interval, prompts per category along the way
     "tiny": dict(gen_steps=4, edit_steps=2, every=2, prompts=1, n_off=24),
     "cpu": dict(gen_steps=6000, edit_steps=1500, every=1000, prompts=10, n_off=600),
-    "world": dict(gen_steps=60000, edit_steps=20000, every=5000, prompts=20, n_off=2000),
-}
+    "world": dict(gen_steps=60000, edit_steps=20000, every=5000, prompts=20, n_off=2000)}
 
 
 def nn_distances(a, b):
@@ -1120,8 +1121,7 @@ def add_tokenizer_commands(sub):
     p.add_argument("--stage0", default=None, help="a world encoder (tokenizer.py --stage 0 checkpoint) to use "
                    "instead of training the preset's stage 0 here")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers per training (GPU runs)")
-    p.add_argument("--recipes", default=None, help="comma-separated subset of rows, e.g. psvae,rae,pvae (no channel "
-                   "sweep; own file)")
+    p.add_argument("--recipes", default=None, help="a subset of rows, e.g. psvae,rae,pvae (no channel sweep; own file)")
     p.add_argument("--semantic-weight", type=float, default=None, help="w_s of L_s in every training (default: "
                    "the tokenizer's, Sec 4.4: 0.1); 1 with --pixel-weight 0.1 is Sec 4.1's; give them their own --runs")
     p.add_argument("--pixel-weight", type=float, default=None, help="w_p of L_p in every training (default: the "
