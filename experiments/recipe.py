@@ -96,14 +96,27 @@ def recipe_job(job):
     return rec
 
 
+def ceiling(results, latent, ckpt):
+    """What a perfect generator on this latent could score: the suite's own real scenes through the latent's
+    tokenizer (evaluate.py geneval --baseline real on a generator of the latent), measured once per latent."""
+    path = os.path.join(results, f"ceiling_{latent}_real.json")
+    if not os.path.isfile(path):
+        with E.num_threads(1):
+            ge = E.cmd_geneval(argparse.Namespace(**{**E.GEN_EVAL_DEFAULTS, "ckpt": ckpt, "preset": "cpu",
+                                                     "baseline": "real"}))
+        with open(path, "w") as f:
+            json.dump(ge, f, indent=1)
+    return json.load(open(path))
+
+
 def gfid(r):
     """A record's gFID, with its s.e. where it has one (records made before the s.e. was measured do not)."""
     return f"{r['gfid']:.0f}" + (f" +- {r['gfid_se']:.0f}" if "gfid_se" in r else "")
 
 
-def write_table(path, records, command):
+def write_table(path, records, command, ceilings=None):
     """recipe.md: per budget, one row per lever with each latent's scores and their mean (the
-    criterion), from every record written so far."""
+    criterion), from every record written so far; then each latent's ceiling ({latent: geneval record})."""
     lines = ["# The generator's recipe at equal training FLOPs", "",
              "Made by `experiments/recipe.py` from the records in [recipe/](recipe/) (the last call: "
              f"`{command}`). Each lever changes the cpu recipe's flags as shown and trains the same generator on the "
@@ -132,6 +145,18 @@ def write_table(path, records, command):
             flags = " ".join(first["flags"]) + sampled + images
             lines.append(f"| {lever} | `{flags}` | {first['steps']} x {first['batch']} | " +
                          " | ".join(cells) + f" | {means} |")
+        lines.append("")
+    if ceilings:
+        lines += ["## The ceiling: the suite's real scenes through each latent's tokenizer", "",
+                  "No generator: each prompt's held-out real scene (which satisfies it) encoded and decoded by the "
+                  "latent's tokenizer, then judged as a generated image (`evaluate.py geneval --baseline real`). A "
+                  "generator of this latent is judged through the same decoder, so this is about what it can reach "
+                  "(not a strict bound: a generated image may decode cleaner than a real scene's reconstruction).", "",
+                  "| latent | rules | strict | gFID | rules per category |", "|---|---|---|---|---|"]
+        for la, c in ceilings.items():
+            cats = ", ".join(f"{k} {v:.2f}" for k, v in c["per_category_geneval_rules"].items())
+            lines.append(f"| {la} | {c['overall_geneval_rules']:.3f} +- {c['overall_geneval_rules_stderr']:.3f} | "
+                         f"{c['overall']:.3f} +- {c['overall_stderr']:.3f} | {c['gfid']:.0f} | {cats} |")
         lines.append("")
     with open(path, "w") as f:
         f.write("\n".join(lines))
@@ -187,9 +212,10 @@ def main(argv=None):
     print(f"{len(jobs)} runs of {a.flops:.2g} FLOPs, {a.jobs} at a time", flush=True)
     t0 = time.time()
     records = E.run_jobs(jobs, a.jobs, recipe_job)
+    ceilings = {job["latent"]: ceiling(a.results, job["latent"], job["out"]) for job in jobs}
     command = "python experiments/recipe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = write_table(os.path.join(os.path.dirname(os.path.abspath(a.results)), "recipe.md"),
-                        read_records(a.results, a.seed), command)
+                        read_records(a.results, a.seed), command, ceilings)
     print(f"{table} ({time.time() - t0:.0f} s)", flush=True)
     return records
 

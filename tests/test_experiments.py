@@ -41,11 +41,14 @@ def test_recipe_table_shows_sampler_levers_and_means_over_latents(tmp_path):
             record("guidance3", "psvae", 0.2, {"guidance": 3.0}), record("guidance3", "rae", 0.6, {"guidance": 3.0})]
     for r in recs:
         (folder / f"{r['lever']}_{r['latent']}_f4e+10_seed0.json").write_text(json.dumps(r))
-    table = recipe.write_table(str(tmp_path / "recipe.md"), recipe.read_records(str(folder), 0), "cmd")
+    ceil = dict(overall_geneval_rules=0.26, overall_geneval_rules_stderr=0.02, overall=0.13, overall_stderr=0.01,
+                gfid=294.0, per_category_geneval_rules={"colors": 0.58})
+    table = recipe.write_table(str(tmp_path / "recipe.md"), recipe.read_records(str(folder), 0), "cmd", {"psvae": ceil})
     rows = {line.split(" | ")[0].strip("| "): line for line in open(table) if line.startswith("| ")}
     assert "sampled with guidance 3.0" in rows["guidance3"] and "sampled with" not in rows["baseline"]
     mean_rules = rows["guidance3"].split(" | ")[-3]
     assert mean_rules.startswith(f"{(0.2 + 0.6) / 2:.3f} +- {(2 * 0.03 ** 2) ** 0.5 / 2:.3f}")
+    assert rows["psvae"].startswith("| psvae | 0.260 +- 0.020 | 0.130 +- 0.010 | 294 | colors 0.58")  # the ceiling
 
 
 def test_a_sampler_lever_refuses_to_train(tmp_path):
