@@ -49,6 +49,8 @@ EVAL_LEVERS = {
     "guidance10": ("baseline", dict(guidance=10.0)),
     "steps25": ("baseline", dict(steps=25)),
     "steps100": ("baseline", dict(steps=100)),
+    "patch2_guidance1": ("patch2", dict(guidance=1.0)),
+    "patch2_guidance3": ("patch2", dict(guidance=3.0)),
 }
 LATENTS = ("psvae", "rae")
 
