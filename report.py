@@ -360,8 +360,8 @@ def section_off_manifold(root):
 
 
 def section_table1(root):
-    rows = [row(f"fusion design: {name}", f"GenEval {g}, {p} M parameters", "not measured yet", None,
-                "no command yet (the miniature has only the deep-fusion generator)", [], "not measured yet")
+    rows = [unmeasured(f"fusion design: {name}", f"GenEval {g}, {p} M parameters",
+                       "`python experiments/table1_fusion.py --runs runs/table4-cpu --jobs 2` (not run yet)", [])
             for name, (g, p) in PAPER_TABLE1.items() if name != "Transfusion + DDT head"]
     (g0, _), (g1, _) = PAPER_TABLE1["Transfusion"], PAPER_TABLE1["Transfusion + DDT head"]
     rows += [gen_row(root, f"the wide DDT head helps ({name})", f"GenEval {g0} -> {g1} with the head",
@@ -377,9 +377,9 @@ def section_figure10(root):
 
 def section_table3(root):
     a, b = PAPER_TABLE3_MME
-    return [row("PS-VAE training on SigLIP2 keeps its understanding (a small drop)", f"MME-P {a} -> {b}",
-                "not measured yet", None, "no command yet (MME-P needs a multimodal LLM)", [],
-                "not measured yet")]
+    return [unmeasured("PS-VAE training on SigLIP2 keeps its understanding (a small drop)", f"MME-P {a} -> {b}",
+                       "`python experiments/table3_encoders.py --preset cpu --jobs 2` (not run yet; the miniature of "
+                       "MME-P: the SigLIP-role encoder's zero-shot caption matching before and after stage 2)", [])]
 
 
 SECTIONS = [
