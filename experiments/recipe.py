@@ -165,6 +165,28 @@ def write_table(path, records, command, ceilings=None):
     return path
 
 
+def plot_curves(path, records, ceilings):
+    """recipe.png: GenEval (rules) and gFID against training FLOPs, a panel per latent, a line per training
+    lever (sampled as trained), each latent's ceiling as a dashed line; error bars: s.e."""
+    with E.figure(path, 2, len(LATENTS), figsize=(5 * len(LATENTS), 7), squeeze=False) as (fig, axes):
+        for j, la in enumerate(LATENTS):
+            for lever in LEVERS:
+                pts = sorted((b, r) for (lv, latent, b), r in records.items() if lv == lever and latent == la)
+                if not pts:
+                    continue
+                xs = [b for b, _ in pts]
+                axes[0][j].errorbar(xs, [r["geneval_rules"] for _, r in pts], [r["geneval_rules_se"] for _, r in pts],
+                                    marker="o", capsize=3, label=lever)
+                axes[1][j].plot(xs, [r["gfid"] for _, r in pts], marker="o", label=lever)
+            for i, key in enumerate(("overall_geneval_rules", "gfid")):
+                if la in ceilings:
+                    axes[i][j].axhline(ceilings[la][key], ls="--", c="k", label="ceiling (real scenes)")
+                axes[i][j].set(xscale="log", xlabel="training FLOPs", title=la,
+                               ylabel=("GenEval (rules)", "gFID (world features)")[i])
+            axes[0][j].legend(fontsize=7)
+    return path
+
+
 def read_records(folder, seed):
     """{(lever, latent, budget): record} of every finished run of this seed in `folder`."""
     out = {}
@@ -216,8 +238,9 @@ def main(argv=None):
     records = E.run_jobs(jobs, a.jobs, recipe_job)
     ceilings = {job["latent"]: ceiling(a.results, job["latent"], job["out"]) for job in jobs}
     command = "python experiments/recipe.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    table = write_table(os.path.join(os.path.dirname(os.path.abspath(a.results)), "recipe.md"),
-                        read_records(a.results, a.seed), command, ceilings)
+    folder, records = os.path.dirname(os.path.abspath(a.results)), read_records(a.results, a.seed)
+    table = write_table(os.path.join(folder, "recipe.md"), records, command, ceilings)
+    plot_curves(os.path.join(folder, "recipe.png"), records, ceilings)
     print(f"{table} ({time.time() - t0:.0f} s)", flush=True)
     return records
 

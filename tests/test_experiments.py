@@ -49,6 +49,8 @@ def test_recipe_table_shows_sampler_levers_and_means_over_latents(tmp_path):
     mean_rules = rows["guidance3"].split(" | ")[-3]
     assert mean_rules.startswith(f"{(0.2 + 0.6) / 2:.3f} +- {(2 * 0.03 ** 2) ** 0.5 / 2:.3f}")
     assert rows["psvae"].startswith("| psvae | 0.260 +- 0.020 | 0.130 +- 0.010 | 294 | colors 0.58")  # the ceiling
+    png = recipe.plot_curves(str(tmp_path / "recipe.png"), recipe.read_records(str(folder), 0), {"psvae": ceil})
+    assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_sampler_lever_refuses_to_train(tmp_path):
