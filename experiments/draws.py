@@ -99,7 +99,7 @@ def main(argv=None):
                         "--results", os.path.join(folder, "tables"), "--seed", str(s), "--jobs", str(a.jobs),
                         "--threads", "1", "--amp", speed[1], "--compile", speed[3]])
             rows[(s0, s)] = {names[n]: v["psnr"] for n, v in r["rows"].items()}
-            header = [f"`{command}`; {time.time() - t0:.0f} s here. Precision: {precision}. Each draw: the table's "
+            header = [f"`{command}`; {time.time() - t0:.0f} s in its last invocation (finished trainings reused). Precision: {precision}. Each draw: the table's "
                       f"budget ({sz['budget']} steps of batch {sz.get('batch', T.PRESETS[a.preset]['batch_size'])}), "
                       f"PSNR on {sz['n']} held-out scenes; readout: the linear pixel readout of the encoder's tokens, "
                       f"twin gap: its own scene's readout minus its detail-redrawn twin's (`evaluate.py encoder`)."]
