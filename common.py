@@ -306,6 +306,54 @@ class StepLog:
 
 
 # ------------------------------------------------------------------------------------------
+# Running experiments (evaluate.py's tables, experiments/): jobs in processes, files written whole
+# ------------------------------------------------------------------------------------------
+
+def write_text(path, text):
+    """Write text to path atomically (a temporary file, then a rename: a reader never sees half a file); -> path."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """torch's thread count inside the block only: a job run in this process leaves it as it was."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def run_jobs(jobs, n_proc, job_fn):
+    """job_fn of each job, n_proc at a time (in this process when n_proc is 1), in job order."""
+    if n_proc <= 1:
+        return [job_fn(j) for j in jobs]
+    import concurrent.futures
+    import multiprocessing
+    with concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(job_fn, j) for j in jobs]
+        for f in concurrent.futures.as_completed(futures):
+            if f.exception() is not None:  # stop at the first failure instead of finishing the queue
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise f.exception()
+        return [f.result() for f in futures]
+
+
+def reuse_or_run(path, key, fn):
+    """fn()'s result, saved at path with its key; read back instead when it was made with that key."""
+    saved = json.load(open(path)) if os.path.isfile(path) else {}
+    if saved.get("key") == key:
+        return saved["result"]
+    write_text(path, json.dumps({"key": key, "result": fn()}, indent=1))
+    return json.load(open(path))["result"]  # the same types as a reused one (json keys are strings)
+
+
+# ------------------------------------------------------------------------------------------
 # Image measures and pictures of a tokenizer run, not the method (evaluate.py reads them via tokenizer.py)
 # ------------------------------------------------------------------------------------------
 

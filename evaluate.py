@@ -40,7 +40,7 @@ from tqdm import tqdm
 import report
 import tokenizer
 import world as W
-from common import add_speed_args, choose_amp, choose_compile
+from common import add_speed_args, choose_amp, choose_compile, num_threads, reuse_or_run, run_jobs, write_text
 
 # ----------------------------------------------------------------------------------------------
 # 1. The world: how exact the detector is, what the world looks like, how fast it renders
@@ -496,15 +496,6 @@ def table4_steps(budget, stages):
     return steps
 
 
-def write_text(path, text):
-    """Write text to path atomically (a temporary file, then a rename: a reader never sees half a file); -> path."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.replace(path + ".tmp", path)
-    return path
-
-
 def train_latent(out, args, plan, stage0):
     """Bring one latent space's run folder to its plan [(stage, steps), ...] on the stage-0 encoder `stage0`: a stage
     at its planned steps is reused, one short of them resumed, a missing one trained, and every stage above a
@@ -540,17 +531,6 @@ def same_recipe(path, had, want):
         raise ValueError(f"{path} was trained with {', '.join(diff)}; give these settings their own --runs folder")
 
 
-@contextlib.contextmanager
-def num_threads(n):
-    """torch's thread count inside the block only: a job run in this process leaves it as it was."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 def table4_job(job):
     """A latent space (or the rFID evaluator, or stage 0) trained as planned, then measured; log: <out>/table4.log."""
     t0 = time.time()
@@ -568,22 +548,6 @@ def table4_job(job):
         measured = {"recon": cmd_recon(a), "probe": cmd_probe(a)}
         write_text(os.path.join(job["out"], "measured.json"), json.dumps(measured, indent=1))  # read by table4-gen
         return {**measured, "seconds": round(time.time() - t0, 1), "trained": trained}
-
-
-def run_jobs(jobs, n_proc, job_fn=None):
-    """job_fn (default table4_job) of each job, n_proc at a time (in this process when n_proc is 1), in job order."""
-    job_fn = job_fn or table4_job
-    if n_proc <= 1:
-        return [job_fn(j) for j in jobs]
-    import concurrent.futures
-    import multiprocessing
-    with concurrent.futures.ProcessPoolExecutor(n_proc, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(job_fn, j) for j in jobs]
-        for f in concurrent.futures.as_completed(futures):
-            if f.exception() is not None:  # stop at the first failure instead of finishing the queue
-                pool.shutdown(wait=False, cancel_futures=True)
-                raise f.exception()
-        return [f.result() for f in futures]
 
 
 def cmd_table4(args):
@@ -613,7 +577,8 @@ def cmd_table4(args):
           f"each, runs in {runs}", flush=True)
     train_s0 = [] if args.stage0 else [dict(kind="stage0", out=os.path.dirname(s0), stage0=s0, threads=threads,
                                             args=base + ["--batch-size", str(own_batch)])]  # the preset's stage 0
-    run_jobs([dict(kind="evaluator", out=ev_cache, steps=sz["evaluator_steps"], threads=threads)] + train_s0, n_proc)
+    run_jobs([dict(kind="evaluator", out=ev_cache, steps=sz["evaluator_steps"], threads=threads)] + train_s0, n_proc,
+             table4_job)
     C0 = tokenizer.PRESETS[args.preset]["latent_channels"]
     Cs = [] if args.recipes else sorted(set(sz["channels"]) | {C0})  # Fig. 11 belongs to the whole table
     ev = dict(split="val", n=sz["n"], batch=32, data=None, evaluator_steps=sz["evaluator_steps"], device=args.device,
@@ -626,7 +591,7 @@ def cmd_table4(args):
     jobs = [dict(kind="latent", out=os.path.join(runs, (recipe if C == C0 else f"psvae-c{C}") + dir_sfx), stage0=s0,
                  ev=ev, threads=threads, plan=list(zip(range(1, last + 1), table4_steps(B, last))),
                  args=base + ["--batch-size", str(batch)] + seed + ["--recipe", recipe, "--latent-channels", str(C)]) for _, recipe, last, C in specs]
-    results = dict(zip([s[0] for s in specs], run_jobs(jobs, n_proc)))
+    results = dict(zip([s[0] for s in specs], run_jobs(jobs, n_proc, table4_job)))
     chans = [(C, results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]) for C in Cs]
     # file names: what differs from the preset's table (the channels figure has no recipe subset)
     head = (f"_b{B}" if B != sz["budget"] else "") + (f"_bs{batch}" if batch != own_batch else "")
@@ -710,7 +675,13 @@ def cmd_geneval(args):
     """mini-GenEval of a generator run: per-category and overall accuracy."""
     import generator
     device = eval_device(args)
-    model, tok, size, preset, kw = load_for_sampling(generator.load_generator, args, W.GENEVAL_SIZES, ["guidance"])
+    if args.ckpt:
+        model, tok, size, preset, kw = load_for_sampling(generator.load_generator, args, W.GENEVAL_SIZES, ["guidance"])
+    elif args.baseline and args.tokenizer:  # the ceiling of any tokenizer: no generator is read
+        (tok, _, size), model, preset = generator.open_tokenizer(args.tokenizer, device), None, args.preset or "cpu"
+        kw = dict(steps=None, shift=None, guidance=None)  # nothing is sampled
+    else:
+        raise ValueError("geneval needs --ckpt (a generator run), or --baseline real with --tokenizer")
     per_cat, per_prompt = W.GENEVAL_SIZES[preset]
     per_cat, per_prompt = args.prompts or per_cat, args.images or per_prompt
     suite = W.geneval_suite(per_cat)
@@ -848,15 +819,6 @@ def latent_directions(z, share=0.99):
     t = (t - t.mean(1, keepdim=True)) / t.std(1, keepdim=True)
     ev = torch.linalg.eigvalsh(torch.cov(t)).flip(0)  # largest first
     return int((ev.cumsum(0) / ev.sum() < share).sum()) + 1
-
-
-def reuse_or_run(path, key, fn):
-    """fn()'s result, saved at path with its key; read back instead when it was made with that key."""
-    saved = json.load(open(path)) if os.path.isfile(path) else {}
-    if saved.get("key") == key:
-        return saved["result"]
-    write_text(path, json.dumps({"key": key, "result": fn()}, indent=1))
-    return json.load(open(path))["result"]  # the same types as a reused one (json keys are strings)
 
 
 def trained_steps(path):
@@ -1141,9 +1103,9 @@ def add_sampling_flags(p, guidance):
 
 def add_generation_commands(sub):
     p = add_command(sub, "geneval", cmd_geneval, "mini-GenEval of a generator run (the detector judges)")
-    p.add_argument("--ckpt", required=True, help="generator run folder or its generator.pt")
+    p.add_argument("--ckpt", default=None, help="generator run folder or its generator.pt (--baseline real: or none)")
     p.add_argument("--preset", choices=list(W.GENEVAL_SIZES), default=None,
-                   help="suite size: tiny (tests), cpu, world (default: the run's preset)")
+                   help="suite size: tiny (tests), cpu, world (default: the run's preset, else cpu)")
     p.add_argument("--prompts", type=int, default=None, help="prompts per category (overrides the preset)")
     p.add_argument("--images", type=int, default=None, help="images per prompt (overrides the preset)")
     add_sampling_flags(p, [("--guidance", "guidance scale")])

@@ -193,6 +193,12 @@ def test_tiny_run_lowers_the_loss_and_samples(tmp_path, tok):
     # the ceiling on this latent: the suite's own scenes through the tokenizer (no sampling)
     real = evaluate.main(["geneval", "--ckpt", str(out), "--preset", "tiny", "--baseline", "real"])
     assert real["baseline"] == "real" and real["n_images"] == res["n_images"]
+    # ... which needs no generator: the tokenizer alone gives the same scores; neither is an error
+    alone = evaluate.main(["geneval", "--tokenizer", tok_path, "--preset", "tiny", "--baseline", "real"])
+    assert [alone[k] for k in ("overall", "overall_geneval_rules", "gfid")] == \
+        [real[k] for k in ("overall", "overall_geneval_rules", "gfid")]
+    with pytest.raises(SystemExit, match="--baseline real with --tokenizer"):
+        evaluate.main(["geneval", "--preset", "tiny", "--baseline", "real"])
 
 
 # every precision and compilation mode --amp auto / --compile auto can pick on some machine (bf16 on
