@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import platform
 import resource
 import shutil
 import sys
@@ -308,6 +309,16 @@ class StepLog:
 # ------------------------------------------------------------------------------------------
 # Running experiments (evaluate.py's tables, experiments/): jobs in processes, files written whole
 # ------------------------------------------------------------------------------------------
+
+def machine():
+    """CPU model, cores, the device the models ran on, torch's version."""
+    cpu = platform.processor() or "unknown CPU"
+    if os.path.isfile("/proc/cpuinfo"):
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
+
 
 def write_text(path, text):
     """Write text to path atomically (a temporary file, then a rename: a reader never sees half a file); -> path."""

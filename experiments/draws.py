@@ -6,9 +6,12 @@ measured by `evaluate.py encoder` (its linear pixel readout and twin gap: how mu
 it keeps); on it, for each tokenizer seed, the table's rows (default PS-VAE and RAE) are trained
 and measured by `evaluate.py table4 --stage0`. The table then shows the PSNR gap per draw, per
 encoder and over all, as mean +- standard error, so that a reader sees which draw moves it.
-Finished trainings are reused.
+Finished trainings are reused. With more rows than two (--recipes psvae,rae,svae,pvae,vae), a second
+table gives every row's PSNR, balanced probe and rFID over the draws, and the gap between rows adjacent
+in each ranking, paired by draw (files draws_<recipes>.md/.json).
 
     python experiments/draws.py --stage0-seeds 0,1,2 --seeds 0,1 --recipes psvae,rae
+    python experiments/draws.py --stage0-seeds 0,1 --seeds 0 --recipes psvae,rae,svae,pvae,vae
 """
 import argparse
 import json
@@ -19,6 +22,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common as C  # noqa: E402
 import evaluate as E  # noqa: E402
 import tokenizer as T  # noqa: E402
 
@@ -71,6 +75,29 @@ def write_draws(path, rows, encoders, recipes, header):
     return path
 
 
+METRICS = (("psnr", "PSNR dB", 2, 1), ("probe_balanced", "balanced probe", 3, 1), ("rfid", "rFID", 1, -1))
+
+
+def write_rows(path, metrics, recipes):
+    """Append every row's metrics over the draws (mean +- s.e.) and, per metric, the rows ranked best first with
+    the gap of each adjacent pair paired by draw (mean +- s.e.), so that each ordering carries its noise."""
+    lines = ["", "Every row over the draws (mean +- s.e. over draws; rFID: lower is better):", "",
+             "| row | draws | " + " | ".join(m[1] for m in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for r in recipes:
+        cells = [mean_se([d[r][k] for d in metrics.values()]) for k, *_ in METRICS]
+        lines.append(f"| {r} | {len(metrics)} | " + " | ".join(f"{m:.{p}f} +- {e:.{p}f}" for (m, e), (_, _, p, _)
+                                                                in zip(cells, METRICS)) + " |")
+    lines.append("")
+    for k, name, p, sign in METRICS:
+        rank = sorted(recipes, key=lambda r: -sign * np.mean([d[r][k] for d in metrics.values()]))
+        gaps = [(a, b, mean_se([sign * (d[a][k] - d[b][k]) for d in metrics.values()])) for a, b in zip(rank, rank[1:])]
+        lines.append(f"{name}, best first: " + "".join(f"{a} ({m:+.{p}f} +- {e:.{p}f}) " for a, _, (m, e) in gaps) +
+                     rank[-1] + "; each gap to the next row, paired by draw.")
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", default="cpu", choices=list(E.TABLE4_SIZES))
@@ -88,7 +115,9 @@ def main(argv=None):
                                      E.TABLE4_SIZES[a.preset]["budget"])
     command = "python experiments/draws.py " + " ".join(sys.argv[1:] if argv is None else argv)
     sz = E.TABLE4_SIZES[a.preset]
-    rows, encoders, names = {}, {}, {n: rec for n, rec, _ in E.TABLE4_ROWS}
+    rows, metrics, encoders, names = {}, {}, {}, {n: rec for n, rec, _ in E.TABLE4_ROWS}
+    name = "draws" + ("" if recipes == ["psvae", "rae"] else "_" + "_".join(recipes))
+    m = C.machine()
     # every encoder once before any encoder twice: a study stopped early has seen the most encoders
     for s in map(int, a.seeds.split(",")):
         for s0 in map(int, a.stage0_seeds.split(",")):
@@ -99,17 +128,21 @@ def main(argv=None):
                         "--results", os.path.join(folder, "tables"), "--seed", str(s), "--jobs", str(a.jobs),
                         "--threads", "1", "--amp", speed[1], "--compile", speed[3]])
             rows[(s0, s)] = {names[n]: v["psnr"] for n, v in r["rows"].items()}
-            header = [f"`{command}`; {time.time() - t0:.0f} s in its last invocation (finished trainings reused). Precision: {precision}. Each draw: the table's "
+            metrics[(s0, s)] = {names[n]: {k: v[k] for k, *_ in METRICS} for n, v in r["rows"].items()}
+            header = [f"`{command}`; {time.time() - t0:.0f} s in its last invocation (finished trainings reused) on "
+                      f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}. Precision: {precision}. Each draw: the table's "
                       f"budget ({sz['budget']} steps of batch {sz.get('batch', T.PRESETS[a.preset]['batch_size'])}), "
                       f"PSNR on {sz['n']} held-out scenes; readout: the linear pixel readout of the encoder's tokens, "
                       f"twin gap: its own scene's readout minus its detail-redrawn twin's (`evaluate.py encoder`)."]
             os.makedirs(a.results, exist_ok=True)  # written after every draw: a stopped study keeps its table
-            with open(os.path.join(a.results, "draws.json"), "w") as f:
-                json.dump({"command": command, "precision": precision, "encoders": {str(k): v for k, v in
-                                                                                   encoders.items()},
-                           "rows": [{"stage0_seed": e, "seed": t, **v} for (e, t), v in sorted(rows.items())]}, f,
-                          indent=1)
-            out = write_draws(os.path.join(a.results, "draws.md"), rows, encoders, recipes, header)
+            with open(os.path.join(a.results, name + ".json"), "w") as f:
+                json.dump({"command": command, "precision": precision, "machine": m,
+                           "encoders": {str(k): v for k, v in encoders.items()},
+                           "rows": [{"stage0_seed": e, "seed": t, **v, "metrics": metrics[(e, t)]}
+                                    for (e, t), v in sorted(rows.items())]}, f, indent=1)
+            out = write_draws(os.path.join(a.results, name + ".md"), rows, encoders, recipes, header)
+            if len(recipes) > 2:
+                write_rows(out, metrics, recipes)
     print(out, flush=True)
     return rows
 

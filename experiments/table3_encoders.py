@@ -26,13 +26,13 @@ import argparse
 import contextlib
 import json
 import os
-import platform
 import sys
 import time
 
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import common as C  # noqa: E402
 import evaluate as E  # noqa: E402
 import generator as G  # noqa: E402
 import tokenizer as T  # noqa: E402
@@ -139,16 +139,6 @@ def chain_job(job):
 # ----------------------------------------------------------------------------------------------
 # The table: every number from the JSON
 
-def machine():
-    """CPU model, cores, the device the models ran on, torch's version."""
-    cpu = platform.processor() or "unknown CPU"
-    if os.path.isfile("/proc/cpuinfo"):
-        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
-        cpu = names[0] if names else cpu
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "torch": torch.__version__}
-
-
 def write_table(path, res):
     """The markdown table, from the results JSON `res` alone."""
     f = lambda v, d: "n/a" if v is None else f"{v:.{d}f}"  # noqa: E731
@@ -233,7 +223,7 @@ def main(argv=None):
         raise SystemExit(f"table3_encoders.py: error: {e}")
     weights = {obj: list(T.LOSS_WEIGHTS.get(obj, T.DEFAULT_LOSS_WEIGHTS)) for obj in ENCODERS}
     mme = getattr(E.report, "PAPER_TABLE3_MME", None)
-    res = {"command": command, "preset": a.preset, "seed": a.seed, "runs": runs, "machine": machine(),
+    res = {"command": command, "preset": a.preset, "seed": a.seed, "runs": runs, "machine": C.machine(),
            "precision": precision, "threads": threads, "jobs": n_proc,
            "budget": {"encoder": T.PRESETS[a.preset]["encoder"], "stage0_steps": T.PRESETS[a.preset]["steps"][0],
                       "batch": batch, "psvae_steps": [s for _, s in plan]},

@@ -24,6 +24,24 @@ def test_draws_trains_an_encoder_per_seed_and_tabulates_every_draw(tmp_path):
     gaps = [r["psvae"] - r["rae"] for r in res["rows"]]
     assert f"**{sum(gaps) / 4:+.2f} +- " in text and "| all | 4 |" in text  # the mean over all draws
     assert os.path.isfile(tmp_path / "runs" / "stage0-seed1" / "rae-seed1" / "stage1.pt")
+    assert res["machine"]["cpu"] in text  # a timing names its CPU
+    assert res["rows"][0]["metrics"]["psvae"]["psnr"] == res["rows"][0]["psvae"]
+
+
+def test_every_row_over_the_draws_ranks_and_pairs_the_gaps(tmp_path):
+    m = {(0, 0): {"a": dict(psnr=20.0, probe_balanced=0.70, rfid=90.0), "b": dict(psnr=18.0, probe_balanced=0.80,
+                                                                                   rfid=50.0),
+                  "c": dict(psnr=19.0, probe_balanced=0.60, rfid=70.0)},
+         (1, 0): {"a": dict(psnr=21.0, probe_balanced=0.72, rfid=80.0), "b": dict(psnr=18.5, probe_balanced=0.76,
+                                                                                   rfid=60.0),
+                  "c": dict(psnr=19.5, probe_balanced=0.62, rfid=75.0)}}
+    path = tmp_path / "d.md"
+    path.write_text("head\n")
+    text = open(draws.write_rows(str(path), m, ["a", "b", "c"])).read()
+    assert text.startswith("head\n") and "| a | 2 | 20.50 +- 0.50 | 0.710 +- 0.010 | 85.0 +- 5.0 |" in text
+    # PSNR a > c > b, gaps a-c (1.0, 1.5) and c-b (1.0, 1.0), paired by draw; rFID lower first: b < c < a
+    assert "PSNR dB, best first: a (+1.25 +- 0.25) c (+1.00 +- 0.00) b;" in text
+    assert "rFID, best first: b (+17.5 +- 2.5) c (+12.5 +- 7.5) a;" in text
 
 
 def record(lever, latent, rules, sampling=None):
