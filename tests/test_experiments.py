@@ -83,3 +83,25 @@ def test_every_sampler_lever_scores_a_training_lever():
     for lever in recipe.EVAL_LEVERS:
         assert recipe.trained_lever(lever) in recipe.LEVERS and recipe.EVAL_LEVERS[lever][1]
     assert all(recipe.trained_lever(lv) == lv for lv in recipe.LEVERS)
+
+
+def test_ceilings_judge_real_scenes_through_each_tokenizer(tmp_path):
+    import ceilings
+    import evaluate
+    runs = tmp_path / "runs"
+    evaluate.main(["table4", "--preset", "tiny", "--recipes", "psvae,rae,vae", "--runs", str(runs), "--results",
+                   str(tmp_path), "--jobs", "1"])
+    res = ceilings.main(["--runs", str(runs), "--preset", "tiny", "--results", str(tmp_path)])
+    assert sorted(r["row"] for r in res["rows"]) == ["psvae", "rae", "vae"]
+    for r in res["rows"]:  # the ceiling is the geneval of real scenes through that tokenizer; PSNR its measurement
+        ge = evaluate.main(["geneval", "--baseline", "real", "--tokenizer", str(runs / r["row"]), "--preset", "tiny"])
+        assert (r["rules"], r["strict"]) == (ge["overall_geneval_rules"], ge["overall"])
+        assert r["psnr"] == json.load(open(runs / r["row"] / "measured.json"))["recon"]["psnr"]
+    text = open(tmp_path / "ceilings.md").read()
+    assert all(f"| {r['psnr']:.2f} | {r['rfid']:.0f} | {r['rules']:.3f} +- {r['rules_se']:.3f} |" in text
+               for r in res["rows"])
+    assert f"PSNR {res['corr_psnr']:+.2f}" in text and -1 <= res["corr_psnr"] <= 1
+    assert open(tmp_path / "ceilings.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="holds no measured tokenizer"):
+        ceilings.main(["--runs", str(tmp_path / "empty"), "--preset", "tiny"])
