@@ -97,6 +97,24 @@ def test_the_margin_over_rae_reads_the_draws(tmp_path):
     assert report.DRAWS_TABLE in report.build(root)
 
 
+@pytest.mark.parametrize("before,after,expected", [(0.40, 0.30, "reproduced"),  # a drop of 0.10, well above chance
+                                                     (0.40, 0.39, "partly"),  # kept, but no resolved drop
+                                                     (0.40, 0.06, "partly")])  # a resolved drop to near chance
+def test_table3_understanding_row_reads_the_json(tmp_path, before, after, expected):
+    """SigLIP's understanding after stage 2 (the paper: a small drop) from table3_encoders.json: two gaps, before -
+    after and after - chance, with binomial standard errors over the n held-out pairs."""
+    root, n, chance = str(tmp_path), 256, 0.05
+    assert report.section_table3(root)[0]["verdict"] == "not measured yet"
+    os.makedirs(tmp_path / "table4")
+    probe = {"before": {"probe_balanced": 0.7}, "after": {"probe_balanced": 0.6}}
+    (tmp_path / report.TABLE3_JSON).write_text(json.dumps({"encoders": {"siglip": {
+        "zero_shot": {"before": before, "after": after, "chance": chance, "n": n}, "encoder_probe": probe}}}))
+    got = report.section_table3(root)[0]
+    se_drop = (before * (1 - before) / n + after * (1 - after) / n) ** 0.5
+    assert f"before - after {before - after:+.3f} ± {se_drop:.3f}" in got["mini"] and "0.700 -> 0.600" in got["mini"]
+    assert got["verdict"] == expected
+
+
 def relative_links(page):
     text = open(os.path.join(ROOT, page)).read()
     text = re.sub(r"```.*?```", "", text, flags=re.S)
