@@ -99,15 +99,15 @@ def gap(a, b):
     return ma - mb, (math.sqrt(sa ** 2 + sb ** 2) if sa is not None and sb is not None else None)
 
 
-def fmt(m, se, n=None, d=2, unit="", sign=False):
-    """'18.81 ± 0.30 (3 seeds)'; sign=True writes gaps as '+3.48'."""
+def fmt(m, se, n=None, d=2, unit="", sign=False, of="seed"):
+    """'18.81 ± 0.30 (3 seeds)'; sign=True writes gaps as '+3.48'; `of` names what n counts."""
     return (f"{m:+.{d}f}" if sign else f"{m:.{d}f}") + unit + (f" ± {se:.{d}f}" if se is not None else "") + \
-        ("" if n is None else f" ({n} seed{'s' if n > 1 else ''})")
+        ("" if n is None else f" ({n} {of}{'s' if n > 1 else ''})")
 
 
-def fmt_value(values, d=2):
+def fmt_value(values, d=2, of="seed"):
     m, se = mean_se(values.values())
-    return fmt(m, se, len(values), d)
+    return fmt(m, se, len(values), d, of=of)
 
 
 def fmt_gaps(names, gaps, d=2, unit=""):
@@ -251,17 +251,37 @@ def section_figure3(root):
     ]
 
 
+# The current default's every row over draws of the stage-0 encoder (experiments/draws.py with all five rows): a
+# row of its JSON is one draw, with {"metrics": {recipe: {"psnr", "probe_balanced", "rfid"}}}. Where it holds
+# every latent of an order, the order is read from it (paired by draw), else from the earlier table.
+ROWS_JSON, ROWS_TABLE = "table4/draws_psvae_rae_svae_pvae_vae.json", "table4/draws_psvae_rae_svae_pvae_vae.md"
+
+
+def rows_draws(root, recipe, key):
+    """{draw: value} of one metric of one latent over the all-rows draws; {} without the file or the latent."""
+    if not have(root, ROWS_JSON):
+        return {}
+    return {f"{r['stage0_seed']}/{r['seed']}": r["metrics"][recipe][key[1]] for r in load(root, ROWS_JSON)["rows"]
+            if recipe in r.get("metrics", {})}
+
+
 def order_row(root, claim, paper, names, key, d=2, scale=1.0, unit="", lower_is_better=False):
-    """An order A > B > C ... of one Table-4 metric over the default table's seeds."""
-    vals = {n: {s: v * scale for s, v in table4(root, TABLE4_LATENTS[n], key).items()} for n in names}
-    links = [TABLE4_TABLE, TABLE4_METRICS.replace(os.sep, "/") + "/"]
+    """An order A > B > C ... of one Table-4 metric: over the current default's draws where they hold every latent
+    of the order, else over the earlier table's seeds."""
+    vals = {n: {s: v * scale for s, v in rows_draws(root, TABLE4_LATENTS[n], key).items()} for n in names}
+    source, links, command = "current default", [ROWS_TABLE, ROWS_JSON], \
+        f"`{load(root, ROWS_JSON)['command']}`" if have(root, ROWS_JSON) else None
+    if not all(vals.values()):
+        vals = {n: {s: v * scale for s, v in table4(root, TABLE4_LATENTS[n], key).items()} for n in names}
+        source, links, command = TWINS, [TABLE4_TABLE, TABLE4_METRICS.replace(os.sep, "/") + "/"], CMD_TABLE4
     if not all(vals.values()):
         return unmeasured(claim, paper, CMD_TABLE4, links)
     pairs = list(zip(names, names[1:]))
     gaps = [gap(vals[b], vals[a]) if lower_is_better else gap(vals[a], vals[b]) for a, b in pairs]
-    mini = f"{TWINS}: " + ", ".join(f"{n} {fmt_value(vals[n], d)}" for n in names) + "; gaps: " + \
+    of = "seed" if source == TWINS else "draw"  # a draw: a stage-0 encoder's seed and a tokenizer seed
+    mini = f"{source}: " + ", ".join(f"{n} {fmt_value(vals[n], d, of)}" for n in names) + "; gaps: " + \
         fmt_gaps([f"{a} - {b}" if not lower_is_better else f"{b} - {a}" for a, b in pairs], gaps, d, unit)
-    return row(claim, paper, mini, gaps, CMD_TABLE4, links)
+    return row(claim, paper, mini, gaps, command, links)
 
 
 def draws_row(root):
@@ -407,9 +427,9 @@ def section_table3(root):
 SECTIONS = [
     ("Eq. 1: the optimal field in h dimensions (Sec. 3.2)", section_eq1),
     ("Figure 3: off-manifold samples of a flow in a high-dimensional space (Sec. 3.2)", section_figure3),
-    ("Table 4, reconstruction: PS-VAE's margin over RAE (the current default), the PSNR and rFID orders (the earlier "
-     "constant-lr table)", section_table4_recon),
-    ("Table 4, semantics: the probe orders (the earlier constant-lr table)", section_probes),
+    ("Table 4, reconstruction: PS-VAE's margin over RAE, the PSNR and rFID orders (each row names its data: the "
+     "current default's draws, or the earlier constant-lr table)", section_table4_recon),
+    ("Table 4, semantics: the probe orders (each row names its data)", section_probes),
     ("Figure 11: latent channels (the earlier constant-lr table)", section_figure11),
     ("Table 4, generation and editing: the orders", section_table4_generation),
     ("Figure 7: convergence", section_figure7),

@@ -115,6 +115,23 @@ def test_table3_understanding_row_reads_the_json(tmp_path, before, after, expect
     assert got["verdict"] == expected
 
 
+def test_orders_read_the_current_defaults_draws_once_they_hold_every_row(tmp_path):
+    """An order comes from the all-rows draws (paired by draw) once they exist, else from the earlier table."""
+    root = str(tmp_path)
+    claim = ("P-VAE", "PS-VAE", "RAE", "S-VAE")
+    args = ("PSNR order", "paper", claim, report.PSNR)
+    assert report.order_row(root, *args)["verdict"] == "not measured yet"
+    os.makedirs(tmp_path / "table4")
+    psnr = {"pvae": (20.0, 20.5), "psvae": (19.0, 19.2), "rae": (16.0, 16.6), "svae": (16.5, 15.9), "vae": (20, 20)}
+    rows = [{"stage0_seed": d, "seed": 0, "metrics": {r: {"psnr": v[d], "probe_balanced": 0.5, "rfid": 50.0}
+                                                      for r, v in psnr.items()}} for d in (0, 1)]
+    (tmp_path / report.ROWS_JSON).write_text(json.dumps({"command": "python experiments/draws.py --all", "rows": rows}))
+    got = report.order_row(root, *args)
+    assert got["mini"].startswith("current default: P-VAE 20.25 ± 0.25 (2 draws)") and "--all" in got["command"]
+    # P-VAE - PS-VAE (1.0, 1.3) and PS-VAE - RAE (3.0, 2.6) confirm; RAE - S-VAE (-0.5, +0.7) cannot tell
+    assert "RAE - S-VAE +0.10 ± 0.60" in got["mini"] and got["verdict"] == "partly"
+
+
 def relative_links(page):
     text = open(os.path.join(ROOT, page)).read()
     text = re.sub(r"```.*?```", "", text, flags=re.S)
