@@ -19,6 +19,7 @@ import resource
 import shutil
 import sys
 import sysconfig
+import textwrap
 import time
 import warnings
 
@@ -407,6 +408,24 @@ def save_recon_grid(path, x, x_hat, title):
     ax.set_axis_off()
     ax.set_title(title, fontsize=9)
     fig.savefig(path, dpi=100, bbox_inches="tight")
+
+
+def save_grid(path, imgs, titles, suptitle):
+    """A row-major grid of images ((3, H, W) in [-1, 1]) with their prompts as titles (PNG via matplotlib)."""
+    from matplotlib.figure import Figure
+
+    from world import to_uint8  # (world.py does not import this file)
+    cols = min(len(imgs), 4)
+    rows = math.ceil(len(imgs) / cols)
+    fig = Figure(figsize=(2.4 * cols, 2.7 * rows), layout="constrained")  # (keeps room for the suptitle)
+    for i, img in enumerate(imgs):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.imshow(to_uint8(img), interpolation="nearest")
+        ax.set_title("\n".join(textwrap.wrap(titles[i], 28)), fontsize=7)
+        ax.set_axis_off()
+    fig.suptitle(suptitle, fontsize=9)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
 
 
 # ------------------------------------------------------------------------------------------

@@ -846,8 +846,9 @@ def generation_job(job):
         for s in sorted({*range(sz["every"], sz["gen_steps"], sz["every"]), sz["gen_steps"]}):  # chunks, then the budget
             if str(s) in curve or s < done:  # measured, or passed by a run with another interval
                 continue
-            generator.main([*common, "--tokenizer", job["tokenizer"], "--out", gen, "--steps", str(s), "--head",
-                            job["head"], "--cache", job["cache"], *(["--resume"] if done else [])])
+            generator.main([*common, *job.get("generator_flags", []), "--tokenizer", job["tokenizer"], "--out", gen,
+                            "--steps", str(s), "--head", job["head"], "--cache", job["cache"],
+                            *(["--resume"] if done else [])])  # (the editor takes the generator's size from it)
             done = s
             curve[str(s)] = cmd_geneval(ev(ckpt=gen, preset=job["preset"], prompts=sz["prompts"], images=1))
             write_text(curve_path, json.dumps(curve, indent=1))

@@ -29,7 +29,6 @@ import math
 import os
 import re
 import sys
-import textwrap
 import time
 from dataclasses import dataclass, replace
 
@@ -42,12 +41,11 @@ from tqdm import tqdm
 
 import tokenizer as T
 from common import (Deadline, StepLog, add_speed_args, all_mean, barrier, choose_speed, compute_cleanup,
-                    compute_init, is_rank0, print0, read_checkpoint, save_checkpoint, seeded_randn, truncate_metrics,
-                    write_config, wsd_lr)
+                    compute_init, is_rank0, print0, read_checkpoint, save_checkpoint, save_grid, seeded_randn,
+                    truncate_metrics, write_config, wsd_lr)
 from pretrained import QwenTokenizer, load_qwen2_weights, qwen2_config, write_safetensors
 from tokenizer import TokenizerError
-from world import (VOCAB, CaptionFolderDataset, WorldCaptions, caption_scene, make_edit, sample_scene, scene_seed,
-                   to_uint8)
+from world import VOCAB, CaptionFolderDataset, WorldCaptions, caption_scene, make_edit, sample_scene, scene_seed
 
 SCRIPT = "generator.py"  # written into every checkpoint, checked when one is loaded
 
@@ -77,10 +75,13 @@ class ModelConfig:
 
 # The backbone of `paper` has Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 query / 2 key-value
 # heads, SwiGLU 4864); with --lm its size, weights and 151,936-entry vocabulary come from a Qwen2.5
-# folder (model_config). The DDT head of `paper` is RAE's: 2 blocks of width 2048.
+# folder (model_config). The DDT head of `paper` is RAE's: 2 blocks of width 2048. tiny-l and cpu-l: Figure
+# 10's larger generator, about 2.5x the parameters of tiny and cpu (1.5x the width, more layers, same head width).
 MODELS = {
     "tiny": ModelConfig(width=32, depth=2, heads=2, kv_heads=1, mlp=64, head_width=48, head_depth=1, head_heads=2),
+    "tiny-l": ModelConfig(width=48, depth=4, heads=3, kv_heads=1, mlp=96, head_width=72, head_depth=1, head_heads=3),
     "cpu": ModelConfig(width=128, depth=4, heads=4, kv_heads=2, mlp=344, head_width=192, head_depth=2, head_heads=4),
+    "cpu-l": ModelConfig(width=192, depth=6, heads=6, kv_heads=2, mlp=512, head_width=288, head_depth=2, head_heads=6),
     "world": ModelConfig(width=512, depth=12, heads=8, kv_heads=2, mlp=1408, head_width=1024, head_depth=2,
                          head_heads=16),
     "paper": ModelConfig(width=896, depth=24, heads=14, kv_heads=2, mlp=4864, head_width=2048, head_depth=2,
@@ -434,9 +435,8 @@ class Generator(nn.Module):
             raise GeneratorError(f"--patch {patch} does not divide the {H}x{W} latent grid; pick a divisor")
         self.cfg, self.latent_shape, self.P, self.T, self.head_kind = cfg, tuple(latent_shape), patch, text_len, head
         self.fusion = fusion
-        D, grid = cfg.width, (H // patch, W // patch)
+        D, grid, in_dim = cfg.width, (H // patch, W // patch), C * patch * patch  # in_dim: one token's latent values
         self.N = grid[0] * grid[1]
-        in_dim = C * patch * patch
         self.text = text or TextTokenizer()
         self.embed_tokens = nn.Embedding(cfg.vocab_size or len(self.text), D)
         self.img_in = nn.Linear(in_dim, D)
@@ -872,6 +872,7 @@ LM_PRESETS = {  # pre-training of the caption LM, per generator preset (the back
     "cpu": dict(steps=1500, batch_size=64, lr=2e-3, context=40, n_texts=30000),
     "world": dict(steps=6000, batch_size=128, lr=1e-3, context=40, n_texts=120000),
 }
+LM_PRESETS |= {f"{m}-l": LM_PRESETS[m] for m in ("tiny", "cpu")}  # the larger backbones: the same pre-training
 
 
 def scene_text(scene):
@@ -1036,22 +1037,6 @@ def generate(model, tok, prompts, **kw):
     """prompts -> images (B, 3, S, S) in [-1, 1], decoded by the tokenizer."""
     z = generate_latents(model, prompts, **kw)
     return torch.cat([tok.decode(z[i:i + 64]) for i in range(0, len(z), 64)]).cpu()
-
-
-def save_grid(path, imgs, titles, suptitle):
-    """A row-major grid of images with their prompts as titles (PNG via matplotlib)."""
-    from matplotlib.figure import Figure
-    cols = min(len(imgs), 4)
-    rows = math.ceil(len(imgs) / cols)
-    fig = Figure(figsize=(2.4 * cols, 2.7 * rows), layout="constrained")  # (keeps room for the suptitle)
-    for i, img in enumerate(imgs):
-        ax = fig.add_subplot(rows, cols, i + 1)
-        ax.imshow(to_uint8(img), interpolation="nearest")
-        ax.set_title("\n".join(textwrap.wrap(titles[i], 28)), fontsize=7)
-        ax.set_axis_off()
-    fig.suptitle(suptitle, fontsize=9)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
 
 
 def cmd_sample(argv):

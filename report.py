@@ -391,7 +391,9 @@ def section_table1(root):
 
 def section_figure10(root):
     return [row(f"a larger generator on the {c} latent", f"GenEval {a} -> {b}, editing {e} -> {f}",
-                "not measured yet", None, "no command yet (a larger generator per latent needs a GPU)", [],
+                "not measured yet", None, "`python experiments/figure10.py --preset cpu --runs runs/table4-cpu "
+                "--channels 8,24 --models cpu,cpu-l --jobs 2` (not run yet: about 10 hours of 2 CPU cores, estimated)",
+                [],
                 "not measured yet") for c, ((a, b), (e, f)) in PAPER_FIGURE10.items()]
 
 

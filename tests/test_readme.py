@@ -14,7 +14,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("toy_manifold", "tokenizer", "generator", "edit", "evaluate", "experiments/bench", "experiments/draws",
            "experiments/recipe", "experiments/flow_where", "experiments/table1_fusion", "experiments/table3_encoders",
-           "experiments/ceilings")
+           "experiments/ceilings", "experiments/figure10")
 DOCS = ("README.md", *(os.path.join("results", f) for f in ("README.md", "LOG.md", "REPORT.md")))
 # placeholders the README uses where a parser wants a number; strings (RUN, PATH) parse as they are
 PLACEHOLDERS = {"$s": "1", "S": "64"}
