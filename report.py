@@ -422,7 +422,9 @@ def section_table3(root):
     mini = (f"zero-shot caption matching {z['before']:.3f} -> {z['after']:.3f} (chance {z['chance']:.3f}; {z['n']} "
             f"held-out pairs, binomial s.e.; one seed); gaps: before - after {fmt(*drop, d=3, sign=True)}, after - "
             f"chance {fmt(*kept, d=3, sign=True)}; the encoder's balanced probe {pb['probe_balanced']:.3f} -> "
-            f"{pa['probe_balanced']:.3f}")
+            f"{pa['probe_balanced']:.3f}; its pixel readout {e['encoder']['readout_psnr']:.2f} dB, twin gap "
+            f"{e['encoder']['twin_gap_db']:.2f} dB; PS-VAE on it {e['recon']['psnr']:.2f} dB PSNR (on the DINOv2-role "
+            f"encoder {load(root, TABLE3_JSON)['encoders']['twins']['recon']['psnr']:.2f})")
     return [row(claim, paper, mini, [drop, kept], CMD_TABLE3, [TABLE3_TABLE])]
 
 

@@ -107,12 +107,14 @@ def test_table3_understanding_row_reads_the_json(tmp_path, before, after, expect
     assert report.section_table3(root)[0]["verdict"] == "not measured yet"
     os.makedirs(tmp_path / "table4")
     probe = {"before": {"probe_balanced": 0.7}, "after": {"probe_balanced": 0.6}}
-    (tmp_path / report.TABLE3_JSON).write_text(json.dumps({"encoders": {"siglip": {
-        "zero_shot": {"before": before, "after": after, "chance": chance, "n": n}, "encoder_probe": probe}}}))
+    enc, recon = {"readout_psnr": 28.0, "twin_gap_db": 12.0}, lambda p: {"psnr": p}  # noqa: E731
+    (tmp_path / report.TABLE3_JSON).write_text(json.dumps({"encoders": {"twins": {"recon": recon(18.5)}, "siglip": {
+        "zero_shot": {"before": before, "after": after, "chance": chance, "n": n}, "encoder_probe": probe,
+        "encoder": enc, "recon": recon(23.0)}}}))
     got = report.section_table3(root)[0]
     se_drop = (before * (1 - before) / n + after * (1 - after) / n) ** 0.5
     assert f"before - after {before - after:+.3f} ± {se_drop:.3f}" in got["mini"] and "0.700 -> 0.600" in got["mini"]
-    assert got["verdict"] == expected
+    assert got["verdict"] == expected and "PS-VAE on it 23.00 dB PSNR (on the DINOv2-role encoder 18.50)" in got["mini"]
 
 
 def test_orders_read_the_current_defaults_draws_once_they_hold_every_row(tmp_path):
