@@ -2,7 +2,7 @@
 tiny preset, end to end: the tokenizers of a tiny Table 4 run, four runs, the figure, the table and its JSON; a second
 call trains nothing; the larger models really have about 2.5x the parameters; a missing width is one sentence.
 
-Run: OMP_NUM_THREADS=1 python -m pytest -q -n 0 tests/test_figure10.py     (~1.5 min on one core)
+Run: OMP_NUM_THREADS=1 python -m pytest -q -n 0 -m slow tests/test_figure10.py  (the end-to-end test, ~1 min)
 """
 import json
 import os
@@ -89,6 +89,7 @@ def psvae_widths(runs):
                           args=["--preset", "tiny", "--recipe", "psvae", "--latent-channels", str(C)]))
 
 
+@pytest.mark.slow  # about a minute on 2 cores: run with -m slow
 def test_figure10_tiny_end_to_end(tmp_path):
     psvae_widths(tmp_path / "runs")
     argv = ["--preset", "tiny", "--runs", str(tmp_path / "runs"), "--channels", ",".join(map(str, WIDTHS)),
