@@ -127,6 +127,9 @@ def test_orders_read_the_current_defaults_draws_once_they_hold_every_row(tmp_pat
     psnr = {"pvae": (20.0, 20.5), "psvae": (19.0, 19.2), "rae": (16.0, 16.6), "svae": (16.5, 15.9), "vae": (20, 20)}
     rows = [{"stage0_seed": d, "seed": 0, "metrics": {r: {"psnr": v[d], "probe_balanced": 0.5, "rfid": 50.0}
                                                       for r, v in psnr.items()}} for d in (0, 1)]
+    (tmp_path / report.ROWS_JSON).write_text(json.dumps({"command": "python experiments/draws.py --all",
+                                                         "rows": rows[:1]}))
+    assert report.order_row(root, *args)["verdict"] == "not measured yet"  # one draw: no noise, not used
     (tmp_path / report.ROWS_JSON).write_text(json.dumps({"command": "python experiments/draws.py --all", "rows": rows}))
     got = report.order_row(root, *args)
     assert got["mini"].startswith("current default: P-VAE 20.25 ± 0.25 (2 draws)") and "--all" in got["command"]
