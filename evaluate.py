@@ -687,7 +687,8 @@ def cmd_geneval(args):
     suite = W.geneval_suite(per_cat)
     sha = hashlib.sha1(json.dumps([p[1] for p in suite]).encode()).hexdigest()[:12]
     print(f"{W.GENEVAL_VERSION} ({sha}): {per_cat} prompts x {len(W.CAPTION_CATEGORIES)} categories x {per_prompt} "
-          f"images, {kw['steps']} Euler steps, shift {kw['shift']}, guidance {kw['guidance']}", flush=True)
+          "images, " + ("real scenes through the tokenizer" if args.baseline else
+                        f"{kw['steps']} Euler steps, shift {kw['shift']}, guidance {kw['guidance']}"), flush=True)
     jobs = [(c, text, spec, k) for k, (c, text, spec) in enumerate(suite) for _ in range(per_prompt)]
     strict, rules = torch.zeros(len(suite)), torch.zeros(len(suite))  # per prompt, summed over its images
     ev, feats = world_evaluator(verbose=False), {"generated": [], "real": []}  # gFID, in the world's features
