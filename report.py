@@ -90,6 +90,11 @@ def mean_se(values):
     return m, math.sqrt(sum((x - m) ** 2 for x in v) / (len(v) - 1) / len(v))
 
 
+def share_se(p, n):
+    """The binomial standard error of a share p of n items."""
+    return math.sqrt(p * (1 - p) / n)
+
+
 def gap(a, b):
     """a - b for two {seed: value} measurements: paired over seeds when both have the same seeds
     (shared data order and stage 0 cancel), else the difference of means with both errors added."""
@@ -174,7 +179,7 @@ def generation(root, name, what):
         return r["geneval"]["overall_geneval_rules"], r["geneval"]["overall_geneval_rules_stderr"]
     if what == "edit":
         p, n = r["gedit"]["instruction_hit"], r["gedit"]["n_edits"]
-        return p, math.sqrt(p * (1 - p) / n)  # a share of n edits: binomial standard error
+        return p, share_se(p, n)  # a share of n edits
     return r["off_manifold_ratio"], r["off_manifold_stderr"]
 
 
@@ -401,11 +406,6 @@ TABLE3_JSON, TABLE3_TABLE = "table4/table3_encoders.json", "table4/table3_encode
 CMD_TABLE3 = "`python experiments/table3_encoders.py --preset cpu --jobs 2`"
 
 
-def share_se(p, n):
-    """The binomial standard error of a share p of n items."""
-    return math.sqrt(p * (1 - p) / n)
-
-
 def section_table3(root):
     """The SigLIP-role encoder's zero-shot caption matching before and after PS-VAE's stage 2 (the miniature of
     MME-P): the paper's claim is a small drop, so two gaps: before - after (a drop) and after - chance (kept)."""
@@ -414,7 +414,8 @@ def section_table3(root):
     if not have(root, TABLE3_JSON):
         return [unmeasured(claim, paper, CMD_TABLE3 + " (not run yet; the miniature of MME-P: the SigLIP-role "
                            "encoder's zero-shot caption matching before and after stage 2)", [])]
-    e = load(root, TABLE3_JSON)["encoders"]["siglip"]
+    encoders = load(root, TABLE3_JSON)["encoders"]
+    e = encoders["siglip"]
     z, pb, pa = e["zero_shot"], e["encoder_probe"]["before"], e["encoder_probe"]["after"]
     se = lambda p: share_se(p, z["n"])  # noqa: E731
     drop, kept = (z["before"] - z["after"], math.hypot(se(z["before"]), se(z["after"]))), \
@@ -424,7 +425,7 @@ def section_table3(root):
             f"chance {fmt(*kept, d=3, sign=True)}; the encoder's balanced probe {pb['probe_balanced']:.3f} -> "
             f"{pa['probe_balanced']:.3f}; its pixel readout {e['encoder']['readout_psnr']:.2f} dB, twin gap "
             f"{e['encoder']['twin_gap_db']:.2f} dB; PS-VAE on it {e['recon']['psnr']:.2f} dB PSNR (on the DINOv2-role "
-            f"encoder {load(root, TABLE3_JSON)['encoders']['twins']['recon']['psnr']:.2f})")
+            f"encoder {encoders['twins']['recon']['psnr']:.2f})")
     return [row(claim, paper, mini, [drop, kept], CMD_TABLE3, [TABLE3_TABLE])]
 
 
@@ -520,9 +521,9 @@ def figure_sheet(root, path):
         labels = []
         for i, n in enumerate(names):  # the current default's draws where a latent has two, as the orders read them
             v = rows_draws(root, TABLE4_LATENTS[n], key)
+            labels.append(short[i] + ("" if len(v) > 1 else "*"))
             if len(v) < 2:
                 v = table4(root, TABLE4_LATENTS[n], key)
-            labels.append(short[i] + ("" if len(rows_draws(root, TABLE4_LATENTS[n], key)) > 1 else "*"))
             a.plot([i] * len(v), list(v.values()), "o", color=f"C{i}", alpha=0.6)
             a.plot([i - 0.3, i + 0.3], [mean_se(v.values())[0]] * 2, "-", color=f"C{i}", lw=2)
         a.set_xticks(range(len(names)), labels, rotation=30, fontsize=8)

@@ -66,6 +66,15 @@ def train_step_flops(model, x0, cond, t, eps):
     return flops
 
 
+def generator_cost(cfg, latent_shape):
+    """(parameters, model FLOPs of one training sample, forward + backward) of the generator that build_model makes
+    from `cfg` on latents of `latent_shape`: what a bigger model pays per sample at equal training FLOPs."""
+    model = G.build_model(cfg, latent_shape)
+    x0, eps = torch.randn(2, *latent_shape), torch.randn(2, *latent_shape)
+    ids = torch.randint(1, model.embed_tokens.num_embeddings, (2, cfg["text_len"]))
+    return sum(p.numel() for p in model.parameters()), train_step_flops(model, x0, ids, torch.rand(2), eps) / 2
+
+
 def matmul_peak(device, dtype, seconds=1.0):
     """TFLOP/s of an n x n matrix product in `dtype`, measured here: the practical ceiling (n 8192
     on a GPU; 512 on a CPU, where larger products are no faster per FLOP)."""

@@ -29,14 +29,12 @@ import os
 import sys
 import time
 
-import torch
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import evaluate as E  # noqa: E402
 import generator as G  # noqa: E402
 import tokenizer as T  # noqa: E402
-from experiments.bench import train_step_flops  # noqa: E402
+from experiments.bench import generator_cost  # noqa: E402
 
 # Figure 10: (the paper's latent width, its generator's LM) -> (GenEval, editing EditReward)
 PAPER = {("32c", "Qwen2.5-0.5B"): (77.07, 0.274), ("32c", "Qwen2.5-1.5B"): (77.67, 0.228),
@@ -71,10 +69,7 @@ def tokenizer_of(runs, preset, C):
 def model_size(model, preset, lm, shape):
     """(parameters, model FLOPs of one training sample) of the generator of MODELS[model] on latents of `shape`."""
     cfg = dict(model=model, patch=1, text_len=G.PRESETS[preset]["text_len"], head="ddt", lm=lm, fusion="transfusion")
-    net = G.build_model(cfg, shape)
-    x0, eps = torch.randn(2, *shape), torch.randn(2, *shape)
-    ids = torch.randint(1, net.embed_tokens.num_embeddings, (2, cfg["text_len"]))
-    return sum(p.numel() for p in net.parameters()), train_step_flops(net, x0, ids, torch.rand(2), eps) / 2
+    return generator_cost(cfg, shape)
 
 
 def figure10_job(job):

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate as E  # noqa: E402
 import generator as G  # noqa: E402
 import tokenizer as T  # noqa: E402
-from experiments.bench import train_step_flops  # noqa: E402
+from experiments.bench import generator_cost  # noqa: E402
 
 # lever -> generator.py flags changed from the cpu preset ({cool}: a fifth of the run's steps).
 # "baseline" is the cpu recipe as it was before the caption LM (random initial weights).
@@ -64,10 +64,7 @@ def flops_per_sample(flags, latent_shape, preset="cpu"):
     """Model FLOPs of one training sample (forward + backward) of the generator these flags build."""
     a = G.parse_args(["--preset", preset, *[f.replace("{cool}", "0") for f in flags]])
     cfg = dict(model=a["model"], patch=a["patch"], text_len=a["text_len"], head=a["head"], lm=None)
-    model = G.build_model(cfg, latent_shape)
-    x0, eps = torch.randn(2, *latent_shape), torch.randn(2, *latent_shape)
-    ids = torch.randint(1, model.embed_tokens.num_embeddings, (2, cfg["text_len"]))
-    return train_step_flops(model, x0, ids, torch.rand(2), eps) / 2
+    return generator_cost(cfg, latent_shape)[1]
 
 
 def recipe_job(job):
