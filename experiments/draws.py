@@ -6,7 +6,8 @@ measured by `evaluate.py encoder` (its linear pixel readout and twin gap: how mu
 it keeps); on it, for each tokenizer seed, the table's rows (default PS-VAE and RAE) are trained
 and measured by `evaluate.py table4 --stage0`. The table then shows the PSNR gap per draw, per
 encoder and over all, as mean +- standard error, so that a reader sees which draw moves it.
-Finished trainings are reused. With more rows than two (--recipes psvae,rae,svae,pvae,vae), a second
+A row that reads no encoder (the pixel VAE) draws its noise from its own seed alone, so each draw
+trains it with another seed (own_seed). Finished trainings are reused. With more rows than two (--recipes psvae,rae,svae,pvae,vae), a second
 table gives every row's PSNR, balanced probe and rFID over the draws, and the gap between rows adjacent
 in each ranking, paired by draw (files draws_<recipes>.md/.json).
 
@@ -35,6 +36,17 @@ def stage0(folder, seed, speed, preset):
         T.main(["--preset", preset, "--stage", "0", "--seed", str(seed), "--batch-size", str(batch), "--out", folder,
                 *speed])
     return path
+
+
+def own_seed(s0, s):
+    """The tokenizer seed of a row that reads no stage-0 encoder (the pixel VAE) in the draw (stage-0
+    seed s0, tokenizer seed s). Its only source of noise is its own seed, so each draw trains it with
+    another one: with seed s on every encoder, its draws would be one training repeated."""
+    return 100 * s0 + s
+
+
+def reads_encoder(recipe):
+    return T.RECIPES[recipe] is not T.PixelVAE
 
 
 def mean_se(xs):
@@ -124,9 +136,14 @@ def main(argv=None):
             folder = os.path.join(a.runs, f"stage0-seed{s0}")
             ckpt = stage0(os.path.join(folder, "stage0"), s0, speed, a.preset)
             encoders[s0] = encoders.get(s0) or E.main(["encoder", "--stage0", ckpt])
-            r = E.main(["table4", "--preset", a.preset, "--recipes", a.recipes, "--stage0", ckpt, "--runs", folder,
-                        "--results", os.path.join(folder, "tables"), "--seed", str(s), "--jobs", str(a.jobs),
-                        "--threads", "1", "--amp", speed[1], "--compile", speed[3]])
+            r = {"rows": {}}
+            for group, seed in (([x for x in recipes if reads_encoder(x)], s),
+                                ([x for x in recipes if not reads_encoder(x)], own_seed(s0, s))):
+                if group:
+                    r["rows"].update(E.main([
+                        "table4", "--preset", a.preset, "--recipes", ",".join(group), "--stage0", ckpt, "--runs",
+                        folder, "--results", os.path.join(folder, "tables"), "--seed", str(seed), "--jobs",
+                        str(a.jobs), "--threads", "1", "--amp", speed[1], "--compile", speed[3]])["rows"])
             rows[(s0, s)] = {names[n]: v["psnr"] for n, v in r["rows"].items()}
             metrics[(s0, s)] = {names[n]: {k: v[k] for k, *_ in METRICS} for n, v in r["rows"].items()}
             header = [f"`{command}`; {time.time() - t0:.0f} s in its last invocation (finished trainings reused) on "

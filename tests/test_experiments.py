@@ -13,17 +13,21 @@ import recipe  # noqa: E402
 
 def test_draws_trains_an_encoder_per_seed_and_tabulates_every_draw(tmp_path):
     draws.main(["--preset", "tiny", "--stage0-seeds", "0,1", "--seeds", "0,1", "--runs", str(tmp_path / "runs"),
-                "--results", str(tmp_path), "--jobs", "1"])
-    res = json.load(open(tmp_path / "draws.json"))
+                "--results", str(tmp_path), "--jobs", "1", "--recipes", "psvae,vae"])
+    res = json.load(open(tmp_path / "draws_psvae_vae.json"))
     assert [(r["stage0_seed"], r["seed"]) for r in res["rows"]] == [(0, 0), (0, 1), (1, 0), (1, 1)]
     # the two encoders are different draws, and each tokenizer seed trained its own latents
     e0, e1 = res["encoders"]["0"], res["encoders"]["1"]
     assert e0["readout_psnr"] != e1["readout_psnr"] and e0["stage0"] != e1["stage0"]
     assert len({r["psvae"] for r in res["rows"]}) == 4
-    text = open(tmp_path / "draws.md").read()
-    gaps = [r["psvae"] - r["rae"] for r in res["rows"]]
+    # the pixel VAE reads no encoder: each draw trains it with its own seed, not one training per encoder
+    assert len({r["vae"] for r in res["rows"]}) == 4
+    assert all(os.path.isfile(tmp_path / "runs" / f / "stage1.pt") for f in
+               ("stage0-seed0/vae", "stage0-seed0/vae-seed1", "stage0-seed1/vae-seed100", "stage0-seed1/vae-seed101"))
+    text = open(tmp_path / "draws_psvae_vae.md").read()
+    gaps = [r["psvae"] - r["vae"] for r in res["rows"]]
     assert f"**{sum(gaps) / 4:+.2f} +- " in text and "| all | 4 |" in text  # the mean over all draws
-    assert os.path.isfile(tmp_path / "runs" / "stage0-seed1" / "rae-seed1" / "stage1.pt")
+    assert os.path.isfile(tmp_path / "runs" / "stage0-seed1" / "psvae-seed1" / "stage2.pt")
     assert res["machine"]["cpu"] in text  # a timing names its CPU
     assert res["rows"][0]["metrics"]["psvae"]["psnr"] == res["rows"][0]["psvae"]
 
