@@ -185,14 +185,14 @@ def ssim(x, y, k1=0.01, k2=0.03):
 
 
 def frechet_distance(mu1, cov1, mu2, cov2):
-    """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (the FID formula)."""
-    import scipy.linalg
-    covmean = scipy.linalg.sqrtm(cov1 @ cov2)
-    if not np.isfinite(covmean).all():  # singular product: nudge the diagonals (as pytorch-fid does)
-        off = np.eye(len(cov1)) * 1e-6
-        covmean = scipy.linalg.sqrtm((cov1 + off) @ (cov2 + off))
-    covmean = np.real(covmean)  # tiny imaginary parts are numerical error
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(covmean))
+    """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (the FID formula).
+    S1 S2 is similar to the symmetric S1^(1/2) S2 S1^(1/2), so Tr (S1 S2)^(1/2) is the sum of the
+    square roots of that matrix's eigenvalues: two symmetric eigendecompositions, no general matrix
+    square root, and exact for the singular covariances of small sets too."""
+    w, V = np.linalg.eigh(cov1)
+    root1 = (V * np.sqrt(w.clip(min=0))) @ V.T  # S1^(1/2)
+    tr_covmean = np.sqrt(np.linalg.eigvalsh(root1 @ cov2 @ root1).clip(min=0)).sum()
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(cov1) + np.trace(cov2) - 2 * tr_covmean)
 
 
 def fid_of_features(a, b):
@@ -256,6 +256,11 @@ def world_evaluator(steps=400, seed=0, cache="runs/evaluator", verbose=True, wid
     torch.save({"script": "evaluate.py", "steps": steps, "seed": seed, "model": net.state_dict()}, path + ".tmp")
     os.replace(path + ".tmp", path)
     return net.eval().requires_grad_(False)
+
+
+def gfid_evaluator(preset):
+    """gFID's feature network: the one the preset's rFID uses (its Table 4 size), so both read one space."""
+    return world_evaluator(TABLE4_SIZES[preset]["evaluator_steps"], verbose=False)
 
 
 def eval_device(args):
@@ -691,7 +696,7 @@ def cmd_geneval(args):
                         f"{kw['steps']} Euler steps, shift {kw['shift']}, guidance {kw['guidance']}"), flush=True)
     jobs = [(c, text, spec, k) for k, (c, text, spec) in enumerate(suite) for _ in range(per_prompt)]
     strict, rules = torch.zeros(len(suite)), torch.zeros(len(suite))  # per prompt, summed over its images
-    ev, feats = world_evaluator(verbose=False), {"generated": [], "real": []}  # gFID, in the world's features
+    ev, feats = gfid_evaluator(preset), {"generated": [], "real": []}  # gFID, in the world's features
     t0 = time.time()
     for b in tqdm(range(0, len(jobs), args.batch), disable=not sys.stderr.isatty()):
         part = jobs[b:b + args.batch]

@@ -290,7 +290,7 @@ def main(argv=None):
     toks = {C: tokenizer_of(runs, a.preset, C) for C in a.channels}  # a missing width stops here, before training
     with E.num_threads(threads):  # made once here, not by two runs at once: each model's LM, the gFID network
         lms = {m: G.resolve_lm({"lm": lm_flag, "model": m}, dev) for m in a.models}
-        E.world_evaluator(verbose=False)
+        E.gfid_evaluator(a.preset)
     # the generator trains in chunks of `every` steps, one process call each: the choice judges the chunk
     speed, precision = E.table_speed(argparse.Namespace(amp=a.amp, compile=a.compile, device=a.device),
                                      min(sz["every"], sz["gen_steps"]))

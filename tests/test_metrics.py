@@ -70,6 +70,18 @@ def test_frechet_distance_of_diagonal_gaussians():
     assert E.frechet_distance(np.ones(2), S, np.ones(2), S) == pytest.approx(0.0, abs=1e-8)
 
 
+def test_frechet_distance_matches_the_matrix_square_root():
+    """Full covariances: the trace of (S1 S2)^(1/2) against scipy's general matrix square root."""
+    import scipy.linalg
+    rng = np.random.default_rng(0)
+    for d in (3, 40):
+        A, B = rng.normal(size=(d, 2 * d)), rng.normal(size=(d, 2 * d))
+        S1, S2, mu1, mu2 = A @ A.T / d, B @ B.T / d + 0.1 * np.eye(d), rng.normal(size=d), rng.normal(size=d)
+        want = ((mu1 - mu2) ** 2).sum() + np.trace(S1 + S2) - 2 * np.trace(scipy.linalg.sqrtm(S1 @ S2)).real
+        assert E.frechet_distance(mu1, S1, mu2, S2) == pytest.approx(want, rel=1e-9)
+        assert E.frechet_distance(mu1, S1, mu2, S2) == pytest.approx(E.frechet_distance(mu2, S2, mu1, S1), rel=1e-9)
+
+
 @pytest.fixture(scope="module")
 def evaluator(tmp_path_factory):
     cache = tmp_path_factory.mktemp("evaluator")
@@ -93,7 +105,7 @@ def test_rfid_is_zero_for_identical_sets_and_grows_with_noise(evaluator):
     g = torch.Generator().manual_seed(0)
     feats = lambda im: net.features(im.clamp(-1, 1))  # noqa: E731
     fx = feats(x)
-    same = E.fid_of_features(fx, fx)  # 0 up to sqrtm's error on a rank-deficient covariance (96 < 256)
+    same = E.fid_of_features(fx, fx)  # 0 up to rounding, though the covariance is rank-deficient (96 < 128)
     assert abs(same) < 1e-6 * fx.var(0).sum().item()
     d = [E.fid_of_features(fx, feats(x + s * torch.randn(x.shape, generator=g))) for s in (0.1, 0.3, 0.6)]
     assert 10 * abs(same) < d[0] < d[1] < d[2], (same, d)
@@ -263,13 +275,23 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     w0, w1 = (torch.load(tmp_path / "runs" / f / "stage1.pt", weights_only=True)["model"] for f in ("rae", "rae-seed1"))
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # the seed reached the training
     # another batch: the latents train at it, into their own table; the table's text says it
+    shutil.copytree(tmp_path / "runs" / "evaluator", tmp_path / "runs-bs" / "evaluator")  # rFID's network, reused
     rb = E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs-bs"), "--results", str(tmp_path),
                  "--recipes", "rae", "--budget", "4", "--jobs", "1", "--stage0", s0, "--batch-size", str(batch // 2)])
     assert os.path.basename(rb["table"]) == f"table4_tiny_b4_bs{batch // 2}_rae.md"
     assert f"steps of batch {batch // 2} in all" in open(rb["table"]).read()
     assert json.load(open(tmp_path / "runs-bs" / "rae" / "config.json"))["stage1"]["batch_size"] == batch // 2
-    # Table 4's right half on the RAE latent just made: the same generator with and without its DDT
-    # head, then the editor, evaluated along the way; a second call reuses everything
+
+
+def test_table4_gen_trains_evaluates_reuses_and_continues(tmp_path):
+    """Table 4's right half on an RAE latent: the same generator with and without its DDT head, then
+    the editor, evaluated along the way; a second call reuses everything; another seed trains beside
+    it; a larger budget continues it."""
+    T.main(["--preset", "tiny", "--device", "cpu", "--stage", "0", "--steps", "3", "--out", str(tmp_path / "s0")])
+    for seed in ("0", "1"):  # the generator's second seed reads the latent's second seed
+        E.main(["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path),
+                "--recipes", "rae", "--budget", "4", "--jobs", "1", "--stage0", str(tmp_path / "s0" / "stage0.pt"),
+                "--seed", seed])
     gen = ["table4-gen", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "gen"),
            "--recipes", "rae", "--jobs", "1"]
     g = E.main(gen)
@@ -287,9 +309,9 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     assert E.main(gen)["rows"] == g["rows"]  # finished jobs are reused, measurements included
     assert json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json")) == curve and os.path.getmtime(ck) == mtime
     # another training seed: a new generator beside the first, with its own table
-    s1 = E.main([*gen, "--seed", "1", "--no-head-ablation", "--edit-budget", "0", "--every", "1"])
+    s1 = E.main([*gen, "--seed", "1", "--no-head-ablation", "--edit-budget", "0", "--every", "4"])
     ck1 = tmp_path / "runs" / "rae" / "gen-ddt-seed1" / "gen" / "generator.pt"
-    assert sorted(map(int, json.load(open(ck1.parent.parent / "curve.json")))) == [1, 2, 3, 4]  # Figure 7's points
+    assert sorted(map(int, json.load(open(ck1.parent.parent / "curve.json")))) == [4]  # Figure 7's points: --every, not the preset's 2
     w0, w1 = (torch.load(c, map_location="cpu", weights_only=True)["model"] for c in (ck, ck1))
     assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
     assert os.path.basename(s1["table"]) == "table4_generation_tiny_e0_rae_ddt_seed1.md" and os.path.getmtime(ck) == mtime
