@@ -1,5 +1,5 @@
-"""experiments/: draws.py (Table 4's headline over stage-0 and tokenizer draws, at the tiny preset)
-and recipe.py's table and sampler levers."""
+"""experiments/: draws.py (Table 4's headline over stage-0 and tokenizer draws, at the tiny preset),
+recipe.py's table and sampler levers, and the measurements of the judge (ceilings.py, judge_blur.py)."""
 import json
 import os
 import sys
@@ -109,3 +109,29 @@ def test_ceilings_judge_real_scenes_through_each_tokenizer(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="holds no measured tokenizer"):
         ceilings.main(["--runs", str(tmp_path / "empty"), "--preset", "tiny"])
+
+
+def test_judge_blur_reads_clean_scenes_and_sets_each_ceiling_beside_the_blur_of_its_psnr(tmp_path):
+    import judge_blur
+    import numpy as np
+    img = np.zeros((16, 16, 3), np.uint8)
+    img[6:10, 6:10] = 200
+    soft = judge_blur.blur(img, 1.0)
+    assert soft.sum() == pytest.approx(img.astype(float).sum(), rel=1e-3) and soft.max() < 200  # spread, not lost
+    ceil = {"rows": [dict(row="a", run="x/a", psnr=21.0, rules=0.3, rules_se=0.02),
+                     dict(row="b", run="x/b", psnr=5.0, rules=0.1, rules_se=0.01)]}
+    (tmp_path / "ceilings.json").write_text(json.dumps(ceil))
+    res = judge_blur.main(["--preset", "tiny", "--sigmas", "0,1,4", "--results", str(tmp_path),
+                           "--ceilings", str(tmp_path / "ceilings.json")])
+    clean, b1, b4 = res["blur"]
+    assert clean["rules"] == clean["strict"] == 1.0 and clean["read_shape"] == 1.0  # the judge reads real scenes
+    assert b1["psnr"] > b4["psnr"] and b4["read_shape"] < 1.0  # a heavy blur loses shapes
+    a, b = res["tokenizers"]
+    lo, hi = sorted([b1["psnr"], b4["psnr"]])
+    assert lo <= 21.0 <= hi  # between the two blurs: interpolated in PSNR
+    w = (21.0 - b4["psnr"]) / (b1["psnr"] - b4["psnr"])
+    assert a["blur_rules"] == pytest.approx(b4["rules"] + w * (b1["rules"] - b4["rules"]))
+    assert b["blur_rules"] is None  # 5 dB: below every blur's PSNR, not extrapolated
+    text = open(tmp_path / "judge_blur.md").read()
+    assert "| 0 | clean | 1.000 +- 0.000 |" in text and "| b (x/b) | 5.00 | 0.100 +- 0.010 | beyond" in text
+    assert open(tmp_path / "judge_blur.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
