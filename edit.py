@@ -15,7 +15,10 @@ trained on (input image, instruction, output image) triplets. Read top to bottom
 
 The sequence is [clean source latent (N tokens) | instruction (T tokens) | noisy target latent
 (N tokens)]. What the paper states: the input image's clean latent comes first, the instruction
-is causal, the image latents attend to each other fully. Where it is silent we chose:
+is causal, the image latents attend to each other fully. (In the tensor the instruction sits
+first, where the T2I model's layers expect the language branch: attention does not depend on
+where a token sits, since its position travels with it in RoPE and the mask.) Where it is silent
+we chose:
   - text queries see only earlier text, never an image (exactly the T2I model's text path, so
     the instruction's hidden states are what the T2I model would compute for it);
   - both image blocks see the whole instruction and each other (source <-> target, full);
@@ -67,22 +70,22 @@ MODEL_KEYS = G.SHAPE_KEYS  # the network's sizes: taken from the T2I checkpoint'
 # ------------------------------------------------------------------------------------------
 
 class EditModel(G.Generator):
-    """generator.Generator over [source (N) | text (T) | noisy target (N)]. Every T2I weight keeps
-    its name, so a T2I state dict loads into it; the one new tensor is `source_embed`. forward
-    takes cond = (text ids (B, T), source latent (B, C, H, W), keep (B,) bool or None): keep[b]
-    False hides the source from sample b (image-guidance dropout)."""
+    """generator.Generator over [source (N) | text (T) | noisy target (N)], held text-first in the
+    tensor. Every T2I weight keeps its name, so a T2I state dict loads into it (any of Table 1's
+    fusion designs: the source and target tokens go through the image branch); the one new tensor
+    is `source_embed`. forward takes cond = (text ids (B, T), source latent (B, C, H, W), keep (B,)
+    bool or None): keep[b] False hides the source from sample b (image-guidance dropout)."""
 
-    def __init__(self, cfg, latent_shape, patch=1, text_len=16, head="ddt", text=None):
-        super().__init__(cfg, latent_shape, patch, text_len, head, text)
+    def __init__(self, cfg, latent_shape, patch=1, text_len=16, head="ddt", text=None, fusion="transfusion"):
+        super().__init__(cfg, latent_shape, patch, text_len, head, text, fusion)
         N, T, D = self.N, text_len, cfg.width
         self.source_embed = nn.Parameter(torch.randn(D) * 0.02)
-        L = N + T + N
+        L = T + N + N  # text | source | target
         mask = torch.zeros(L, L, dtype=torch.bool)  # True = may attend; rows are queries
-        mask[N:N + T, N:N + T] = torch.ones(T, T).tril().bool()  # text: causal, text only
-        mask[:N, :] = True  # source: the instruction and both images
-        mask[N + T:, :] = True  # target: the same
+        mask[:T, :T] = torch.ones(T, T).tril().bool()  # text: causal, text only
+        mask[T:, :] = True  # source and target: the instruction and both images
         self.register_buffer("mask", mask, persistent=False)
-        cos, sin = G.rope_tables([None] * N + list(range(T)) + [None] * N, D // cfg.heads, cfg.rope_theta)
+        cos, sin = G.rope_tables(list(range(T)) + [None] * (2 * N), D // cfg.heads, cfg.rope_theta)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -92,14 +95,12 @@ class EditModel(G.Generator):
         N, T = self.N, self.T
         h_src = self.img_in(G.patchify(src, self.P)) + self.pos + self.source_embed  # no timestep
         dt = self.embed_tokens.weight.dtype
-        h = torch.cat([h_src.to(dt), self.embed_tokens(text), self.image_tokens(x_t, t).to(dt)], 1)  # (B, N+T+N, D)
+        h = torch.cat([self.embed_tokens(text), h_src.to(dt), self.image_tokens(x_t, t).to(dt)], 1)  # (B, T+N+N, D)
         mask = self.mask
         if keep is not None and not bool(keep.all()):
             mask = self.mask.expand(len(x_t), 1, -1, -1).clone()  # (B, 1, L, L), broadcast over heads
-            mask[~keep, :, N + T:, :N] = False  # the target no longer sees the source
-        for layer in self.layers:
-            h = layer(h, mask, (self.rope_cos, self.rope_sin))
-        return self.norm(h)[:, N + T:]
+            mask[~keep, :, T + N:, T:T + N] = False  # the target no longer sees the source
+        return self.layers_over(h, mask, (self.rope_cos, self.rope_sin))[:, T + N:]
 
     def forward(self, x_t, t, cond):
         return self.velocity(x_t, t, self.backbone(x_t, t, cond))
@@ -107,7 +108,8 @@ class EditModel(G.Generator):
 
 def build_model(cfg, latent_shape):
     """The EditModel of a config (the T2I run's sizes), with its text tokenizer."""
-    return EditModel(G.model_config(cfg), latent_shape, cfg["patch"], cfg["text_len"], cfg["head"], G.text_tokenizer(cfg))
+    return EditModel(G.model_config(cfg), latent_shape, cfg["patch"], cfg["text_len"], cfg["head"], G.text_tokenizer(cfg),
+                     cfg.get("fusion") or "transfusion")
 
 
 def init_from_t2i(model, state):

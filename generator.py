@@ -486,12 +486,17 @@ class Generator(nn.Module):
     def backbone(self, x_t, t, text):
         """Hidden states after the last layer and the final norm: (B, T + N, D)."""
         h = torch.cat([self.embed_tokens(text), self.image_tokens(x_t, t).to(self.embed_tokens.weight.dtype)], 1)
+        return self.layers_over(h, self.mask, (self.rope_cos, self.rope_sin))
+
+    def layers_over(self, h, mask, rope):
+        """Every layer, then the final norm, over h = [text (T) | image tokens]: each token through its
+        branch (fused_layer), each branch its own final norm."""
         image_layers = self.layers if self.fusion == "transfusion" else self.image_layers
         for text_layer, image_layer in zip(self.layers, image_layers):
-            h = fused_layer(text_layer, image_layer, h, self.T, self.mask, (self.rope_cos, self.rope_sin))
+            h = fused_layer(text_layer, image_layer, h, self.T, mask, rope)
         if self.fusion == "transfusion":
             return self.norm(h)
-        return torch.cat([self.norm(h[:, :self.T]), self.image_norm(h[:, self.T:])], 1)  # each branch its own
+        return torch.cat([self.norm(h[:, :self.T]), self.image_norm(h[:, self.T:])], 1)
 
     def text_parts(self):
         """The text backbone (the language branch) as a module with Qwen2's names, less "model."."""

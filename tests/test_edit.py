@@ -1,4 +1,4 @@
-"""edit.py: initialisation from a T2I checkpoint, the masks of [source | text | target], source
+"""edit.py: initialisation from a T2I checkpoint (of every fusion design), the masks of [source | text | target], source
 dropout, guidance, exact resume, 2 processes = 1 process, mini-GEdit's pieces, clear errors.
 
 Run: python -m pytest tests/test_edit.py      (about a minute on 2 cores)
@@ -50,11 +50,11 @@ def losses(out):
     return {r["step"]: r["loss"] for r in map(json.loads, open(os.path.join(out, "metrics.jsonl")))}
 
 
-def random_edit_model(text_len=6, shape=(4, 4, 4), seed=0):
+def random_edit_model(text_len=6, shape=(4, 4, 4), seed=0, fusion="transfusion"):
     """A tiny EditModel with every weight but the norms drawn at std 0.15 (every path live and
     strong enough that a dependency shows far above float error)."""
     torch.manual_seed(seed)
-    m = E.EditModel(G.MODELS["tiny"], shape, 1, text_len, "ddt")
+    m = E.EditModel(G.MODELS["tiny"], shape, 1, text_len, "ddt", fusion=fusion)
     with torch.no_grad():
         for name, p in m.named_parameters():
             if "norm" not in name:
@@ -63,7 +63,7 @@ def random_edit_model(text_len=6, shape=(4, 4, 4), seed=0):
 
 
 def hidden(model, x, t, cond):
-    """Every token's final hidden state (B, N + T + N, D), caught at the final norm."""
+    """Every token's final hidden state (B, T + N + N, D: text, source, target), caught at the final norm."""
     got = []
     h = model.norm.register_forward_hook(lambda mod, inp, out: got.append(out))
     out = model(x, t, cond)
@@ -120,13 +120,13 @@ def test_masks_text_never_sees_images_and_is_causal():
         text2[:, 4] = 7  # a later text token
         h3, o3 = hidden(m, x, t, (text2, src, keep))
         o0 = m(x, t, (text, src, keep))
-    txt = slice(N, N + Tn)
+    txt, source, target = slice(0, Tn), slice(Tn, Tn + N), slice(Tn + N, None)  # the tensor holds text first
     assert torch.allclose(h1[:, txt], h0[:, txt], atol=1e-5)  # text ignores the target ...
     assert torch.allclose(h2[:, txt], h0[:, txt], atol=1e-5)  # ... and the source
-    assert (h1[:, :N] - h0[:, :N]).abs().max() > 1e-3  # source <-> target: full attention
-    assert (h2[:, N + Tn:] - h0[:, N + Tn:]).abs().max() > 1e-3
-    assert torch.allclose(h3[:, N:N + 4], h0[:, N:N + 4], atol=1e-5)  # earlier text unchanged
-    assert (h3[:, N + 4] - h0[:, N + 4]).abs().max() > 1e-3
+    assert (h1[:, source] - h0[:, source]).abs().max() > 1e-3  # source <-> target: full attention
+    assert (h2[:, target] - h0[:, target]).abs().max() > 1e-3
+    assert torch.allclose(h3[:, :4], h0[:, :4], atol=1e-5)  # earlier text unchanged
+    assert (h3[:, 4] - h0[:, 4]).abs().max() > 1e-3
     assert (o3 - o0).abs().max() > 1e-3  # the target reads the whole instruction
 
 
@@ -145,17 +145,22 @@ def test_dropped_source_is_invisible_and_kept_source_is_not():
         assert torch.allclose(mixed[1], m(x, t, (text, a, drop))[1], atol=1e-5)
 
 
-def test_dropped_source_is_exactly_the_t2i_model():
+@pytest.mark.parametrize("fusion", G.FUSIONS)
+def test_dropped_source_is_exactly_the_t2i_model(fusion):
     """With the source hidden, the edit model computes what the T2I Generator with the same
     weights computes: the text path and positions are the same, and attention does not care
-    where in the sequence a key sits."""
-    m = random_edit_model()
-    g = G.Generator(G.MODELS["tiny"], (4, 4, 4), 1, m.T, "ddt").eval()
+    where in the sequence a key sits. For every fusion design: the source and target tokens take
+    the image branch, as the T2I model's image tokens do."""
+    m = random_edit_model(fusion=fusion)
+    g = G.Generator(G.MODELS["tiny"], (4, 4, 4), 1, m.T, "ddt", fusion=fusion).eval()
     g.load_state_dict({k: v for k, v in m.state_dict().items() if k != "source_embed"})
     x, t, text = torch.randn(3, 4, 4, 4), torch.rand(3), torch.randint(2, 100, (3, m.T))
     with torch.no_grad():
         got = m(x, t, (text, torch.randn(3, 4, 4, 4), torch.zeros(3, dtype=torch.bool)))
         assert torch.allclose(got, g(x, t, text), rtol=1e-4, atol=1e-5)
+        if fusion != "transfusion":  # and the image branch is the one that carries them
+            m.image_layers[0].mlp.down_proj.weight.add_(0.5)
+            assert (m(x, t, (text, torch.randn(3, 4, 4, 4), torch.zeros(3, dtype=torch.bool))) - got).abs().max() > 1e-3
 
 
 def test_guidance_combines_three_predictions():

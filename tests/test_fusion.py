@@ -238,3 +238,22 @@ def test_the_readme_command_parses(monkeypatch):
     monkeypatch.setattr(argparse.ArgumentParser, "parse_args", parse_then_stop)
     with pytest.raises(Parsed):
         table1_fusion.main(shlex.split(line.split(" #")[0])[2:])
+
+
+def test_an_editor_fine_tunes_from_a_llamafusion_generator_and_keeps_its_lm_frozen(tmp_path, tok, lm):
+    """edit.py --init on a LlamaFusion T2I run: every T2I tensor loads into the edit model, the source
+    and target tokens train the image branch, and the language branch stays the LM's bit for bit."""
+    import edit
+    trained(tmp_path, tok, lm, "llamafusion")
+    out = tmp_path / "edit"
+    edit.main([*TINY, "--init", str(tmp_path / "llamafusion"), "--out", str(out), "--cache", str(tmp_path / "cache"),
+               "--n-samples", "0", "--steps", "3", "--lr", "1e-2"])
+    ck = torch.load(out / "edit.pt", weights_only=True)
+    t2i = torch.load(tmp_path / "llamafusion" / "generator.pt", weights_only=True)
+    assert ck["config"]["fusion"] == "llamafusion" and set(ck["model"]) == set(t2i["model"]) | {"source_embed"}
+    saved = {k[len("model."):]: v for k, v in read_safetensors(os.path.join(lm, "model.safetensors")).items()}
+    assert all(torch.equal(ck["model"][k], saved[k]) for k in saved)  # the LM, frozen through both fine-tunings
+    image = branch(ck["model"], "image_layers."), branch(t2i["model"], "image_layers.")
+    assert all(not torch.equal(image[0][k], image[1][k]) for k in image[0] if k.endswith("proj.weight"))
+    model, cfg, _ = edit.load_edit_model(str(out))
+    assert model.fusion == "llamafusion" and cfg["fusion"] == "llamafusion"
