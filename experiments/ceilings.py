@@ -35,7 +35,8 @@ def ceiling(run, preset):
     """mini-GenEval's real scenes through this tokenizer, beside its reconstruction (PSNR, rFID)."""
     ge = E.main(["geneval", "--baseline", "real", "--tokenizer", run, "--preset", preset])
     recon = json.load(open(os.path.join(run, "measured.json")))["recon"]
-    return {"psnr": recon["psnr"], "rfid": recon["rfid"], "rules": ge["overall_geneval_rules"],
+    stages = json.load(open(os.path.join(run, "config.json"))).values()  # {"stage1": {..., "steps": n}, ...}
+    return {"steps": sum(c["steps"] for c in stages), "psnr": recon["psnr"], "rfid": recon["rfid"], "rules": ge["overall_geneval_rules"],
             "rules_se": ge["overall_geneval_rules_stderr"], "strict": ge["overall"], "strict_se": ge["overall_stderr"],
             "gfid": ge["gfid"], "per_category": ge["per_category_geneval_rules"], "n_images": ge["n_images"]}
 
@@ -47,11 +48,11 @@ def write_table(path, res):
              f"`{res['command']}`. The suite: mini-GenEval ({res['preset']}), {rs[0]['n_images']} real held-out scenes, "
              "each satisfying its prompt, encoded and decoded by the tokenizer and judged by the detector; +- s.e. over "
              f"prompts. PSNR and rFID: the tokenizer's Table 4 measurement. Machine: {res['machine']['cpu']}.", "",
-             "| tokenizer | run | PSNR dB | rFID | ceiling: rules | strict | gFID | rules per category |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| tokenizer | run | steps | PSNR dB | rFID | ceiling: rules | strict | gFID | rules per category |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rs, key=lambda r: -r["psnr"]):
         cats = ", ".join(f"{k} {v:.2f}" for k, v in r["per_category"].items())
-        lines.append(f"| {ROWS[r['row']]} | {r['run']} | {r['psnr']:.2f} | {r['rfid']:.0f} | {r['rules']:.3f} +- "
+        lines.append(f"| {ROWS[r['row']]} | {r['run']} | {r['steps']} | {r['psnr']:.2f} | {r['rfid']:.0f} | {r['rules']:.3f} +- "
                      f"{r['rules_se']:.3f} | {r['strict']:.3f} +- {r['strict_se']:.3f} | {r['gfid']:.0f} | {cats} |")
     if len(rs) > 2:
         lines += ["", f"Pearson correlation over the {len(rs)} tokenizers: ceiling (rules) with PSNR "
@@ -64,7 +65,7 @@ def plot(path, res):
     with E.figure(path, 1, 1, figsize=(6, 4)) as (fig, ax):
         for r in res["rows"]:
             ax.errorbar(r["psnr"], r["rules"], r["rules_se"], marker="o", capsize=3, c="C0")
-            ax.annotate(f"{r['row']} ({r['run']})", (r["psnr"], r["rules"]), fontsize=7, xytext=(3, 3),
+            ax.annotate(f"{r['row']}, {r['steps']} steps ({r['run']})", (r["psnr"], r["rules"]), fontsize=7, xytext=(3, 3),
                         textcoords="offset points")
         ax.set(xlabel="tokenizer PSNR (dB)", ylabel="GenEval (rules) of real scenes through it",
                title="The ceiling a tokenizer sets")

@@ -97,12 +97,13 @@ def test_ceilings_judge_real_scenes_through_each_tokenizer(tmp_path):
                    str(tmp_path), "--jobs", "1", "--budget", "3"])
     res = ceilings.main(["--runs", str(runs), "--preset", "tiny", "--results", str(tmp_path)])
     assert sorted(r["row"] for r in res["rows"]) == ["psvae", "rae", "vae"]
+    assert all(r["steps"] == 3 for r in res["rows"])  # the table's budget, over all of a tokenizer's stages
     r = next(r for r in res["rows"] if r["row"] == "rae")  # the geneval of real scenes through it; its PSNR
     ge = evaluate.main(["geneval", "--baseline", "real", "--tokenizer", str(runs / "rae"), "--preset", "tiny"])
     assert (r["rules"], r["strict"]) == (ge["overall_geneval_rules"], ge["overall"])
     assert r["psnr"] == json.load(open(runs / "rae" / "measured.json"))["recon"]["psnr"]
     text = open(tmp_path / "ceilings.md").read()
-    assert all(f"| {r['psnr']:.2f} | {r['rfid']:.0f} | {r['rules']:.3f} +- {r['rules_se']:.3f} |" in text
+    assert all(f"| {r['steps']} | {r['psnr']:.2f} | {r['rfid']:.0f} | {r['rules']:.3f} +- {r['rules_se']:.3f} |" in text
                for r in res["rows"])
     assert f"PSNR {res['corr_psnr']:+.2f}" in text and -1 <= res["corr_psnr"] <= 1
     assert open(tmp_path / "ceilings.png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
