@@ -526,7 +526,7 @@ def train_latent(out, args, plan, stage0):
     return trained
 
 
-REUSE_KEYS = ("batch_size", "lr", "cooldown", "semantic_weight", "pixel_weight", "kl_weight")  # same names, other training
+REUSE_KEYS = ("batch_size", "lr", "cooldown", "semantic_weight", "pixel_weight", "kl_weight", "disc_start")  # same names, other training
 
 
 def same_recipe(path, had, want):
@@ -574,7 +574,7 @@ def cmd_table4(args):
     speed, precision = table_speed(args, B)  # judged by a latent's whole budget
     base = ["--preset", args.preset, *speed] + (["--device", args.device] if args.device else []) + \
         (["--workers", str(args.workers)] if args.workers else []) + \
-        [a for flag in ("semantic_weight", "pixel_weight") if getattr(args, flag) is not None
+        [a for flag in ("semantic_weight", "pixel_weight", "disc_start") if getattr(args, flag) is not None
          for a in ("--" + flag.replace("_", "-"), str(getattr(args, flag)))]
     s0 = args.stage0 or os.path.join(runs, "stage0", "stage0.pt")
     ev_cache = os.path.join(runs, "evaluator")
@@ -600,7 +600,8 @@ def cmd_table4(args):
     chans = [(C, results["PS-VAE" if C == C0 else f"PS-VAE C={C}"]) for C in Cs]
     # file names: what differs from the preset's table (the channels figure has no recipe subset)
     head = (f"_b{B}" if B != sz["budget"] else "") + (f"_bs{batch}" if batch != own_batch else "")
-    tail = "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight))
+    tail = "".join(f"_{k}{v:g}" for k, v in (("ws", args.semantic_weight), ("wp", args.pixel_weight),
+                                              ("ds", args.disc_start))
                    if v is not None) + file_sfx
     name = f"table4_{args.preset}{head}" + ("_" + "_".join(r for _, r, _ in rows) if args.recipes else "") + tail
     command = "python evaluate.py table4 " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
@@ -1095,6 +1096,8 @@ def add_tokenizer_commands(sub):
                    "the tokenizer's, Sec 4.4: 0.1); 1 with --pixel-weight 0.1 is Sec 4.1's; give them their own --runs")
     p.add_argument("--pixel-weight", type=float, default=None, help="w_p of L_p in every training (default: the "
                    "tokenizer's)")
+    p.add_argument("--disc-start", type=int, default=None, help="step of each stage from which L_p's PatchGAN "
+                   "term is on (default: the preset's; cpu: never); give it its own --runs")
     p.add_argument("--seed", type=int, default=0, help="seed of the latents' trainings (stage 0 and the rFID "
                    "network stay the same); another seed trains beside the first, in <recipe>-seed<N>/")
 

@@ -283,6 +283,20 @@ def test_table4_subset_of_recipes_at_another_budget_keeps_the_presets_table(tmp_
     assert json.load(open(tmp_path / "runs-bs" / "rae" / "config.json"))["stage1"]["batch_size"] == batch // 2
 
 
+def test_table4_disc_start_reaches_every_training_and_is_never_reused_without_it(tmp_path):
+    """--disc-start (when L_p's PatchGAN switches on) is passed to each training and named in the file;
+    a finished training with another setting is refused, not reused."""
+    T.main(["--preset", "tiny", "--device", "cpu", "--stage", "0", "--steps", "3", "--out", str(tmp_path / "s0")])
+    argv = ["table4", "--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path),
+            "--recipes", "rae", "--budget", "4", "--jobs", "1", "--stage0", str(tmp_path / "s0" / "stage0.pt")]
+    r = E.main([*argv, "--disc-start", "2"])
+    assert os.path.basename(r["table"]) == "table4_tiny_b4_rae_ds2.md"
+    assert json.load(open(tmp_path / "runs" / "rae" / "config.json"))["stage1"]["disc_start"] == 2
+    assert T.PRESETS["tiny"]["disc_start"] != 2
+    with pytest.raises(SystemExit, match="disc_start 2 .asked " + str(T.PRESETS["tiny"]["disc_start"])):
+        E.main(argv)
+
+
 def test_table4_gen_trains_evaluates_reuses_and_continues(tmp_path):
     """Table 4's right half on an RAE latent: the same generator with and without its DDT head, then
     the editor, evaluated along the way; a second call reuses everything; another seed trains beside
