@@ -150,7 +150,9 @@ def main(argv=None):
                       f"{m['cpu']}, {m['cores']} cores, torch {m['torch']}. Precision: {precision}. Each draw: the table's "
                       f"budget ({sz['budget']} steps of batch {sz.get('batch', T.PRESETS[a.preset]['batch_size'])}), "
                       f"PSNR on {sz['n']} held-out scenes; readout: the linear pixel readout of the encoder's tokens, "
-                      f"twin gap: its own scene's readout minus its detail-redrawn twin's (`evaluate.py encoder`)."]
+                      f"twin gap: its own scene's readout minus its detail-redrawn twin's (`evaluate.py encoder`)." +
+                      "".join(f" {x} reads no encoder: in the draw (stage-0 seed e, tokenizer seed s) it trains with "
+                              f"seed 100 e + s." for x in recipes if not reads_encoder(x))]
             os.makedirs(a.results, exist_ok=True)  # written after every draw: a stopped study keeps its table
             with open(os.path.join(a.results, name + ".json"), "w") as f:
                 json.dump({"command": command, "precision": precision, "machine": m,

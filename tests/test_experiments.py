@@ -25,6 +25,7 @@ def test_draws_trains_an_encoder_per_seed_and_tabulates_every_draw(tmp_path):
     assert all(os.path.isfile(tmp_path / "runs" / f / "stage1.pt") for f in
                ("stage0-seed0/vae", "stage0-seed0/vae-seed1", "stage0-seed1/vae-seed100", "stage0-seed1/vae-seed101"))
     text = open(tmp_path / "draws_psvae_vae.md").read()
+    assert "vae reads no encoder: in the draw (stage-0 seed e, tokenizer seed s) it trains with seed 100 e + s" in text
     gaps = [r["psvae"] - r["vae"] for r in res["rows"]]
     assert f"**{sum(gaps) / 4:+.2f} +- " in text and "| all | 4 |" in text  # the mean over all draws
     assert os.path.isfile(tmp_path / "runs" / "stage0-seed1" / "psvae-seed1" / "stage2.pt")
