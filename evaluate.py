@@ -526,7 +526,8 @@ def train_latent(out, args, plan, stage0):
     return trained
 
 
-REUSE_KEYS = ("batch_size", "lr", "cooldown", "semantic_weight", "pixel_weight", "kl_weight", "disc_start")  # same names, other training
+# same names, other training
+REUSE_KEYS = ("batch_size", "lr", "cooldown", "semantic_weight", "pixel_weight", "kl_weight", "disc_start")
 
 
 def same_recipe(path, had, want):

@@ -36,7 +36,8 @@ def ceiling(run, preset):
     ge = E.main(["geneval", "--baseline", "real", "--tokenizer", run, "--preset", preset])
     recon = json.load(open(os.path.join(run, "measured.json")))["recon"]
     stages = json.load(open(os.path.join(run, "config.json"))).values()  # {"stage1": {..., "steps": n}, ...}
-    return {"steps": sum(c["steps"] for c in stages), "psnr": recon["psnr"], "rfid": recon["rfid"], "rules": ge["overall_geneval_rules"],
+    return {"steps": sum(c["steps"] for c in stages), "psnr": recon["psnr"], "rfid": recon["rfid"],
+            "rules": ge["overall_geneval_rules"],
             "rules_se": ge["overall_geneval_rules_stderr"], "strict": ge["overall"], "strict_se": ge["overall_stderr"],
             "gfid": ge["gfid"], "per_category": ge["per_category_geneval_rules"], "n_images": ge["n_images"]}
 
@@ -52,7 +53,8 @@ def write_table(path, res):
              "|---|---|---|---|---|---|---|---|---|"]
     for r in sorted(rs, key=lambda r: -r["psnr"]):
         cats = ", ".join(f"{k} {v:.2f}" for k, v in r["per_category"].items())
-        lines.append(f"| {ROWS[r['row']]} | {r['run']} | {r['steps']} | {r['psnr']:.2f} | {r['rfid']:.0f} | {r['rules']:.3f} +- "
+        lines.append(f"| {ROWS[r['row']]} | {r['run']} | {r['steps']} | {r['psnr']:.2f} | {r['rfid']:.0f} | "
+                     f"{r['rules']:.3f} +- "
                      f"{r['rules_se']:.3f} | {r['strict']:.3f} +- {r['strict_se']:.3f} | {r['gfid']:.0f} | {cats} |")
     if len(rs) > 2:
         lines += ["", f"Pearson correlation over the {len(rs)} tokenizers: ceiling (rules) with PSNR "
@@ -65,8 +67,8 @@ def plot(path, res):
     with E.figure(path, 1, 1, figsize=(6, 4)) as (fig, ax):
         for r in res["rows"]:
             ax.errorbar(r["psnr"], r["rules"], r["rules_se"], marker="o", capsize=3, c="C0")
-            ax.annotate(f"{r['row']}, {r['steps']} steps ({r['run']})", (r["psnr"], r["rules"]), fontsize=7, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(f"{r['row']}, {r['steps']} steps ({r['run']})", (r["psnr"], r["rules"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
         ax.set(xlabel="tokenizer PSNR (dB)", ylabel="GenEval (rules) of real scenes through it",
                title="The ceiling a tokenizer sets")
     return path

@@ -7,8 +7,8 @@ it keeps); on it, for each tokenizer seed, the table's rows (default PS-VAE and 
 and measured by `evaluate.py table4 --stage0`. The table then shows the PSNR gap per draw, per
 encoder and over all, as mean +- standard error, so that a reader sees which draw moves it.
 A row that reads no encoder (the pixel VAE) draws its noise from its own seed alone, so each draw
-trains it with another seed (own_seed). Finished trainings are reused. With more rows than two (--recipes psvae,rae,svae,pvae,vae), a second
-table gives every row's PSNR, balanced probe and rFID over the draws, and the gap between rows adjacent
+trains it with another seed (own_seed). Finished trainings are reused. With more rows than two
+(--recipes psvae,rae,svae,pvae,vae), a second table gives every row's PSNR, balanced probe and rFID over the draws, and the gap between rows adjacent
 in each ranking, paired by draw (files draws_<recipes>.md/.json).
 
     python experiments/draws.py --stage0-seeds 0,1,2 --seeds 0,1 --recipes psvae,rae
