@@ -583,10 +583,11 @@ def flow_sample(model, noise, cond, steps=50, shift=3.0, guidance=6.5, null=None
     return x
 
 
-def flow_draws(idx, shape, seed, step, s):
-    """The noise eps and the time t of a batch, per sample (common.seeded_randn): t logit-normal, shifted by s."""
+def flow_draws(idx, shape, seed, step, s, loc=0.0, scale=1.0):
+    """The noise eps and the time t of a batch, per sample (common.seeded_randn): t = sigmoid(loc + scale n),
+    n ~ N(0, 1) (logit-normal; SD3's default loc 0, scale 1), then shifted by s."""
     eps = seeded_randn(idx, shape, seed, step, 0)
-    return eps, shift_t(torch.sigmoid(seeded_randn(idx, (), seed, step, 1)), s)
+    return eps, shift_t(torch.sigmoid(loc + scale * seeded_randn(idx, (), seed, step, 1)), s)
 
 
 def coin(idx, p, seed, step, salt):
@@ -728,7 +729,7 @@ def fit(cfg, run, make_batch, n, shift, device):
         idx = batch_indices(n, B, run.rank, run.world, cfg["seed"], epoch, pos)
         pos += 1
         x0, cond = make_batch(idx, step)
-        eps, t = flow_draws(idx, x0.shape[1:], cfg["seed"], step, shift)
+        eps, t = flow_draws(idx, x0.shape[1:], cfg["seed"], step, shift, cfg["t_loc"], cfg["t_scale"])
         with torch.autocast(device.type, dtype=run.amp, enabled=run.amp is not None):
             loss = flow_loss(run.fwd, x0.to(device), cond, t.to(device), eps.to(device))
         values = optimiser_step(run.model, run.ema, run.opt, loss, cfg, step, cfg["out"])
@@ -760,7 +761,8 @@ class Run:
             model.load_state_dict(ck["model"]), ema.load_state_dict(ck["ema"])
             self.step, self.data = ck["step"], ck["data"]
         self.model, self.ema = model.to(device), ema.to(device).eval()  # before the optimiser: its state follows
-        self.opt = torch.optim.AdamW(model.parameters(), cfg["lr"], betas=(0.9, 0.95), weight_decay=cfg["weight_decay"])
+        self.opt = torch.optim.AdamW(model.parameters(), cfg["lr"], betas=(0.9, cfg["beta2"]),
+                                     weight_decay=cfg["weight_decay"])
         if ck is not None:
             self.opt.load_state_dict(ck["opt"])
         self.fwd = DDP(model, device_ids=[local_rank] if device.type == "cuda" else None) if ddp else model
@@ -1112,6 +1114,9 @@ def add_training_args(p, data_help, cache_batch):
     g.add_argument("--cooldown", type=nonneg_int, default=0, help="linear decay of the lr to 0 over the last N "
                    "steps of --steps; 0 = constant to the end (the paper)")
     g.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
+    g.add_argument("--beta2", type=float, default=0.95, help="AdamW's second-moment decay (beta1 is 0.9)")
+    g.add_argument("--t-loc", type=float, default=0.0, help="training t = sigmoid(loc + scale n): logit-normal location")
+    g.add_argument("--t-scale", type=float, default=1.0, help="... and scale (SD3's defaults 0 and 1)")
     g.add_argument("--grad-clip", type=float, default=1.0, help="gradient-norm clip, 0 = off")
     g.add_argument("--ema", type=float, help="EMA decay (paper 0.9999)")
     g = p.add_argument_group("logging")

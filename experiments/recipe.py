@@ -40,6 +40,17 @@ LEVERS = {
     "nohead": ["--lm", "none", "--head", "none"],
     "lm_shift3": ["--lm", "caption", "--shift", "3"],
     "lm_shift3_cool": ["--lm", "caption", "--shift", "3", "--cooldown", "{cool}"],
+    "wide": ["--lm", "none", "--model", "cpu-l"],  # 2.5x the parameters: fewer samples for the same FLOPs
+    "ema0.999": ["--lm", "none", "--ema", "0.999"],  # the cpu recipe's EMA decay is 0.995
+    "ema0.98": ["--lm", "none", "--ema", "0.98"],
+    "wd0.1": ["--lm", "none", "--weight-decay", "0.1"],
+    "beta2_0.99": ["--lm", "none", "--beta2", "0.99"],
+    "capdrop0.2": ["--lm", "none", "--caption-dropout", "0.2"],  # the cpu recipe drops 10% of the captions
+    "capdrop0.05": ["--lm", "none", "--caption-dropout", "0.05"],
+    "tloc0.5": ["--lm", "none", "--t-loc", "0.5"],  # training t nearer the noise, where the objects' loss is
+    "tloc-0.5": ["--lm", "none", "--t-loc", "-0.5"],
+    "tscale1.6": ["--lm", "none", "--t-scale", "1.6"],  # more weight on both ends
+    "patch2_lm": ["--lm", "caption", "--patch", "2"],
 }
 # Levers of the sampler, not of training: they score the generators a training lever made (named
 # first; run it before) with other sampling settings, so they cost no training FLOPs.

@@ -9,6 +9,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 import draws  # noqa: E402
 import recipe  # noqa: E402
+import generator as G  # noqa: E402
 
 
 def test_draws_trains_an_encoder_per_seed_and_tabulates_every_draw(tmp_path):
@@ -88,6 +89,19 @@ def test_every_sampler_lever_scores_a_training_lever():
     for lever in recipe.EVAL_LEVERS:
         assert recipe.trained_lever(lever) in recipe.LEVERS and recipe.EVAL_LEVERS[lever][1]
     assert all(recipe.trained_lever(lv) == lv for lv in recipe.LEVERS)
+
+
+def test_every_training_lever_is_a_generator_flag_set_and_pays_for_its_size():
+    """Each lever parses as generator.py flags and changes the cpu recipe; at equal FLOPs the larger model
+    ('wide') gets fewer samples and patch 2 more, by their counted FLOPs per sample."""
+    base = G.parse_args(["--preset", "cpu", "--lm", "none"])
+    for lever, flags in recipe.LEVERS.items():
+        a = G.parse_args(["--preset", "cpu", *[f.replace("{cool}", "7") for f in flags]])
+        assert lever == "baseline" or a != base, lever
+    shape = (24, 8, 8)
+    cost = {lv: recipe.flops_per_sample(recipe.LEVERS[lv], shape) for lv in ("baseline", "wide", "patch2", "tloc0.5")}
+    assert cost["wide"] > 2 * cost["baseline"] > 4 * cost["patch2"]
+    assert cost["tloc0.5"] == cost["baseline"]  # a lever of the time draws costs nothing per sample
 
 
 def test_ceilings_judge_real_scenes_through_each_tokenizer(tmp_path):

@@ -65,6 +65,22 @@ def test_shift_rule():
     assert G.shift_t(torch.tensor([0.0, 1.0]), 6.93).tolist() == pytest.approx([0.0, 1.0])
 
 
+def test_training_t_is_logit_normal_with_its_location_and_scale():
+    """t = sigmoid(loc + scale n): its logit has mean loc and s.d. scale (before the shift, s = 1); the
+    shift moves the median from sigmoid(loc) to shift_t(sigmoid(loc), s), as it moves every quantile."""
+    idx = torch.arange(20000)
+    for loc, scale in ((0.0, 1.0), (0.8, 1.0), (-0.5, 1.6)):
+        t = G.flow_draws(idx, (1,), 0, 3, 1.0, loc, scale)[1]
+        logit = torch.logit(t.double())
+        assert logit.mean().item() == pytest.approx(loc, abs=0.04)
+        assert logit.std().item() == pytest.approx(scale, rel=0.03)
+        shifted = G.flow_draws(idx, (1,), 0, 3, 3.0, loc, scale)[1]
+        want = G.shift_t(torch.sigmoid(torch.tensor(loc)), 3.0).item()
+        assert shifted.median().item() == pytest.approx(want, abs=0.01)
+    # the defaults are the standard logit-normal, the same draws as before the flags existed
+    assert torch.equal(G.flow_draws(idx, (1,), 0, 3, 2.0)[1], G.flow_draws(idx, (1,), 0, 3, 2.0, 0.0, 1.0)[1])
+
+
 def test_euler_sampler_is_exact_on_a_point_mass():
     """For data = one point c the true velocity is (x_t - c) / t (straight paths), which Euler
     integrates exactly on any grid: every sample lands on c, with or without guidance."""
@@ -224,6 +240,24 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tok, mode):
     assert ca["step"] == cb["step"] == 6 and ca["data"] == cb["data"]
     for part in ("model", "ema"):
         assert all(torch.equal(ca[part][k], cb[part][k]) for k in ca[part])
+
+
+def test_recipe_flags_reach_the_optimiser_and_the_time_draws(tmp_path, tok):
+    """--beta2 is AdamW's second beta in the checkpoint; --t-loc / --t-scale change the training (other losses
+    from the same seed), and the defaults are the run without them."""
+    cache = tmp_path / "cache"
+    common = ("--n-train", 16, "--n-samples", 0, "--steps", 2)
+    runs = {name: tmp_path / name for name in ("default", "same", "beta2", "t")}
+    train(runs["default"], tok, *common, cache=cache)
+    train(runs["same"], tok, *common, "--beta2", 0.95, "--t-loc", 0, "--t-scale", 1, cache=cache)
+    train(runs["beta2"], tok, *common, "--beta2", 0.99, cache=cache)
+    train(runs["t"], tok, *common, "--t-loc", 1.0, "--t-scale", 0.5, cache=cache)
+    betas = {n: torch.load(o / "generator.pt", weights_only=True)["opt"]["param_groups"][0]["betas"]
+             for n, o in runs.items()}
+    assert tuple(betas["default"]) == (0.9, 0.95) and tuple(betas["beta2"]) == (0.9, 0.99)
+    assert losses(runs["same"]) == losses(runs["default"])
+    # step 1 cannot tell (the zero-initialised output predicts v = 0 for any t); the first update can
+    assert losses(runs["t"])[2] != losses(runs["default"])[2]
 
 
 def test_time_limit_stops_at_a_step_with_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, tok):
