@@ -8,6 +8,7 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments"))
 import draws  # noqa: E402
+import gen_vs_ceiling  # noqa: E402
 import recipe  # noqa: E402
 import generator as G  # noqa: E402
 
@@ -75,6 +76,33 @@ def test_recipe_table_shows_sampler_levers_and_means_over_latents(tmp_path):
     assert rows["psvae"].startswith("| psvae | 0.260 +- 0.020 | 0.130 +- 0.010 | 294 | colors 0.58")  # the ceiling
     png = recipe.plot_curves(str(tmp_path / "recipe.png"), recipe.read_records(str(folder), 0), {"psvae": ceil})
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_gen_vs_ceiling_pairs_each_generator_with_its_own_tokenizers_ceiling(tmp_path):
+    """Two recipe folders (two sets of tokenizers): each generator is set beside the ceiling of its own folder;
+    a latent without a record is left out, not paired with another folder's."""
+    short, long = tmp_path / "short", tmp_path / "long"
+    for folder, ceilings in ((short, {"psvae": 0.26, "rae": 0.24}), (long, {"psvae": 0.40})):
+        folder.mkdir()
+        for latent, c in ceilings.items():
+            (folder / f"ceiling_{latent}_real.json").write_text(json.dumps(dict(
+                overall_geneval_rules=c, overall_geneval_rules_stderr=0.02, overall=c / 2, overall_stderr=0.01)))
+    recs = {short: [record("patch2", "psvae", 0.13), record("patch2", "rae", 0.18)],
+            long: [record("patch2", "psvae", 0.30), record("baseline", "psvae", 0.05)]}
+    for folder, rs in recs.items():
+        for r in rs:
+            (folder / f"{r['lever']}_{r['latent']}_f4e+10_seed0.json").write_text(json.dumps(r))
+    out = gen_vs_ceiling.main(["--folders", f"{short}:tok 1200", f"{long}:tok 4800", "--flops", "4e10",
+                               "--out", str(tmp_path / "g")])
+    rows = json.load(open(out + ".json"))["rows"]
+    assert [(r["tokenizers"], r["latent"]) for r in rows] == [("tok 1200", "psvae"), ("tok 1200", "rae"),
+                                                             ("tok 4800", "psvae")]
+    assert [round(r["ratio"], 4) for r in rows] == [round(0.13 / 0.26, 4), 0.75, 0.75]
+    assert "| tok 4800 | psvae | 0.400 +- 0.020 | 0.200 | 0.300 +- 0.030 | 0.150 | 30 | 0.75 | 10 x 4 |" in \
+        open(out + ".md").read()
+    assert open(out + ".png", "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(SystemExit, match="no .ceiling, generator. pair"):
+        gen_vs_ceiling.main(["--folders", str(long), "--lever", "wide", "--flops", "4e10", "--out", str(tmp_path / "h")])
 
 
 def test_a_sampler_lever_refuses_to_train(tmp_path):
