@@ -14,6 +14,7 @@ ratio. If the generators follow their ceilings, longer-trained tokenizers lift t
 import argparse
 import json
 import os
+import shlex
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -84,7 +85,7 @@ def main(argv=None):
                 rows.append(row(label or folder, latent, *both))
     if not rows:
         raise SystemExit("no (ceiling, generator) pair found")
-    command = "python experiments/gen_vs_ceiling.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = "python experiments/gen_vs_ceiling.py " + shlex.join(sys.argv[1:] if argv is None else argv)
     return write(a.out, rows, command)
 
 
