@@ -57,13 +57,13 @@ def train_stage0(job):
     ck = torch.load(path, map_location="cpu", weights_only=True) if os.path.isfile(path) else None
     if ck is not None:
         had = {k: ck["config"].get(k) for k in ("stage0_objective", "seed", "batch_size")}
-        want = {"stage0_objective": job["objective"], "seed": job["seed"], "batch_size": job["batch"]}
+        want = {"stage0_objective": job["objective"], "seed": job["seed"], "batch_size": job["stage0_batch"]}
         if had != want or ck["step"] > steps:
             raise ValueError(f"{path} was trained with {had} to step {ck['step']}, not {want} to step {steps}; give "
                              f"this table its own --runs")
         if ck["step"] == steps:
             return 0
-    T.main([*job["args"], "--batch-size", str(job["batch"]), "--stage", "0", "--steps", str(steps), "--out",
+    T.main([*job["args"], "--batch-size", str(job["stage0_batch"]), "--stage", "0", "--steps", str(steps), "--out",
             os.path.dirname(path), *(["--resume"] if ck is not None else [])])
     return 1
 
@@ -147,7 +147,8 @@ def write_table(path, res):
     lines = ["# Table 3 in miniature: PS-VAE on a second representation encoder", "",
              f"`{res['command']}`. Machine: {m['cpu']}, {m['cores']} cores, GPU: {m['gpu'] or 'none'}, torch "
              f"{m['torch']}. Precision: {res['precision']}. Both encoders: the world encoder `{b['encoder']}`, "
-             f"stage 0 for {b['stage0_steps']} steps of batch {b['batch']}, seed {res['seed']}; then PS-VAE, stage 1 "
+             f"stage 0 for {b['stage0_steps']} steps of batch {b.get('stage0_batch', b['batch'])}, seed {res['seed']}; "
+             "then PS-VAE, stage 1 "
              f"+ stage 2 = {b['psvae_steps'][0]} + {b['psvae_steps'][1]} steps of batch {b['batch']} (Table 4's "
              f"PS-VAE row), with the L_s : L_p weights tokenizer.py picks for the objective. Reconstruction on "
              f"{sz['n']} held-out scenes (rFID features: WorldEvaluator, {sz['evaluator_steps']} steps); probes fit "
@@ -193,6 +194,9 @@ def main(argv=None):
     p.add_argument("--device", default=None, choices=("cpu", "cuda", "mps"), help="default: cuda if available")
     p.add_argument("--amp", default="auto", choices=("auto", "bf16", "off"))
     p.add_argument("--compile", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--stage0-steps", type=int, default=None, help="both encoders' stage-0 steps (default: the preset's)")
+    p.add_argument("--stage0-batch", type=int, default=None, help="both encoders' stage-0 batch (default: the table's; "
+                   "a contrastive loss tells each image from batch - 1 captions)")
     a = p.parse_args(argv)
     t0, sz = time.time(), E.TABLE4_SIZES[a.preset]
     command = "python experiments/table3_encoders.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -202,6 +206,7 @@ def main(argv=None):
     n_proc = a.jobs or (2 if dev.type == "cpu" else 1)
     threads = a.threads or max(1, (os.cpu_count() or 1) // n_proc)
     batch, plan = sz.get("batch", T.PRESETS[a.preset]["batch_size"]), list(zip((1, 2), E.table4_steps(sz["budget"], 2)))
+    s0_steps, s0_batch = a.stage0_steps or T.PRESETS[a.preset]["steps"][0], a.stage0_batch or batch
     ev_cache = os.path.join(runs, "evaluator")
     ev = dict(split="val", n=sz["n"], batch=32, data=None, evaluator_steps=sz["evaluator_steps"], device=a.device,
               evaluator_cache=ev_cache, n_train=sz["n_train"], n_test=sz["n_test"])
@@ -213,7 +218,7 @@ def main(argv=None):
         args = ["--preset", a.preset, *speed, "--stage0-objective", obj, "--seed", str(a.seed)] + \
             (["--device", a.device] if a.device else [])
         jobs.append(dict(objective=obj, out=out, stage0=os.path.join(out, "stage0", "stage0.pt"),
-                         psvae=os.path.join(out, "psvae"), stage0_steps=T.PRESETS[a.preset]["steps"][0], seed=a.seed,
+                         psvae=os.path.join(out, "psvae"), stage0_steps=s0_steps, stage0_batch=s0_batch, seed=a.seed,
                          batch=batch, plan=plan, args=args, ev=ev, threads=threads, device=a.device))
     print(f"table3 preset {a.preset}: stage 0, then PS-VAE {'+'.join(str(s) for _, s in plan)} steps on each of "
           f"{', '.join(ENCODERS)}; {n_proc} job(s) at a time, {threads} thread(s) each, runs in {runs}", flush=True)
@@ -225,7 +230,7 @@ def main(argv=None):
     mme = getattr(E.report, "PAPER_TABLE3_MME", None)
     res = {"command": command, "preset": a.preset, "seed": a.seed, "runs": runs, "machine": C.machine(),
            "precision": precision, "threads": threads, "jobs": n_proc,
-           "budget": {"encoder": T.PRESETS[a.preset]["encoder"], "stage0_steps": T.PRESETS[a.preset]["steps"][0],
+           "budget": {"encoder": T.PRESETS[a.preset]["encoder"], "stage0_steps": s0_steps, "stage0_batch": s0_batch,
                       "batch": batch, "psvae_steps": [s for _, s in plan]},
            "sizes": {k: sz[k] for k in ("n", "n_train", "n_test", "evaluator_steps")},
            "lpips": next(iter(results.values()))["recon"].get("lpips_reason", "lpips package, AlexNet"),
@@ -235,7 +240,8 @@ def main(argv=None):
                      "loss_weights": {"DINOv2-B": [0.1, 1.0], "SigLIP2-so400m": [0.05, 1.0]}},
            "not_measured": NOT_MEASURED, "trained": sum(r["trained"] for r in results.values()),
            "seconds": round(time.time() - t0, 1)}
-    name = "table3_encoders" + (f"_{a.preset}" if a.preset != "cpu" else "") + (f"_seed{a.seed}" if a.seed else "")
+    name = "table3_encoders" + (f"_{a.preset}" if a.preset != "cpu" else "") + (f"_seed{a.seed}" if a.seed else "") + \
+        (f"_s0b{s0_batch}x{s0_steps}" if a.stage0_steps or a.stage0_batch else "")  # a stage 0 other than the preset's
     E.write_text(os.path.join(a.results, name + ".json"), json.dumps(res, indent=1))
     print(write_table(os.path.join(a.results, name + ".md"), res), flush=True)
     return res

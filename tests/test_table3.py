@@ -12,6 +12,7 @@ import shlex
 import sys
 
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "experiments"))
@@ -112,6 +113,25 @@ def test_a_second_call_reuses_every_stage_and_measurement(table):
     for obj in ("twins", "siglip"):
         assert again["encoders"][obj]["recon"] == res["encoders"][obj]["recon"]
         assert again["encoders"][obj]["encoder_probe"] == res["encoders"][obj]["encoder_probe"]
+
+
+def test_another_stage0_budget_refuses_the_tables_runs_then_trains_in_its_own(table, tmp_path):
+    """--stage0-batch / --stage0-steps change both encoders' stage 0 (not PS-VAE's batch) and name the table
+    apart; a runs folder holding the preset's stage 0 is refused, not silently reused."""
+    tmp, _ = table
+    flags = ["--stage0-batch", "6", "--stage0-steps", "4"]
+    with pytest.raises(SystemExit, match="give this table its own --runs"):
+        T3.main(["--preset", "tiny", "--runs", str(tmp / "runs"), "--results", str(tmp_path), "--jobs", "1",
+                 "--threads", "1", *flags])
+    res = T3.main(["--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path), "--jobs", "1",
+                   "--threads", "1", *flags])
+    assert res["budget"]["stage0_batch"] == 6 and res["budget"]["stage0_steps"] == 4
+    for obj, e in res["encoders"].items():
+        s0 = torch.load(e["stage0"], map_location="cpu", weights_only=True)
+        assert (s0["config"]["batch_size"], s0["step"], s0["config"]["stage0_objective"]) == (6, 4, obj)
+        assert torch.load(e["psvae"], map_location="cpu", weights_only=True)["config"]["batch_size"] == \
+            res["budget"]["batch"] != 6
+    assert "stage 0 for 4 steps of batch 6" in open(tmp_path / "table3_encoders_tiny_s0b6x4.md").read()
 
 
 def test_evaluate_encoder_on_a_siglip_stage0_gives_its_readout_and_zero_shot(table, capsys):
