@@ -361,11 +361,37 @@ def gen_row(root, claim, paper, pairs, what, links, d=3):
     return row(claim, paper, mini, gaps, CMD_GEN, links)
 
 
+# The recipe study's best generator on three sets of tokenizers (experiments/gen_vs_ceiling.py): a row per
+# (set, latent) with the generator's GenEval (rules, s.e. over prompts) and its tokenizer's ceiling.
+GEN_VS_CEILING = "generation/gen_vs_ceiling.json"
+CMD_GEN_VS_CEILING = ("`python experiments/recipe.py --flops 1e14 --levers patch2` on each set of tokenizers, then "
+                      "`python experiments/gen_vs_ceiling.py` (the commands: results/README.md, generation/)")
+
+
+def gen_vs_ceiling_row(root):
+    """GenEval PS-VAE > RAE per set of tokenizers, one gap each (one generator seed a latent: s.e. over prompts)."""
+    claim = "GenEval: PS-VAE > RAE, the recipe study's patch-2 generators at 1e14 FLOPs, per set of tokenizers"
+    paper = f"PS-VAE {PAPER_GENEVAL['PS-VAE']} > RAE {PAPER_GENEVAL['RAE']}"
+    if not have(root, GEN_VS_CEILING):
+        return unmeasured(claim, paper, CMD_GEN_VS_CEILING, [GEN_VS_CEILING])
+    sets = {}
+    for r in load(root, GEN_VS_CEILING)["rows"]:
+        sets.setdefault(r["tokenizers"], {})[r["latent"]] = r
+    pairs = [(name, d["psvae"], d["rae"]) for name, d in sets.items() if {"psvae", "rae"} <= set(d)]
+    gaps = [(p["generator"] - r["generator"], math.hypot(p["generator_se"], r["generator_se"])) for _, p, r in pairs]
+    mini = "; ".join(f"{name}: PS-VAE {p['generator']:.3f} ± {p['generator_se']:.3f} (ceiling {p['ceiling']:.3f}), "
+                     f"RAE {r['generator']:.3f} ± {r['generator_se']:.3f} (ceiling {r['ceiling']:.3f}), gap "
+                     f"{fmt(g, se, d=3, sign=True)}" for (name, p, r), (g, se) in zip(pairs, gaps))
+    return row(claim, paper, mini + " (one generator seed a latent, s.e. over prompts)", gaps, CMD_GEN_VS_CEILING,
+               [GEN_VS_CEILING, "generation/gen_vs_ceiling.png"])
+
+
 def section_table4_generation(root):
     chain = [("PS-VAE", "S-VAE"), ("S-VAE", "RAE")]
     return [
         gen_row(root, "GenEval: PS-VAE > S-VAE > RAE (mini-GenEval, GenEval's rules)",
                 " > ".join(f"{n} {v}" for n, v in PAPER_GENEVAL.items()), chain, "geneval", [GEN_TABLE, GEN_FIG4]),
+        gen_vs_ceiling_row(root),
         gen_row(root, "editing: PS-VAE > S-VAE > RAE (mini-GEdit instruction hit)",
                 " > ".join(f"{n} {v}" for n, v in PAPER_EDIT.items()), chain, "edit", [GEN_TABLE]),
     ]

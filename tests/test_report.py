@@ -55,13 +55,14 @@ def test_generation_rows_read_the_table_json_once_a_run_writes_it(tmp_path):
     assert {r["verdict"] for r in report.section_table4_generation(root)} == {"not measured yet"}
     os.makedirs(tmp_path / "generation")
     (tmp_path / report.GEN_TABLE).write_text("| a table printed, no JSON |\n")
-    assert {r["verdict"] for r in report.section_table4_generation(root)} == {"not available as data"}
+    assert [r["verdict"] for r in report.section_table4_generation(root)] == \
+        ["not available as data", "not measured yet", "not available as data"]  # (the middle: gen_vs_ceiling's)
     geneval = lambda v: {"overall_geneval_rules": v, "overall_geneval_rules_stderr": 0.01}  # noqa: E731
     rows = {"PS-VAE": {"geneval": geneval(0.30), "gedit": {"instruction_hit": 0.5, "n_edits": 240}},
             "S-VAE": {"geneval": geneval(0.20), "gedit": {"instruction_hit": 0.5, "n_edits": 240}},
             "RAE": {"geneval": geneval(0.10), "gedit": {"instruction_hit": 0.6, "n_edits": 240}}}
     (tmp_path / report.GEN_JSON).write_text(json.dumps({"rows": rows}))
-    gen, edit = report.section_table4_generation(root)
+    gen, _, edit = report.section_table4_generation(root)
     assert gen["verdict"] == "reproduced" and "PS-VAE 0.300 ± 0.010" in gen["mini"]
     assert edit["verdict"] == "missed (contradicted)"  # RAE above S-VAE by 2.2 binomial standard errors
 
@@ -69,6 +70,23 @@ def test_generation_rows_read_the_table_json_once_a_run_writes_it(tmp_path):
 def draws_row(root):
     """The Table 4 row that reads the encoder x tokenizer draws (the one that links their table)."""
     return next(r for r in report.section_table4_recon(root) if report.DRAWS_TABLE in r["links"])
+
+
+@pytest.mark.parametrize("rae_scores, expected", [((0.10, 0.10), "reproduced"), ((0.10, 0.30), "missed (contradicted)"),
+                                                   ((0.10, 0.19), "partly")])
+def test_gen_vs_ceiling_row_judges_one_gap_per_set_of_tokenizers(tmp_path, rae_scores, expected):
+    """PS-VAE 0.2 +- 0.02 on two sets, RAE as given (+- 0.02): gaps of 0.1 +- 0.028 confirm, -0.1 contradicts,
+    +0.01 neither; a set without both latents adds no gap."""
+    root = str(tmp_path)
+    assert report.gen_vs_ceiling_row(root)["verdict"] == "not measured yet"
+    os.makedirs(tmp_path / "generation")
+    rows = [dict(tokenizers=t, latent=la, generator=g, generator_se=0.02, ceiling=0.3)
+            for t, rae in zip(("short", "long"), rae_scores) for la, g in (("psvae", 0.2), ("rae", rae))]
+    rows.append(dict(tokenizers="alone", latent="psvae", generator=0.0, generator_se=0.01, ceiling=0.3))
+    (tmp_path / report.GEN_VS_CEILING).write_text(json.dumps({"rows": rows}))
+    r = report.gen_vs_ceiling_row(root)
+    assert r["verdict"] == expected and "alone" not in r["mini"]
+    assert f"long: PS-VAE 0.200 ± 0.020 (ceiling 0.300), RAE {rae_scores[1]:.3f} ± 0.020" in r["mini"]
 
 
 def test_the_margin_over_rae_reads_the_draws(tmp_path):
