@@ -115,23 +115,19 @@ def test_a_second_call_reuses_every_stage_and_measurement(table):
         assert again["encoders"][obj]["encoder_probe"] == res["encoders"][obj]["encoder_probe"]
 
 
-def test_another_stage0_budget_refuses_the_tables_runs_then_trains_in_its_own(table, tmp_path):
-    """--stage0-batch / --stage0-steps change both encoders' stage 0 (not PS-VAE's batch) and name the table
-    apart; a runs folder holding the preset's stage 0 is refused, not silently reused."""
-    tmp, _ = table
-    flags = ["--stage0-batch", "6", "--stage0-steps", "4"]
+def test_another_stage0_budget_is_refused_on_the_tables_runs_and_trained_at_its_batch(table, tmp_path):
+    """--stage0-batch / --stage0-steps: a runs folder holding the preset's stage 0 is refused, not silently reused;
+    train_stage0 trains the encoder at that batch to those steps (the table's PS-VAE keeps its own batch)."""
+    tmp, res = table
     with pytest.raises(SystemExit, match="give this table its own --runs"):
         T3.main(["--preset", "tiny", "--runs", str(tmp / "runs"), "--results", str(tmp_path), "--jobs", "1",
-                 "--threads", "1", *flags])
-    res = T3.main(["--preset", "tiny", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path), "--jobs", "1",
-                   "--threads", "1", *flags])
-    assert res["budget"]["stage0_batch"] == 6 and res["budget"]["stage0_steps"] == 4
-    for obj, e in res["encoders"].items():
-        s0 = torch.load(e["stage0"], map_location="cpu", weights_only=True)
-        assert (s0["config"]["batch_size"], s0["step"], s0["config"]["stage0_objective"]) == (6, 4, obj)
-        assert torch.load(e["psvae"], map_location="cpu", weights_only=True)["config"]["batch_size"] == \
-            res["budget"]["batch"] != 6
-    assert "stage 0 for 4 steps of batch 6" in open(tmp_path / "table3_encoders_tiny_s0b6x4.md").read()
+                 "--threads", "1", "--stage0-batch", "6", "--stage0-steps", "4"])
+    job = dict(stage0=str(tmp_path / "siglip" / "stage0" / "stage0.pt"), stage0_steps=4, stage0_batch=6,
+               objective="siglip", seed=0, args=["--preset", "tiny", "--device", "cpu", "--stage0-objective", "siglip"])
+    assert T3.train_stage0(job) == 1 and T3.train_stage0(job) == 0  # trained, then reused
+    s0 = torch.load(job["stage0"], map_location="cpu", weights_only=True)
+    assert (s0["config"]["batch_size"], s0["step"], s0["config"]["stage0_objective"]) == (6, 4, "siglip")
+    assert res["budget"]["batch"] != 6
 
 
 def test_evaluate_encoder_on_a_siglip_stage0_gives_its_readout_and_zero_shot(table, capsys):
@@ -161,7 +157,8 @@ def test_the_table_writes_a_made_up_json(tmp_path):
         return {**e, "zero_shot": zs} if zs else e
     res = {"command": "python experiments/table3_encoders.py", "seed": 0, "runs": "runs/x", "precision": "fp32",
            "machine": {"cpu": "CPU", "cores": 2, "gpu": None, "torch": "2"}, "lpips": "lpips package, AlexNet",
-           "budget": {"encoder": "world-cpu", "stage0_steps": 300, "batch": 16, "psvae_steps": [240, 960]},
+           "budget": {"encoder": "world-cpu", "stage0_steps": 300, "stage0_batch": 64, "batch": 16,
+                      "psvae_steps": [240, 960]},
            "sizes": {"n": 256, "n_train": 512, "n_test": 256, "evaluator_steps": 400}, "seconds": 900.0,
            "trained": 6, "not_measured": "they need a generator", "encoders": {
                "twins": encoder("twins", 18.851), "siglip": encoder("siglip", 17.5, {"before": 0.41, "after": 0.375,
@@ -173,7 +170,7 @@ def test_the_table_writes_a_made_up_json(tmp_path):
     assert rows[0][:7] == ["twins (DINOv2-B)", "0.1 : 1", "123.5", "18.85", "0.432", "0.250", "0.712"]
     assert rows[1][1] == "0.05 : 1" and rows[1][-1] == "the method transfers"
     assert rows[3][1:] == ["0.811 -> 0.800", "0.410 -> 0.375 (0.008)", "18.55 / 1.14", "MME-P 1685 -> 1652"]
-    assert "300 steps of batch 16" in md and "240 + 960 steps" in md
+    assert "stage 0 for 300 steps of batch 64" in md and "240 + 960 steps of batch 16" in md
 
 
 class Parsed(Exception):
