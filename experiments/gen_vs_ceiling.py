@@ -19,12 +19,13 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import evaluate as E  # noqa: E402
+from experiments import recipe  # noqa: E402  (its run and ceiling file names)
 
 
 def pair(folder, latent, lever, flops, seed):
     """(ceiling record, generator record) of one latent in one recipe folder, or None where one is missing."""
-    paths = (os.path.join(folder, f"ceiling_{latent}_real.json"),
-             os.path.join(folder, f"{lever}_{latent}_f{flops:.0e}_seed{seed}.json"))
+    paths = (recipe.ceiling_path(folder, latent),
+             os.path.join(folder, recipe.run_name(lever, latent, flops, seed) + ".json"))
     return tuple(json.load(open(p)) for p in paths) if all(map(os.path.isfile, paths)) else None
 
 

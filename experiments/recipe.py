@@ -106,10 +106,19 @@ def recipe_job(job):
     return rec
 
 
+def run_name(lever, latent, flops, seed):
+    """The name of one run: its generator's folder in --out, its record <name>.json in --results."""
+    return f"{lever}_{latent}_f{flops:.0e}_seed{seed}"
+
+
+def ceiling_path(results, latent):
+    return os.path.join(results, f"ceiling_{latent}_real.json")
+
+
 def ceiling(results, latent, ckpt):
     """What a perfect generator on this latent could score: the suite's own real scenes through the latent's
     tokenizer (evaluate.py geneval --baseline real on a generator of the latent), measured once per latent."""
-    path = os.path.join(results, f"ceiling_{latent}_real.json")
+    path = ceiling_path(results, latent)
     if not os.path.isfile(path):
         with E.num_threads(1):
             ge = E.cmd_geneval(argparse.Namespace(**{**E.GEN_EVAL_DEFAULTS, "ckpt": ckpt, "preset": "cpu",
@@ -234,11 +243,11 @@ def main(argv=None):
             steps = round(a.flops / (fps * batch))
             flags_run = [f.replace("{cool}", str(steps // 5)) for f in flags]
             speed, _ = E.table_speed(argparse.Namespace(amp="auto", compile="auto", device="cpu"), steps)
-            out = os.path.join(a.out, f"{trained}_{latent}_f{a.flops:.0e}_seed{a.seed}")
+            out = os.path.join(a.out, run_name(trained, latent, a.flops, a.seed))
             jobs.append(dict(lever=lever, latent=latent, flags=flags_run, sampling=sampling, steps=steps, batch=batch,
                              flops_per_sample=fps,
                              flops=fps * batch * steps, out=out, threads=1, images=a.images, record=os.path.join(
-                                 a.results, f"{lever}_{latent}_f{a.flops:.0e}_seed{a.seed}.json"),
+                                 a.results, run_name(lever, latent, a.flops, a.seed) + ".json"),
                              argv=["--preset", "cpu", "--tokenizer", tok, "--out", out, "--steps", str(steps),
                                    "--seed", str(a.seed), "--n-samples", "0", *speed, *flags_run]))
     print(f"{len(jobs)} runs of {a.flops:.2g} FLOPs, {a.jobs} at a time", flush=True)
