@@ -226,15 +226,19 @@ def main(argv=None):
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--images", type=int, default=None, help="images per GenEval prompt (default: the cpu suite's 2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--latents", default=",".join(LATENTS),
+                   help="the latents trained by this call (two calls may split a lever's latents between them)")
     a = p.parse_args(argv)
     levers = a.levers.split(",")
+    if not set(a.latents.split(",")) <= set(LATENTS):
+        p.error(f"--latents takes a subset of {','.join(LATENTS)}, not {a.latents}")
     os.makedirs(a.results, exist_ok=True)
     if any("caption" in LEVERS[trained_lever(lv)] for lv in levers):  # the caption LM, made once before the jobs
         G.resolve_lm({"lm": "caption", "model": "cpu"}, torch.device("cpu"))
     jobs = []
     for lever in levers:
         trained, sampling = trained_lever(lever), EVAL_LEVERS.get(lever, (lever, {}))[1]
-        for latent in LATENTS:  # alternating latents: the first two jobs cache the two latents side by side
+        for latent in a.latents.split(","):  # alternating latents: the first two jobs cache the two latents side by side
             tok = T.last_stage(os.path.join(a.runs, latent))
             shape = tuple(G.open_tokenizer(tok)[1])
             flags = LEVERS[trained]
@@ -254,6 +258,8 @@ def main(argv=None):
     t0 = time.time()
     records = E.run_jobs(jobs, a.jobs, recipe_job)
     ceilings = {job["latent"]: ceiling(a.results, job["latent"], job["out"]) for job in jobs}
+    ceilings = {la: ceilings.get(la) or json.load(open(ceiling_path(a.results, la))) for la in LATENTS
+                if la in ceilings or os.path.isfile(ceiling_path(a.results, la))}  # the other call's latent too
     command = "python experiments/recipe.py " + " ".join(sys.argv[1:] if argv is None else argv)
     folder, records = os.path.dirname(os.path.abspath(a.results)), read_records(a.results, a.seed)
     table = write_table(os.path.join(folder, "recipe.md"), records, command, ceilings)
