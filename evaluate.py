@@ -782,7 +782,7 @@ def cmd_gedit(args):
 
 GEN_SIZES = {  # generator and editor steps, evaluation interval, prompts per category along the way
     "tiny": dict(gen_steps=4, edit_steps=2, every=2, prompts=1, n_off=24),
-    "cpu": dict(gen_steps=6000, edit_steps=1500, every=1000, prompts=10, n_off=600),
+    "cpu": dict(gen_steps=10000, edit_steps=1500, every=1000, prompts=10, n_off=600),  # ~2e14 FLOPs at patch 2
     "world": dict(gen_steps=60000, edit_steps=20000, every=5000, prompts=20, n_off=2000)}
 
 

@@ -110,7 +110,7 @@ def timed(step, device, warmup=2, min_steps=3, seconds=10.0):
 def generator_step(a, device, amp, compiled):
     """(step(), flops, batch, description) of a generator preset's training step."""
     pre = G.PRESETS[a.preset]
-    cfg = dict(model=pre["model"], patch=1, text_len=pre["text_len"], head="ddt")
+    cfg = dict(model=pre["model"], patch=pre.get("patch", 1), text_len=pre["text_len"], head="ddt")
     B, shape = a.batch_size or pre["batch_size"], tuple(a.latent or preset_latent_shape(a.preset))
     torch.manual_seed(0)
     model = G.build_model(cfg, shape).to(device)

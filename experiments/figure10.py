@@ -68,7 +68,8 @@ def tokenizer_of(runs, preset, C):
 
 def model_size(model, preset, lm, shape):
     """(parameters, model FLOPs of one training sample) of the generator of MODELS[model] on latents of `shape`."""
-    cfg = dict(model=model, patch=1, text_len=G.PRESETS[preset]["text_len"], head="ddt", lm=lm, fusion="transfusion")
+    pre = G.PRESETS[preset]
+    cfg = dict(model=model, patch=pre.get("patch", 1), text_len=pre["text_len"], head="ddt", lm=lm, fusion="transfusion")
     return generator_cost(cfg, shape)
 
 

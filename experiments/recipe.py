@@ -25,8 +25,10 @@ import generator as G  # noqa: E402
 import tokenizer as T  # noqa: E402
 from experiments.bench import generator_cost  # noqa: E402
 
-# lever -> generator.py flags changed from the cpu preset ({cool}: a fifth of the run's steps).
-# "baseline" is the cpu recipe as it was before the caption LM (random initial weights).
+# lever -> generator.py flags changed from the cpu recipe the study began with ({cool}: a fifth of the
+# run's steps): the cpu preset with patch 1, as it was before this study made patch 2 its default.
+# "baseline" is that recipe before the caption LM (random initial weights).
+STUDIED = ["--preset", "cpu", "--patch", "1"]
 LEVERS = {
     "baseline": ["--lm", "none"],
     "lm": ["--lm", "caption"],  # the caption LM of generator.py section 7
@@ -71,9 +73,9 @@ def trained_lever(lever):
     return EVAL_LEVERS.get(lever, (lever, {}))[0]
 
 
-def flops_per_sample(flags, latent_shape, preset="cpu"):
+def flops_per_sample(flags, latent_shape):
     """Model FLOPs of one training sample (forward + backward) of the generator these flags build."""
-    a = G.parse_args(["--preset", preset, *[f.replace("{cool}", "0") for f in flags]])
+    a = G.parse_args([*STUDIED, *[f.replace("{cool}", "0") for f in flags]])
     cfg = dict(model=a["model"], patch=a["patch"], text_len=a["text_len"], head=a["head"], lm=None)
     return generator_cost(cfg, latent_shape)[1]
 
@@ -243,7 +245,7 @@ def main(argv=None):
             shape = tuple(G.open_tokenizer(tok)[1])
             flags = LEVERS[trained]
             fps = flops_per_sample(flags, shape)
-            batch = G.parse_args(["--preset", "cpu", *[f.replace("{cool}", "0") for f in flags]])["batch_size"]
+            batch = G.parse_args([*STUDIED, *[f.replace("{cool}", "0") for f in flags]])["batch_size"]
             steps = round(a.flops / (fps * batch))
             flags_run = [f.replace("{cool}", str(steps // 5)) for f in flags]
             speed, _ = E.table_speed(argparse.Namespace(amp="auto", compile="auto", device="cpu"), steps)
@@ -252,7 +254,7 @@ def main(argv=None):
                              flops_per_sample=fps,
                              flops=fps * batch * steps, out=out, threads=1, images=a.images, record=os.path.join(
                                  a.results, run_name(lever, latent, a.flops, a.seed) + ".json"),
-                             argv=["--preset", "cpu", "--tokenizer", tok, "--out", out, "--steps", str(steps),
+                             argv=[*STUDIED, "--tokenizer", tok, "--out", out, "--steps", str(steps),
                                    "--seed", str(a.seed), "--n-samples", "0", *speed, *flags_run]))
     print(f"{len(jobs)} runs of {a.flops:.2g} FLOPs, {a.jobs} at a time", flush=True)
     t0 = time.time()

@@ -122,14 +122,21 @@ def test_every_sampler_lever_scores_a_training_lever():
 def test_every_training_lever_is_a_generator_flag_set_and_pays_for_its_size():
     """Each lever parses as generator.py flags and changes the cpu recipe; at equal FLOPs the larger model
     ('wide') gets fewer samples and patch 2 more, by their counted FLOPs per sample."""
-    base = G.parse_args(["--preset", "cpu", "--lm", "none"])
+    base = G.parse_args([*recipe.STUDIED, *recipe.LEVERS["baseline"]])
     for lever, flags in recipe.LEVERS.items():
-        a = G.parse_args(["--preset", "cpu", *[f.replace("{cool}", "7") for f in flags]])
+        a = G.parse_args([*recipe.STUDIED, *[f.replace("{cool}", "7") for f in flags]])
         assert lever == "baseline" or a != base, lever
     shape = (24, 8, 8)
     cost = {lv: recipe.flops_per_sample(recipe.LEVERS[lv], shape) for lv in ("baseline", "wide", "patch2", "tloc0.5")}
     assert cost["wide"] > 2 * cost["baseline"] > 4 * cost["patch2"]
     assert cost["tloc0.5"] == cost["baseline"]  # a lever of the time draws costs nothing per sample
+
+
+def test_the_cpu_default_is_a_lever_the_study_measured():
+    """The cpu preset the study chose (patch 2, from the caption LM) is the recipe of one of its levers, and the
+    study's own baseline stays the recipe it began with: its records keep their meaning."""
+    assert G.parse_args(["--preset", "cpu"]) == G.parse_args([*recipe.STUDIED, *recipe.LEVERS["patch2_lm"]])
+    assert G.parse_args([*recipe.STUDIED])["patch"] == 1 != G.parse_args(["--preset", "cpu"])["patch"]
 
 
 def test_ceilings_judge_real_scenes_through_each_tokenizer(tmp_path):

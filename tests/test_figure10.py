@@ -139,3 +139,14 @@ def test_figure10_tiny_end_to_end(tmp_path):
     assert [os.path.getmtime(c) for c in ckpts] == mtimes
     keys = ("geneval_rules", "geneval_strict", "edit_hit", "curve", "params")
     assert [{k: r[k] for k in keys} for r in again["runs"]] == [{k: r[k] for k in keys} for r in runs]
+
+
+def test_counted_flops_are_those_of_the_generator_the_preset_trains():
+    """figure10.py counts the FLOPs of the network the preset builds (its patch size included): a smaller patch
+    would count four times the image tokens of the cpu preset's patch-2 generator."""
+    from experiments.bench import generator_cost
+    shape = (24, 8, 8)
+    trains = G.parse_args(["--preset", "cpu", "--lm", "none"])
+    assert figure10.model_size("cpu", "cpu", None, shape) == generator_cost({**trains, "lm": None}, shape)
+    assert figure10.model_size("cpu", "cpu", None, shape)[1] < generator_cost({**trains, "lm": None, "patch": 1},
+                                                                               shape)[1]
