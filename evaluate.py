@@ -879,15 +879,26 @@ def generation_job(job):
 
     with open(os.path.join(out, "table4-gen.log"), "a") as log, contextlib.redirect_stdout(log), \
             contextlib.redirect_stderr(log), num_threads(job["threads"]):
-        gen_key = {k: sz[k] for k in ("gen_steps", "every", "prompts", "n_off")} | {"tokenizer_sha1": sha}
+        gen_key = {k: sz[k] for k in ("gen_steps", "every", "prompts", "n_off")} | {"tokenizer_sha1": sha} | \
+            ({"generator_flags": job["generator_flags"]} if job.get("generator_flags") else {})
         res = reuse_or_run(os.path.join(out, "generation.json"), gen_key, generation)
         latents_file = json.load(open(os.path.join(gen, "config.json")))["cache_file"]  # what it was trained on
         res |= reuse_or_run(os.path.join(out, "off-manifold.json"), gen_key, lambda: off_manifold(latents_file))
         z = torch.load(latents_file, weights_only=True)["latents"]
         res["directions"], res["channels"] = latent_directions(z), z.shape[1]
+        res |= training_cost(gen, sz["gen_steps"], tuple(z.shape[1:]))
         if job["edit"] and sz["edit_steps"] > 0:
             res["gedit"] = reuse_or_run(ed + ".json", {**gen_key, "edit_steps": sz["edit_steps"]}, editing)
     return res
+
+
+def training_cost(gen, steps, latent_shape):
+    """{batch, samples, flops} of a generator trained `steps` steps: experiments/bench.py's counter (model FLOPs of
+    one sample, forward and backward) x samples, so that rows and seeds compare at equal compute."""
+    from experiments.bench import generator_cost
+    cfg = json.load(open(os.path.join(gen, "config.json")))
+    per_sample = generator_cost({**cfg, "lm": None}, latent_shape)[1]  # (the LM's weights do not change the count)
+    return {"batch": cfg["batch_size"], "samples": steps * cfg["batch_size"], "flops": steps * cfg["batch_size"] * per_sample}
 
 
 GEN_EVAL_DEFAULTS = dict(tokenizer=None, prompts=None, images=None, steps=None, sample_shift=None, guidance=None,
@@ -934,6 +945,7 @@ def cmd_table4_gen(args):
         tok = tokenizer.last_stage(latent)  # its measured (last) stage
         folder = ("gen-nohead" if head == "none" else "gen-ddt") + (f"-seed{args.seed}" if args.seed else "")
         jobs.append(dict(out=os.path.join(latent, folder), tokenizer=tok, tokenizer_sha1=generator.file_hash(tok),
+                         generator_flags=[] if args.patch is None else ["--patch", str(args.patch)],
                          seed=args.seed, head=head, preset=args.preset, cache=os.path.join(runs, "cache"), sizes=sz,
                          edit=head == "ddt", threads=args.threads or max(1, (os.cpu_count() or 1) // args.jobs),
                          flags=(["--device", args.device] if args.device else []) + speed))
@@ -946,6 +958,7 @@ def cmd_table4_gen(args):
                                  if sz[key] != preset[key]) + \
         ("_" + "_".join(dict.fromkeys(r for _, r, _ in rows)) if args.recipes else "") + \
         ("" if args.head_ablation else "_ddt") + (f"_seed{args.seed}" if args.seed else "") + \
+        (f"_p{args.patch}" if args.patch not in (None, pre.get("patch", 1)) else "") + \
         (f"_tok{args.tokenizer_seed}" if args.tokenizer_seed else "")
     command = "python evaluate.py table4-gen " + " ".join(sys.argv[2:] if args.command_line is None else args.command_line)
     md = write_table4_gen(os.path.join(args.results, f"table4_generation_{name}.md"), rows, results, measured,
@@ -961,19 +974,19 @@ def write_table4_gen(path, rows, results, measured, sz, seconds, command, precis
     cats = W.CAPTION_CATEGORIES
     lines = [f"# Table 4 in miniature, generation and editing: generator {sz['gen_steps']} steps, editor "
              f"{sz['edit_steps']} steps on every latent", "", f"`{command}`; precision: {precision}", "",
-             "| latent | mini-GenEval strict | GenEval rules | " + " | ".join(cats) + " | GEdit hit | adherence | "
-             "consistency (dB) | off-manifold ratio | directions / channels | PSNR | probe, balanced |",
-             "|---|" + "---|" * (len(cats) + 9)]
+             "| latent | mini-GenEval strict | GenEval rules | " + " | ".join(cats) + " | gFID | GEdit hit | adherence | "
+             "consistency (dB) | off-manifold ratio | directions / channels | PSNR | probe, balanced | training FLOPs "
+             "(samples) |", "|---|" + "---|" * (len(cats) + 11)]
     for name, _, _ in rows:
         r, m = results[name], measured[name]
         g, e = r["geneval"], r.get("gedit")
         lines.append(f"| {name} | {g['overall']:.3f} +- {g['overall_stderr']:.3f} | {g['overall_geneval_rules']:.3f} +- "
                      f"{g['overall_geneval_rules_stderr']:.3f} | " + " | ".join(f"{g['per_category_geneval_rules'][c]:.2f}"
-                                                                      for c in cats) +
+                                                                      for c in cats) + f" | {g['gfid']:.0f}" +
                      (f" | {e['instruction_hit']:.3f} | {e['adherence']:.3f} | {e['consistency_psnr']:.2f}" if e else
                       " | - | - | -") + f" | {r['off_manifold_ratio']:.2f} +- {r['off_manifold_stderr']:.2f} | "
                      f"{r['directions']} / {r['channels']} | "
-                     f"{m['recon']['psnr']:.2f} | {m['probe']['probe_balanced']:.3f} |")
+                     f"{m['recon']['psnr']:.2f} | {m['probe']['probe_balanced']:.3f} | {r['flops']:.2g} ({r['samples']}) |")
     lines += ["", f"Per-category columns: GenEval rules. Off-manifold ratio: top-5% nearest-neighbour distance of "
               f"{sz['n_off']} generated latents to the training latents over that of {sz['n_off']} held-out real "
               f"ones, +- its bootstrap standard error. Directions: how many principal directions of the per-channel "
@@ -982,12 +995,16 @@ def write_table4_gen(path, rows, results, measured, sz, seconds, command, precis
 
 
 def plot_curves(path, results):
-    """Figures 1 and 7 in miniature: mini-GenEval (GenEval rules) against training steps per latent."""
-    with figure(path, figsize=(6, 3.6)) as (_, ax):
+    """Figures 1 and 7 in miniature: the small suite's GenEval (rules) and gFID against training FLOPs, per latent."""
+    with figure(path, 1, 2, figsize=(11, 3.8)) as (_, axes):
         for name, r in results.items():
             steps = sorted(r["curve"], key=int)  # (json keys: strings)
-            ax.plot([int(s) for s in steps], [r["curve"][s]["overall_geneval_rules"] for s in steps], "o-", label=name)
-        ax.set_xlabel("generator training steps"), ax.set_ylabel("mini-GenEval (GenEval rules)"), ax.legend(fontsize=7)
+            flops = [int(s) * r["flops"] / r["samples"] * r["batch"] for s in steps]
+            for ax, key in zip(axes, ("overall_geneval_rules", "gfid")):
+                ax.plot(flops, [r["curve"][s][key] for s in steps], "o-", label=name)
+        for ax, what in zip(axes, ("mini-GenEval (GenEval rules)", "gFID (world features; lower is better)")):
+            ax.set(xlabel="generator training FLOPs", ylabel=what)
+        axes[0].legend(fontsize=7)
     return path
 
 
@@ -1145,6 +1162,8 @@ def add_generation_commands(sub):
     p.add_argument("--every", type=int, default=None, help="generator steps between the small suite's "
                    "evaluations, Figure 7's points (default: the preset's)")
     p.add_argument("--recipes", default=None, help="comma-separated subset of the latents, e.g. psvae,rae")
+    p.add_argument("--patch", type=int, default=None, help="the generators' patch size (default: the preset's; "
+                   "the cpu tables before 2026-12-08 used 1)")
     p.add_argument("--no-head-ablation", dest="head_ablation", action="store_false",
                    help="leave out Table 1's rows (PS-VAE and RAE without the DDT head)")
     p.add_argument("--seed", type=int, default=0, help="training seed of the generators and editors (another seed "

@@ -201,7 +201,7 @@ CMD_DIMS = "`OMP_NUM_THREADS=1 torchrun --nproc_per_node=2 toy_manifold.py --dim
 CMD_TABLE4 = ("`python evaluate.py table4 --preset cpu`, then `--seed 1` and `--recipes psvae,rae --seed 2` "
               "(each latent's measured.json copied to table4/twins/metrics/), run before the tokenizer's cool-down")
 CMD_DRAWS = "`python experiments/draws.py --stage0-seeds 0,1,2 --seeds 0,1 --recipes psvae,rae --jobs 2`"
-CMD_GEN = ("`python evaluate.py table4-gen --preset cpu --budget 2500 --edit-budget 1000 --every 250 "
+CMD_GEN = ("`python evaluate.py table4-gen --preset cpu --patch 1 --budget 2500 --edit-budget 1000 --every 250 "
            "--json results/generation/table4_generation.json`")
 
 
@@ -620,7 +620,7 @@ RUN_SIZES = {
                  table4=["--jobs", "1"], gen_recipes="psvae,svae,rae",
                  gen=["--budget", "2", "--every", "2", "--no-head-ablation", "--jobs", "1"], edit=[]),
     "cpu": dict(toy=["--preset", "cpu"], seeds=[(0, None), (1, None), (2, "psvae,rae")], budget=1200, table4=[],
-                gen_recipes=None, gen=["--budget", "2500", "--every", "250"], edit=["--edit-budget", "1000"]),
+                gen_recipes=None, gen=["--patch", "1", "--budget", "2500", "--every", "250"], edit=["--edit-budget", "1000"]),
     "world": dict(toy=["--preset", "world"], seeds=[(0, None), (1, None), (2, "psvae,rae")], budget=60000, table4=[],
                   gen_recipes=None, gen=[], edit=[]),
 }

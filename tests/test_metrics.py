@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import evaluate as E
+import generator as G
 import tokenizer as T
 import world as W
 
@@ -316,6 +317,10 @@ def test_table4_gen_trains_evaluates_reuses_and_continues(tmp_path):
     assert "| RAE, no DDT head |" in open(g["table"]).read() and os.path.getsize(g["figure4"]) > 0
     assert all(1 <= r["directions"] <= r["channels"] for r in g["rows"].values())
     assert "directions / channels" in open(g["table"]).read()
+    r, r_nohead = g["rows"]["RAE"], g["rows"]["RAE, no DDT head"]  # the training compute of each row
+    assert r["samples"] == r_nohead["samples"] == E.GEN_SIZES["tiny"]["gen_steps"] * G.PRESETS["tiny"]["batch_size"]
+    assert 0 < r_nohead["flops"] < r["flops"]  # the DDT head costs FLOPs; the same samples
+    assert f"| {r['flops']:.2g} ({r['samples']}) |" in open(g["table"]).read()
     assert os.path.basename(g["table"]) == "table4_generation_tiny_rae.md"  # the preset's budgets, one latent
     assert "`python evaluate.py " + " ".join(gen) + "`" in open(g["table"]).read()
     ck = tmp_path / "runs" / "rae" / "gen-ddt" / "gen" / "generator.pt"
@@ -323,12 +328,14 @@ def test_table4_gen_trains_evaluates_reuses_and_continues(tmp_path):
     assert E.main(gen)["rows"] == g["rows"]  # finished jobs are reused, measurements included
     assert json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json")) == curve and os.path.getmtime(ck) == mtime
     # another training seed: a new generator beside the first, with its own table
-    s1 = E.main([*gen, "--seed", "1", "--no-head-ablation", "--edit-budget", "0", "--every", "4"])
+    s1 = E.main([*gen, "--seed", "1", "--no-head-ablation", "--edit-budget", "0", "--every", "4", "--patch", "2"])
     ck1 = tmp_path / "runs" / "rae" / "gen-ddt-seed1" / "gen" / "generator.pt"
     assert sorted(map(int, json.load(open(ck1.parent.parent / "curve.json")))) == [4]  # Figure 7's points: --every, not the preset's 2
     w0, w1 = (torch.load(c, map_location="cpu", weights_only=True)["model"] for c in (ck, ck1))
     assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
-    assert os.path.basename(s1["table"]) == "table4_generation_tiny_e0_rae_ddt_seed1.md" and os.path.getmtime(ck) == mtime
+    assert os.path.basename(s1["table"]) == "table4_generation_tiny_e0_rae_ddt_seed1_p2.md" and os.path.getmtime(ck) == mtime
+    assert json.load(open(ck1.parent / "config.json"))["patch"] == 2 != G.PRESETS["tiny"].get("patch", 1)
+    assert s1["rows"]["RAE"]["flops"] < r["flops"]  # a quarter of the image tokens
     # a larger budget continues the same generator and fine-tunes a new editor from it
     g6 = E.main([*gen, "--budget", "6", "--no-head-ablation"])
     curve6 = json.load(open(tmp_path / "runs" / "rae" / "gen-ddt" / "curve.json"))
