@@ -341,6 +341,21 @@ def num_threads(n):
         torch.set_num_threads(before)
 
 
+@contextlib.contextmanager
+def one_maker(lock_path):
+    """The block runs in one process at a time of those that take the lock file `lock_path`: of two jobs that would
+    make the same missing thing (the caption LM), the second waits, then finds it made. Under torchrun the ranks make
+    it together, so no lock is taken there (nor where POSIX file locks are missing)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or os.name != "posix":
+        yield
+        return
+    import fcntl
+    os.makedirs(os.path.dirname(lock_path) or ".", exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield
+
+
 def run_jobs(jobs, n_proc, job_fn):
     """job_fn of each job, n_proc at a time (in this process when n_proc is 1), in job order."""
     if n_proc <= 1:

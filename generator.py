@@ -41,8 +41,8 @@ from tqdm import tqdm
 
 import tokenizer as T
 from common import (Deadline, StepLog, add_speed_args, all_mean, barrier, choose_speed, compute_cleanup,
-                    compute_init, is_rank0, print0, read_checkpoint, save_checkpoint, save_grid, seeded_randn,
-                    truncate_metrics, write_config, wsd_lr)
+                    compute_init, is_rank0, one_maker, print0, read_checkpoint, save_checkpoint, save_grid,
+                    seeded_randn, truncate_metrics, write_config, wsd_lr)
 from pretrained import QwenTokenizer, load_qwen2_weights, qwen2_config, write_safetensors
 from tokenizer import TokenizerError
 from world import VOCAB, CaptionFolderDataset, WorldCaptions, caption_scene, make_edit, sample_scene, scene_seed
@@ -977,9 +977,10 @@ def resolve_lm(cfg, device):
     if cfg["lm"] != "caption":
         return cfg["lm"]
     path = os.path.join("runs", f"caption-lm-{cfg['model']}")
-    if not os.path.isfile(os.path.join(path, "model.safetensors")):
-        print0(f"the caption LM {path} does not exist yet: pre-training it ({LM_PRESETS[cfg['model']]})")
-        pretrain_caption_lm(cfg["model"], path, LM_PRESETS[cfg["model"]], device)
+    with one_maker(path + ".lock"):  # two jobs started at once: one pre-trains it, the other then reads it
+        if not os.path.isfile(os.path.join(path, "model.safetensors")):
+            print0(f"the caption LM {path} does not exist yet: pre-training it ({LM_PRESETS[cfg['model']]})")
+            pretrain_caption_lm(cfg["model"], path, LM_PRESETS[cfg["model"]], device)
     return path
 
 

@@ -79,3 +79,26 @@ def test_two_processes_pretrain_as_one(tmp_path):
     # to steps x lr (measured: 1.1e-5 after 4 steps at 3e-3); every other tensor to 1e-6
     bound = lambda k: 4 * G.LM_PRESETS["tiny"]["lr"] if k.endswith("k_proj.bias") else 1e-6  # noqa: E731
     assert all(torch.allclose(a[k], b[k], rtol=0, atol=bound(k)) for k in a)
+
+
+def test_a_second_maker_of_the_caption_lm_waits_for_the_first(tmp_path, monkeypatch):
+    """resolve_lm makes a missing LM under common.one_maker's lock: a second process that takes the same lock (another
+    job started at once) blocks until the first lets go, then finds the LM made and trains nothing."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from common import one_maker
+    monkeypatch.chdir(tmp_path)  # resolve_lm's runs/caption-lm-<model>, here
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = ("import sys, torch; sys.path.insert(0, sys.argv[1]); import generator as G; "
+             "G.resolve_lm({'lm': 'caption', 'model': 'tiny'}, torch.device('cpu')); open('child_done', 'w')")
+    with one_maker(os.path.join("runs", "caption-lm-tiny.lock")):
+        proc = subprocess.Popen([sys.executable, "-c", child, root], cwd=tmp_path)
+        time.sleep(3)  # time enough for it to start; it cannot pass the lock while this block holds it
+        assert proc.poll() is None and not (tmp_path / "child_done").exists()
+        G.pretrain_caption_lm("tiny", os.path.join("runs", "caption-lm-tiny"), G.LM_PRESETS["tiny"],
+                              torch.device("cpu"))  # this process makes the LM (as resolve_lm would, under the lock)
+    assert proc.wait(timeout=300) == 0 and (tmp_path / "child_done").exists()
+    steps = [r["step"] for r in map(json.loads, open(tmp_path / "runs" / "caption-lm-tiny" / "metrics.jsonl"))]
+    assert len(steps) == len(set(steps))  # pre-trained once: no step twice
